@@ -1,0 +1,29 @@
+"""ecacli: ECA-Net / ECA-ResNet specs, builder, reports and checkpoints.
+
+`from ecacli import load_spec, build_model, kernel_size` works without the CLI. Names that
+need torch are imported on first use, so importing ecacli (and `ecacli ksize`) stays fast.
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+from typing import Any
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    "kernel_size": "ecacli.kernel",
+    "load_spec": "ecacli.spec_loader",
+    "ResNetSpec": "ecacli.spec",
+    "build_model": "ecacli.models",
+    "ECAResNet": "ecacli.models",
+    "EcaModule": "ecacli.layers",
+}
+
+__all__ = ["__version__", *_LAZY]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'ecacli' has no attribute {name!r}")

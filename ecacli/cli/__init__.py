@@ -1,0 +1,62 @@
+"""The `ecacli` command line: thin typer commands over the library, one module per command.
+
+`main` maps outcomes to exit codes: 0 success, 2 a user mistake (one paragraph, no traceback),
+1 an internal failure, 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import typer
+
+from ecacli.cli.ksize import ksize
+from ecacli.cli.schema import schema
+from ecacli.cli.specs import specs
+from ecacli.cli.summary import summary
+from ecacli.cli.validate import validate
+from ecacli.errors import UserError
+
+app = typer.Typer(
+    name="ecacli",
+    help="ECA-Net / ECA-ResNet toolkit: specs, kernel sizes, summaries, profiles and checkpoints.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+for command in (summary, ksize, specs, validate, schema):
+    app.command()(command)
+
+
+def _version_callback(value: bool) -> None:
+    if value:
+        from ecacli import __version__
+
+        typer.echo(f"ecacli {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_version_callback, is_eager=True, help="Print the version and exit."),
+) -> None:
+    """ECA-Net / ECA-ResNet toolkit: specs, kernel sizes, summaries, profiles and checkpoints."""
+
+
+def main() -> None:
+    """Console-script entry point."""
+    try:
+        app()
+    except UserError as exc:
+        sys.stderr.write(f"error: {exc}\n")
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        sys.stderr.write("interrupted\n")
+        sys.exit(130)
+    except Exception as exc:
+        if os.environ.get("ECACLI_DEBUG"):
+            raise
+        sys.stderr.write(f"internal error: {type(exc).__name__}: {exc}\n(set ECACLI_DEBUG=1 for the traceback; please report it)\n")
+        sys.exit(1)

@@ -1,0 +1,50 @@
+"""Options and output helpers shared by the commands (no torch here)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from ecacli.spec import ResNetSpec
+
+SpecArgument = Annotated[str, typer.Argument(help="Spec YAML file or preset name (see `ecacli specs`).", show_default=False)]
+SetOption = Annotated[
+    list[str] | None,
+    typer.Option("--set", help="Override a spec value, KEY.PATH=VALUE (YAML value); repeatable, e.g. --set attention.k_size=3.", show_default=False),
+]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON instead of tables.")]
+
+
+def load_spec_arg(spec: str, overrides: list[str] | None) -> ResNetSpec:
+    from ecacli.spec_loader import load_spec
+
+    return load_spec(spec, overrides or ())
+
+
+def print_json(data: Any) -> None:
+    """JSON to stdout, unwrapped and unstyled, for pipes and scripts."""
+    sys.stdout.write(json.dumps(data, indent=2) + "\n")
+
+
+def console() -> Console:
+    from rich.console import Console
+
+    return Console(highlight=False)
+
+
+def fmt_int(value: int) -> str:
+    return f"{value:,}"
+
+
+def fmt_bytes(value: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if abs(value) < 1000 or unit == "TB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.2f} {unit}"
+        value /= 1000
+    raise AssertionError("unreachable")

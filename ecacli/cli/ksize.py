@@ -1,0 +1,111 @@
+"""`ecacli ksize`: ECA kernel sizes per channel width, and per stage of a spec (no torch)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from ecacli.cli.common import JsonOption, SetOption, console, fmt_int, load_spec_arg, print_json
+from ecacli.errors import UserError
+from ecacli.kernel import DEFAULT_B, DEFAULT_GAMMA, kernel_intervals, kernel_size, kernel_t, se_params, table_widths
+
+MAX_CHANNELS = 2**40
+DEFAULT_RANGE = (64, 2048)
+
+
+def width_row(channels: int, gamma: float, b: float, low: int = 1, high: int = MAX_CHANNELS) -> dict[str, int]:
+    """One table row: the rule's t and k, the ECA and SE parameter counts, and k's run around C."""
+    run = next(i for i in kernel_intervals(max(low, 1), high, gamma, b) if i.low <= channels <= i.high)
+    k = kernel_size(channels, gamma, b)
+    return {
+        "channels": channels,
+        "t": kernel_t(channels, gamma, b),
+        "k": k,
+        "eca_params": k,
+        "se_params_r16": se_params(channels),
+        "k_constant_from": run.low,
+        "k_constant_to": run.high,
+    }
+
+
+def _check_inputs(widths: list[int], channels: tuple[int, int] | None, gamma: float) -> None:
+    if not gamma > 0:
+        raise UserError(f"--gamma must be positive, got {gamma}.")
+    for c in [*widths, *(channels or ())]:
+        if not 1 <= c <= MAX_CHANNELS:
+            raise UserError(f"channel widths must be between 1 and {MAX_CHANNELS:,}, got {c}.")
+    if channels and channels[0] > channels[1]:
+        raise UserError(f"--channels LOW HIGH needs LOW <= HIGH, got {channels[0]} {channels[1]}.")
+
+
+def ksize(
+    widths: Annotated[list[int] | None, typer.Argument(help="Channel widths, one row each.", show_default=False)] = None,
+    channels: Annotated[tuple[int, int] | None, typer.Option("--channels", help="LOW HIGH: powers of two in between, the ends, and the exact runs of constant k.", show_default=False)] = None,
+    gamma: Annotated[float, typer.Option(help="gamma of the rule.")] = DEFAULT_GAMMA,
+    b: Annotated[float, typer.Option("--b", help="b of the rule.")] = DEFAULT_B,
+    spec: Annotated[str | None, typer.Option("--spec", help="Spec or preset: k per stage under each width convention.", show_default=False)] = None,
+    overrides: SetOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """ECA kernel size k = odd(|(log2 C + b) / gamma|) per channel width, with ECA and SE costs."""
+    widths = widths or []
+    _check_inputs(widths, channels, gamma)
+    if spec is not None:
+        _spec_table(spec, overrides, as_json)
+        return
+    low, high = channels if channels else (min(widths), max(widths)) if widths else DEFAULT_RANGE
+    shown = widths if widths and not channels else table_widths(low, high)
+    bounds = (low, high) if channels or not widths else (1, MAX_CHANNELS)
+    rows = [width_row(c, gamma, b, *bounds) for c in shown]
+    intervals = kernel_intervals(low, high, gamma, b) if channels or not widths else []
+    if as_json:
+        print_json(rows)
+        return
+    _render_rows(rows, intervals, gamma, b)
+
+
+def _render_rows(rows: list[dict[str, int]], intervals: list, gamma: float, b: float) -> None:
+    from rich.table import Table
+
+    out = console()
+    table = Table(title=f"ECA kernel size per width (gamma={gamma:g}, b={b:g})")
+    for name in ("C", "t", "k", "ECA params", "SE params (r=16)", "k constant for C in"):
+        table.add_column(name, justify="right")
+    for r in rows:
+        table.add_row(
+            fmt_int(r["channels"]), str(r["t"]), str(r["k"]), str(r["eca_params"]), fmt_int(r["se_params_r16"]),
+            f"{fmt_int(r['k_constant_from'])} .. {fmt_int(r['k_constant_to'])}",
+        )
+    out.print(table)
+    if intervals:
+        runs = Table(title="Exact runs of C with constant k")
+        for name in ("C from", "C to", "k"):
+            runs.add_column(name, justify="right")
+        for i in intervals:
+            runs.add_row(fmt_int(i.low), fmt_int(i.high), str(i.k))
+        out.print(runs)
+
+
+def _spec_table(spec_arg: str, overrides: list[str] | None, as_json: bool) -> None:
+    spec = load_spec_arg(spec_arg, overrides)
+    rows = [{"channels": r["output"], "k": r["k_spec"], **r} for r in spec.kernel_conventions()]
+    if as_json:
+        print_json(rows)
+        return
+    from rich.table import Table
+
+    setting = spec.attention.model_dump() if spec.attention.type == "eca" else {"type": spec.attention.type}
+    table = Table(title=f"{spec.name}: ECA k per stage under each width convention", caption=f"this spec's attention: {setting}")
+    for name in ("stage", "blocks", "planes", "output width", "k (output width)", "k (planes)", "k (this spec)"):
+        table.add_column(name, justify="right")
+    for r, blocks in zip(rows, spec.stage_blocks):
+        mine = "-" if r["k_spec"] is None else str(r["k_spec"])
+        table.add_row(str(r["stage"]), str(blocks), fmt_int(r["planes"]), fmt_int(r["output"]), str(r["k_output"]), str(r["k_planes"]), mine)
+    out = console()
+    out.print(table)
+    out.print(
+        "A checkpoint loads only when every stage's k matches: output width is timm's and the write-up's "
+        "convention, planes is what readers of the paper compute, and the paper's releases use explicit k "
+        "(r50_k3557, r101_k3357, r152_k3357).",
+    )

@@ -1,0 +1,73 @@
+"""`ecacli summary`: layers, shapes, parameters, mult-adds and ECA kernel sizes of a spec's model."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from ecacli.cli.common import JsonOption, SetOption, SpecArgument, console, fmt_bytes, fmt_int, load_spec_arg, print_json
+from ecacli.errors import UserError
+
+
+def summary(
+    spec: SpecArgument,
+    depth: Annotated[int, typer.Option(min=0, max=10, help="Module levels to show (1 = stages, 2 = blocks, 3 = layers).")] = 3,
+    input_size: Annotated[int | None, typer.Option(help="Square input side in pixels [default: the spec's].", show_default=False)] = None,
+    batch: Annotated[int, typer.Option(min=1, max=65536, help="Batch size of the traced input.")] = 1,
+    use_torchinfo: Annotated[bool, typer.Option("--torchinfo", help="Print torchinfo's own table instead.")] = False,
+    overrides: SetOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Rich summary of the model a spec builds, computed on the meta device (no memory for weights or activations)."""
+    model_spec = load_spec_arg(spec, overrides)
+    if input_size is not None and not 8 <= input_size <= 2048:
+        raise UserError(f"--input-size must be between 8 and 2048 pixels, got {input_size}.")
+    from ecacli.reports.summary import summarize, torchinfo_table
+
+    if use_torchinfo:
+        typer.echo(torchinfo_table(model_spec, batch, input_size, depth))
+        return
+    report = summarize(model_spec, batch, input_size, depth)
+    if as_json:
+        print_json(report.to_dict())
+        return
+    _render(report)
+
+
+def _render(report) -> None:
+    from rich.panel import Panel
+    from rich.table import Table
+
+    table = Table(title=f"{report.spec}  input {list(report.input_size)}")
+    table.add_column("Module")
+    table.add_column("Type")
+    table.add_column("Output shape")
+    table.add_column("Params", justify="right")
+    table.add_column("Mult-adds", justify="right")
+    table.add_column("ECA k", justify="right")
+    for row in report.layers:
+        table.add_row(
+            "  " * (row.depth - 1) + row.name,
+            row.type,
+            str(row.output_shape),
+            fmt_int(row.params) if row.params else "-",
+            fmt_int(row.mult_adds) if row.mult_adds else "-",
+            ",".join(map(str, row.eca_k)),
+        )
+    kernels = report.eca_kernel_sizes
+    totals = "\n".join(
+        [
+            f"Total params:        {fmt_int(report.total_params)}",
+            f"Trainable params:    {fmt_int(report.trainable_params)}",
+            f"Mult-adds:           {fmt_int(report.mult_adds)} ({report.mult_adds / 1e9:.2f} G)",
+            f"Input:               {list(report.input_size)} ({fmt_bytes(report.input_bytes)})",
+            f"Parameter memory:    {fmt_bytes(report.param_bytes)}",
+            f"Activation memory:   {fmt_bytes(report.activation_bytes)} (forward + backward, torchinfo's estimate)",
+            f"ECA params:          {fmt_int(report.eca_params)} ({report.eca_param_share:.5%} of all)",
+            f"ECA k per block:     {', '.join(map(str, kernels)) if kernels else '-'}",
+        ]
+    )
+    out = console()
+    out.print(table)
+    out.print(Panel(totals, title="Totals", expand=False))

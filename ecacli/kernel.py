@@ -1,0 +1,116 @@
+"""The ECA adaptive kernel-size rule (Wang et al., CVPR 2020, eq. 9), in pure Python.
+
+    t = int(|(log2(C) + b) / gamma|),   k = t if t is odd else t + 1
+
+No torch here: `ecacli ksize` and the spec schema use this without paying for a torch import.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+DEFAULT_GAMMA = 2.0
+DEFAULT_B = 1.0
+
+
+def _exact_log2(channels: int) -> float:
+    """log2 that is exact for powers of two (math.log(C, 2) is off by one ulp for some)."""
+    if channels & (channels - 1) == 0:
+        return float(channels.bit_length() - 1)
+    return math.log2(channels)
+
+
+def _check(channels: int, gamma: float) -> None:
+    if isinstance(channels, bool) or not isinstance(channels, int) or channels < 1:
+        raise ValueError(f"channels must be a positive integer, got {channels!r}")
+    if not gamma > 0:
+        raise ValueError(f"gamma must be positive, got {gamma!r}")
+
+
+def _scaled(channels: int, gamma: float, b: float) -> float:
+    return (_exact_log2(channels) + b) / gamma
+
+
+def kernel_t(channels: int, gamma: float = DEFAULT_GAMMA, b: float = DEFAULT_B) -> int:
+    """The rule's intermediate value t = int(|(log2 C + b) / gamma|)."""
+    _check(channels, gamma)
+    return int(abs(_scaled(channels, gamma, b)))
+
+
+def odd_up(t: int) -> int:
+    """The nearest odd integer at or above t (the rule's final step)."""
+    return t if t % 2 else t + 1
+
+
+def kernel_size(channels: int, gamma: float = DEFAULT_GAMMA, b: float = DEFAULT_B) -> int:
+    """ECA kernel size k for a layer with `channels` channels."""
+    return odd_up(kernel_t(channels, gamma, b))
+
+
+@dataclass(frozen=True)
+class KernelInterval:
+    """A maximal run of channel counts [low, high] over which k is constant."""
+
+    low: int
+    high: int
+    k: int
+
+
+def _piece(channels: int, gamma: float, b: float) -> tuple[int, bool]:
+    """(t, sign of the scaled value): C with equal pieces form one contiguous run."""
+    value = _scaled(channels, gamma, b)
+    return int(abs(value)), value < 0
+
+
+def _end_of_piece(start: int, high: int, gamma: float, b: float) -> int:
+    """The largest C in [start, high] in the same piece as `start` (binary search).
+
+    The scaled value is monotone in C, so "same piece as start" holds on a prefix.
+    """
+    target = _piece(start, gamma, b)
+    lo, hi = start, high
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if _piece(mid, gamma, b) == target:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
+
+
+def kernel_intervals(
+    low: int, high: int, gamma: float = DEFAULT_GAMMA, b: float = DEFAULT_B
+) -> list[KernelInterval]:
+    """The exact runs of C inside [low, high] over which k is constant, in order."""
+    _check(low, gamma)
+    _check(high, gamma)
+    if low > high:
+        raise ValueError(f"low ({low}) must not exceed high ({high})")
+    intervals: list[KernelInterval] = []
+    start = low
+    while start <= high:
+        end = _end_of_piece(start, high, gamma, b)
+        k = kernel_size(start, gamma, b)
+        if intervals and intervals[-1].k == k:
+            intervals[-1] = KernelInterval(intervals[-1].low, end, k)
+        else:
+            intervals.append(KernelInterval(start, end, k))
+        start = end + 1
+    return intervals
+
+
+def table_widths(low: int, high: int) -> list[int]:
+    """The widths a `ksize --channels LOW HIGH` table shows: both ends and every power of two between."""
+    widths = {low, high}
+    power = 1
+    while power <= high:
+        if power >= low:
+            widths.add(power)
+        power *= 2
+    return sorted(widths)
+
+
+def se_params(channels: int, reduction: int = 16) -> int:
+    """Weights of an SE block's two bias-free FC layers at reduction r: 2 * C^2 / r (for scale)."""
+    return 2 * channels * (channels // reduction)
