@@ -178,6 +178,14 @@ def _key_path(loc: tuple, data: Any) -> tuple:
     return tuple(path)
 
 
+def _literal_hint(value: Any, expected: str) -> str:
+    """A hint for a value outside a fixed set: quoted numbers, or the closest allowed word."""
+    allowed = [part.strip(" '") for part in expected.replace(" or ", ",").split(",")]
+    if isinstance(value, str) and value in allowed and "'" not in expected:
+        return f" Write {value} as a number, without quotes."
+    return suggest(str(value), allowed) if isinstance(value, str) else ""
+
+
 def format_validation_error(error: ValidationError, label: str, data: dict, positions: dict[tuple, int]) -> str:
     """One paragraph: the file, then for each problem the key, its line, and what is allowed."""
     lines = [f"{label}: invalid spec:"]
@@ -189,10 +197,10 @@ def format_validation_error(error: ValidationError, label: str, data: dict, posi
         line = positions.get(path)
         where = f" (line {line})" if line else ""
         message = item["msg"]
-        if item["type"] == "literal_error" and "ctx" in item:
-            message += suggest(str(item["input"]), [s.strip(" '") for s in item["ctx"]["expected"].replace(" or ", ",").split(",")])
         if item["type"] not in ("unknown_key", "k_size", "k_size_even", "layout", "attention_type", "missing"):
-            message += f" (got {item['input']!r})"
+            message += f" (got {item['input']!r})."
+        if item["type"] == "literal_error":
+            message += _literal_hint(item["input"], item["ctx"]["expected"])
         lines.append(f"  {key}{where}: {message}")
     return "\n".join(lines)
 

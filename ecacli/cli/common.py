@@ -33,9 +33,13 @@ def print_json(data: Any) -> None:
 
 
 def console() -> Console:
+    """A rich console; when output is not a terminal, wide enough that tables are never cut."""
     from rich.console import Console
 
-    return Console(highlight=False)
+    out = Console(highlight=False)
+    if not out.is_terminal:
+        out.width = max(out.width, 160)
+    return out
 
 
 def fmt_int(value: int) -> str:

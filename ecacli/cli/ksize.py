@@ -79,7 +79,7 @@ def _render_rows(rows: list[dict[str, int]], intervals: list, gamma: float, b: f
         )
     out.print(table)
     if intervals:
-        runs = Table(title="Exact runs of C with constant k")
+        runs = Table(title="Exact runs of C with constant k", min_width=40)
         for name in ("C from", "C to", "k"):
             runs.add_column(name, justify="right")
         for i in intervals:

@@ -20,9 +20,9 @@ def summary(
     as_json: JsonOption = False,
 ) -> None:
     """Rich summary of the model a spec builds, computed on the meta device (no memory for weights or activations)."""
-    model_spec = load_spec_arg(spec, overrides)
     if input_size is not None and not 8 <= input_size <= 2048:
         raise UserError(f"--input-size must be between 8 and 2048 pixels, got {input_size}.")
+    model_spec = load_spec_arg(spec, overrides)
     from ecacli.reports.summary import summarize, torchinfo_table
 
     if use_torchinfo:
@@ -35,27 +35,40 @@ def summary(
     _render(report)
 
 
+def _runs(values: list[int]) -> str:
+    """Compact 'k x count' runs: [5, 5, 5, 7] -> '5 x3, 7 x1'."""
+    runs: list[list[int]] = []
+    for value in values:
+        if runs and runs[-1][0] == value:
+            runs[-1][1] += 1
+        else:
+            runs.append([value, 1])
+    return ", ".join(f"{value} x{count}" for value, count in runs)
+
+
 def _render(report) -> None:
     from rich.panel import Panel
     from rich.table import Table
 
     table = Table(title=f"{report.spec}  input {list(report.input_size)}")
-    table.add_column("Module")
-    table.add_column("Type")
-    table.add_column("Output shape")
-    table.add_column("Params", justify="right")
-    table.add_column("Mult-adds", justify="right")
-    table.add_column("ECA k", justify="right")
+    widest_params = max((len(fmt_int(r.params)) for r in report.layers), default=1)
+    widest_macs = max((len(fmt_int(r.mult_adds)) for r in report.layers), default=1)
+    table.add_column("Module", no_wrap=True)
+    table.add_column("Type", no_wrap=True, overflow="ellipsis", max_width=12)
+    table.add_column("Output shape", no_wrap=True)
+    table.add_column("Params", justify="right", no_wrap=True, min_width=widest_params)
+    table.add_column("Mult-adds", justify="right", no_wrap=True, min_width=widest_macs)
+    table.add_column("ECA k", justify="right", no_wrap=True)
     for row in report.layers:
         table.add_row(
             "  " * (row.depth - 1) + row.name,
             row.type,
-            str(row.output_shape),
+            "x".join(map(str, row.output_shape)),
             fmt_int(row.params) if row.params else "-",
             fmt_int(row.mult_adds) if row.mult_adds else "-",
             ",".join(map(str, row.eca_k)),
         )
-    kernels = report.eca_kernel_sizes
+    kernels = _runs(report.eca_kernel_sizes)
     totals = "\n".join(
         [
             f"Total params:        {fmt_int(report.total_params)}",
@@ -65,7 +78,7 @@ def _render(report) -> None:
             f"Parameter memory:    {fmt_bytes(report.param_bytes)}",
             f"Activation memory:   {fmt_bytes(report.activation_bytes)} (forward + backward, torchinfo's estimate)",
             f"ECA params:          {fmt_int(report.eca_params)} ({report.eca_param_share:.5%} of all)",
-            f"ECA k per block:     {', '.join(map(str, kernels)) if kernels else '-'}",
+            f"ECA k per block:     {kernels or '-'}",
         ]
     )
     out = console()

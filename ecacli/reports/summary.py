@@ -1,22 +1,19 @@
-"""Layer-by-layer statistics of a spec's model, computed by torchinfo on the meta device.
+"""`ecacli summary` data: layer rows and totals of a spec's model, without importing torch.
 
-The model is built on `torch.device("meta")`, so shapes, parameter counts and mult-adds come
-from torchinfo's own hooks without allocating a single weight or activation.
+Numbers come from `ecacli.architecture` (pure Python, equal to torchinfo's by test); only the
+`--torchinfo` table runs torchinfo itself, on the meta device so no weight or activation exists.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-import torchinfo
-from torch import nn
-
-from ecacli.errors import UserError
-from ecacli.layers import EcaModule
-from ecacli.models import build_model
+from ecacli.architecture import FLOAT32_BYTES, model_layers
 from ecacli.spec import ResNetSpec
+
+if TYPE_CHECKING:
+    import torchinfo
 
 
 @dataclass
@@ -34,7 +31,7 @@ class LayerRow:
 
 @dataclass
 class SummaryReport:
-    """What `ecacli summary` shows, in plain data (its JSON form is `asdict`)."""
+    """What `ecacli summary` shows, in plain data (its JSON form is `to_dict`)."""
 
     spec: str
     input_size: list[int]
@@ -53,78 +50,51 @@ class SummaryReport:
         return asdict(self)
 
 
-def input_shape(spec: ResNetSpec, batch: int = 1, input_size: int | None = None) -> tuple[int, int, int, int]:
+def input_shape(spec: ResNetSpec, batch: int = 1, input_size: int | None = None) -> list[int]:
     side = input_size or spec.input_size
-    return (batch, spec.in_chans, side, side)
-
-
-def meta_model(spec: ResNetSpec) -> nn.Module:
-    """The spec's model with meta tensors: every shape, no storage."""
-    with torch.device("meta"):
-        return build_model(spec)
-
-
-def run_torchinfo(spec: ResNetSpec, batch: int = 1, input_size: int | None = None, depth: int = 3, **kwargs: Any) -> torchinfo.ModelStatistics:
-    """torchinfo's statistics for the spec's model, traced on the meta device."""
-    model = meta_model(spec)
-    shape = input_shape(spec, batch, input_size)
-    try:
-        return torchinfo.summary(model, input_size=shape, device="meta", depth=depth, verbose=0, **kwargs)
-    except RuntimeError as exc:
-        raise UserError(f"spec '{spec.name}': the network cannot take input {list(shape)}: {exc}".split("\n")[0]) from None
-
-
-def _eca_kernels(module: nn.Module) -> list[int]:
-    return sorted({m.kernel_size for m in module.modules() if isinstance(m, EcaModule)})
+    return [batch, spec.in_chans, side, side]
 
 
 def summarize(spec: ResNetSpec, batch: int = 1, input_size: int | None = None, depth: int = 3) -> SummaryReport:
-    """Summary statistics and rows down to `depth` levels below the model.
-
-    A row's mult-adds sum the leaf layers of its subtree, as torchinfo's total does.
-    """
-    stats = run_torchinfo(spec, batch, input_size, depth)
-    model = stats.summary_list[0].module
-    names = {id(m): name for name, m in model.named_modules()}
-    layers = stats.summary_list
-    rows = []
-    for index, info in enumerate(layers):
-        if info.depth == 0 or info.depth > depth:
-            continue
-        subtree_macs = info.macs if info.is_leaf_layer else 0
-        for child in layers[index + 1 :]:
-            if child.depth <= info.depth:
-                break
-            subtree_macs += child.macs if child.is_leaf_layer else 0
-        rows.append(
-            LayerRow(
-                name=names.get(id(info.module), info.var_name),
-                type=info.class_name,
-                depth=info.depth,
-                output_shape=list(info.output_size),
-                params=info.num_params,
-                mult_adds=subtree_macs,
-                eca_k=_eca_kernels(info.module),
-            )
-        )
-    eca_params = sum(p.numel() for m in model.modules() if isinstance(m, EcaModule) for p in m.parameters())
+    """Summary statistics, with one row per module down to `depth` levels below the model."""
+    model = model_layers(spec, batch, input_size)
+    rows = [
+        LayerRow(layer.name, layer.type, d, layer.output_shape, layer.total_params, layer.total_macs, layer.eca_kernels)
+        for d, layer in model.walk()
+        if 1 <= d <= depth
+    ]
+    total = model.total_params
+    eca_params = sum(layer.total_params for _, layer in model.walk() if layer.eca_k is not None)
+    shape = input_shape(spec, batch, input_size)
     return SummaryReport(
         spec=spec.name,
-        input_size=list(input_shape(spec, batch, input_size)),
-        total_params=stats.total_params,
-        trainable_params=stats.trainable_params,
-        mult_adds=stats.total_mult_adds,
-        param_bytes=stats.total_param_bytes,
-        activation_bytes=stats.total_output_bytes,
-        input_bytes=stats.total_input,
+        input_size=shape,
+        total_params=total,
+        trainable_params=total,
+        mult_adds=model.total_macs,
+        param_bytes=total * FLOAT32_BYTES,
+        activation_bytes=model.activation_bytes,
+        input_bytes=shape[0] * shape[1] * shape[2] * shape[3] * FLOAT32_BYTES,
         eca_params=eca_params,
-        eca_param_share=eca_params / stats.total_params if stats.total_params else 0.0,
+        eca_param_share=eca_params / total,
         eca_kernel_sizes=spec.block_kernel_sizes or [],
         layers=rows,
     )
 
 
+def run_torchinfo(spec: ResNetSpec, batch: int = 1, input_size: int | None = None, depth: int = 3, **kwargs: Any) -> torchinfo.ModelStatistics:
+    """torchinfo's own statistics for the spec's model, traced on the meta device (no storage)."""
+    import torch
+    import torchinfo
+
+    from ecacli.models import build_model
+
+    with torch.device("meta"):
+        model = build_model(spec)
+    return torchinfo.summary(model, input_size=input_shape(spec, batch, input_size), device="meta", depth=depth, verbose=0, **kwargs)
+
+
 def torchinfo_table(spec: ResNetSpec, batch: int = 1, input_size: int | None = None, depth: int = 3) -> str:
-    """torchinfo's own text table (the format the write-up shows), traced on the meta device."""
+    """torchinfo's own text table (the format the write-up shows)."""
     stats = run_torchinfo(spec, batch, input_size, depth, col_names=("input_size", "output_size", "num_params", "mult_adds"))
     return str(stats)

@@ -1,0 +1,75 @@
+"""The pure-Python layer accounting equals torchinfo run on the built model (the oracle)."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from ecacli.reports.summary import run_torchinfo, summarize
+from ecacli.spec import ResNetSpec
+from ecacli.spec_loader import load_spec, preset_names
+
+
+def torchinfo_view(spec: ResNetSpec, batch: int, side: int):
+    """torchinfo's totals and, per module (first call), its type, output shape, params and leaf mult-adds."""
+    stats = run_torchinfo(spec, batch, side)
+    names = {id(m): n for n, m in stats.summary_list[0].module.named_modules()}
+    layers: dict[str, tuple] = {}
+    infos = stats.summary_list
+    for i, info in enumerate(infos):
+        name = names[id(info.module)]
+        if info.depth == 0 or name in layers:
+            continue
+        macs = info.macs if info.is_leaf_layer else 0
+        for child in infos[i + 1 :]:
+            if child.depth <= info.depth:
+                break
+            macs += child.macs if child.is_leaf_layer else 0
+        layers[name] = (info.class_name, list(info.output_size), info.num_params, macs)
+    totals = (stats.total_params, stats.trainable_params, stats.total_mult_adds, stats.total_output_bytes, stats.total_param_bytes)
+    return totals, layers
+
+
+def our_view(spec: ResNetSpec, batch: int, side: int):
+    report = summarize(spec, batch, side, depth=99)
+    totals = (report.total_params, report.trainable_params, report.mult_adds, report.activation_bytes, report.param_bytes)
+    layers = {row.name: (row.type, row.output_shape, row.params, row.mult_adds) for row in report.layers}
+    return totals, layers
+
+
+@pytest.mark.parametrize("name", preset_names())
+def test_every_preset_equals_torchinfo(name):
+    spec = load_spec(name)
+    assert our_view(spec, 1, 224) == torchinfo_view(spec, 1, 224)
+
+
+def test_write_up_numbers():
+    report = summarize(load_spec("seed_r50"))
+    assert (report.total_params, report.mult_adds) == (25_549_438, 63_594_850_920)
+    assert report.input_size == [1, 3, 224, 224]
+
+
+specs = st.fixed_dictionaries(
+    {
+        "name": st.just("gen"),
+        "layers": st.lists(st.integers(1, 2), min_size=4, max_size=4),
+        "block": st.sampled_from(["basic", "bottleneck"]),
+        "stem": st.sampled_from(["imagenet", "cifar", "deep", "deep_tiered"]),
+        "downsample": st.sampled_from(["conv", "avg"]),
+        "width": st.sampled_from([8, 16, 24]),
+        "in_chans": st.integers(1, 4),
+        "num_classes": st.integers(1, 20),
+        "attention": st.one_of(
+            st.just({"type": "none"}),
+            st.fixed_dictionaries({"type": st.just("eca"), "k_size": st.one_of(st.just("adaptive"), st.sampled_from([1, 3, 5]))}),
+        ),
+    }
+)
+
+
+@given(data=specs, batch=st.integers(1, 3), side=st.integers(8, 80))
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+def test_generated_specs_equal_torchinfo(data, batch, side):
+    spec = ResNetSpec.model_validate(data)
+    assert our_view(spec, batch, side) == torchinfo_view(spec, batch, side)
