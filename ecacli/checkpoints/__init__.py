@@ -1,0 +1,291 @@
+"""Checkpoints: export a spec's model, reload and inspect files, convert weights from other sources.
+
+Files ecacli writes: `.safetensors` with the spec (YAML), versions and parameter count in the
+metadata, or a plain `.pt` state_dict with the spec in `FILE.yaml` beside it. Files it reads:
+those, the paper's training checkpoints, torchvision and timm ResNet state_dicts, always
+without unpickling arbitrary objects.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Iterable, Mapping
+
+import torch
+import yaml
+
+from ecacli.checkpoints.convert import SourceState, detect
+from ecacli.checkpoints.infer import LoadReport, check_against, infer_spec, parameter_count
+from ecacli.checkpoints.io import (
+    MAX_CHECKPOINT_BYTES,
+    SAFETENSORS,
+    TORCH,
+    TORCH_SUFFIXES,
+    CheckpointError,
+    RawCheckpoint,
+    atomic_write,
+    check_writable,
+    read_checkpoint,
+    sha256_of,
+)
+from ecacli.spec import ResNetSpec
+from ecacli.spec_loader import apply_overrides, load_spec, parse_yaml_text, spec_from_data
+
+if TYPE_CHECKING:
+    from ecacli.models import ECAResNet
+
+__all__ = [
+    "Checkpoint",
+    "CheckpointError",
+    "check_against",
+    "check_writable_outputs",
+    "LoadReport",
+    "SavedCheckpoint",
+    "converted_spec",
+    "load_model",
+    "model_with_weights",
+    "new_model",
+    "open_checkpoint",
+    "parameter_count",
+    "save_checkpoint",
+    "spec_for",
+    "spec_yaml",
+]
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+SPEC_KEY = "spec"
+NAME_SUFFIXES = (".safetensors", *TORCH_SUFFIXES)
+
+
+def spec_path_for(path: Path) -> Path:
+    """Where the spec of a `.pt` file lives: `FILE.yaml` beside it."""
+    return path.with_name(path.name + ".yaml")
+
+
+def format_for(path: Path, requested: str | None = None) -> str:
+    """The format to write: the one asked for, else `.pt` / `.pth` by suffix, else safetensors."""
+    if requested is not None:
+        return requested
+    return TORCH if path.suffix in TORCH_SUFFIXES else SAFETENSORS
+
+
+def output_paths(path: Path, fmt: str | None = None) -> list[Path]:
+    """The files a save writes: the weights, and for `.pt` the spec beside them."""
+    return [path, spec_path_for(path)] if format_for(path, fmt) == TORCH else [path]
+
+
+def check_writable_outputs(path: str | Path, fmt: str | None = None, force: bool = False) -> None:
+    """Refuse early (before building or converting anything) when a save could not write its files."""
+    check_writable(output_paths(Path(path), fmt), force)
+
+
+def spec_yaml(spec: ResNetSpec) -> str:
+    return yaml.safe_dump(spec.to_yaml_dict(), sort_keys=False, default_flow_style=None)
+
+
+def name_from_path(path: Path) -> str:
+    """A valid spec name from a file name: known suffixes dropped, other characters replaced by '_'."""
+    name = path.name
+    while name.endswith(NAME_SUFFIXES):
+        name = name[: name.rindex(".")]
+    cleaned = "".join(c if c.isalnum() or c in "_.-" else "_" for c in name).lstrip("_.-")[:64]
+    return cleaned or "converted"
+
+
+@dataclass
+class Checkpoint:
+    """A checkpoint file read safely: raw content, its tensors under ecacli's names, and its own spec if it has one."""
+
+    raw: RawCheckpoint
+    state: SourceState
+    spec: ResNetSpec | None
+    spec_origin: str | None
+
+    @property
+    def path(self) -> Path:
+        return self.raw.path
+
+    @property
+    def tensors(self) -> dict[str, torch.Tensor]:
+        return self.state.tensors
+
+
+def _embedded_spec(raw: RawCheckpoint) -> tuple[ResNetSpec | None, str | None]:
+    """The spec stored with the weights: safetensors metadata, or `FILE.yaml` beside a torch file."""
+    if SPEC_KEY in raw.metadata:
+        label = f"{raw.path} (metadata '{SPEC_KEY}')"
+        data, positions = parse_yaml_text(raw.metadata[SPEC_KEY], label)
+        if not isinstance(data, dict):
+            raise CheckpointError(f"{label}: the stored spec is not a YAML mapping.")
+        return spec_from_data(data, label, positions), "file metadata"
+    beside = spec_path_for(raw.path)
+    if raw.container != SAFETENSORS and beside.is_file():
+        return load_spec(beside), str(beside)
+    return None, None
+
+
+def open_checkpoint(path: str | Path, max_bytes: int = MAX_CHECKPOINT_BYTES) -> Checkpoint:
+    """Read a checkpoint file of any supported source without running code from it."""
+    raw = read_checkpoint(path, max_bytes)
+    spec, origin = _embedded_spec(raw)
+    return Checkpoint(raw, detect(raw, has_spec=spec is not None), spec, origin)
+
+
+def spec_for(checkpoint: Checkpoint, spec: ResNetSpec | None = None) -> tuple[ResNetSpec, str]:
+    """The spec to load a checkpoint with, and where it came from: given, stored, or inferred from the tensors."""
+    if spec is not None:
+        return spec, "given"
+    if checkpoint.spec is not None:
+        return checkpoint.spec, checkpoint.spec_origin or "file"
+    checkpoint.state.require_supported(checkpoint.path)
+    return infer_spec(checkpoint.tensors, name_from_path(checkpoint.path)), "inferred from tensor names and shapes"
+
+
+def converted_spec(checkpoint: Checkpoint, name: str | None = None, overrides: Iterable[str] = ()) -> ResNetSpec:
+    """The spec `convert` writes: inferred from the tensors (ECA added to plain ResNets), then `--set` overrides."""
+    base, _ = spec_for(checkpoint)
+    data = base.to_yaml_dict()
+    if name:
+        data["name"] = name
+    if base.attention.type == "none":
+        data["attention"] = {"type": "eca"}
+    overrides = list(overrides)
+    label = "converted spec" + (f" (with --set {' '.join(overrides)})" if overrides else "")
+    return spec_from_data(apply_overrides(data, overrides), label)
+
+
+def new_model(spec: ResNetSpec, seed: int | None = None) -> ECAResNet:
+    """A freshly initialised model; with a seed, the same weights every time (the global RNG is left as it was)."""
+    from ecacli.models import build_model
+
+    if seed is None:
+        return build_model(spec)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return build_model(spec)
+
+
+def floating_dtype(tensors: Mapping[str, torch.Tensor]) -> torch.dtype | None:
+    """The one floating-point dtype of a state_dict, or None when it mixes several."""
+    dtypes = {t.dtype for t in tensors.values() if t.is_floating_point()}
+    return dtypes.pop() if len(dtypes) == 1 else None
+
+
+def model_with_weights(
+    spec: ResNetSpec, checkpoint: Checkpoint, seed: int | None = None, init_missing_eca: bool = False
+) -> tuple[ECAResNet, list[str]]:
+    """The spec's model holding the checkpoint's weights (in their dtype), and notes on what was done.
+
+    Refuses unless the weights load strictly, except that with `init_missing_eca` a checkpoint
+    without any ECA kernels (a plain ResNet) loads into an ECA spec with initialised kernels.
+    """
+    checkpoint.state.require_supported(checkpoint.path)
+    report = check_against(spec, checkpoint.tensors)
+    notes = list(checkpoint.state.notes)
+    if not report.loads:
+        if not (init_missing_eca and report.only_eca_missing and not checkpoint.state.has_eca):
+            raise CheckpointError(f"{checkpoint.path}: the weights do not load into spec '{spec.name}':\n{report.describe()}")
+        notes.append(
+            f"the source has no ECA kernels: initialised all {len(report.missing)} of them (k per stage "
+            f"{spec.stage_kernel_sizes}); everything else was copied - a warm start for fine-tuning"
+        )
+    model = new_model(spec, seed)
+    dtype = floating_dtype(checkpoint.tensors)
+    if dtype is not None:
+        model.to(dtype)
+    model.load_state_dict(checkpoint.tensors, strict=False)
+    return model, notes
+
+
+def load_model(path: str | Path, spec: ResNetSpec | str | Path | None = None) -> ECAResNet:
+    """The model a checkpoint file describes, holding its weights, in eval mode.
+
+    The spec is the one given (a ResNetSpec, preset name or YAML path), else the file's own,
+    else inferred from tensor names and shapes; the weights must load strictly.
+    """
+    checkpoint = open_checkpoint(path)
+    given = load_spec(spec) if isinstance(spec, (str, Path)) else spec
+    model_spec, _ = spec_for(checkpoint, given)
+    model, _ = model_with_weights(model_spec, checkpoint)
+    return model.eval()
+
+
+@dataclass
+class SavedCheckpoint:
+    """What `save_checkpoint` wrote."""
+
+    path: Path
+    format: str
+    size: int
+    sha256: str
+    parameters: int
+    dtype: str
+    spec_path: Path | None
+
+    def to_dict(self) -> dict:
+        return {
+            "path": str(self.path),
+            "format": self.format,
+            "size": self.size,
+            "sha256": self.sha256,
+            "parameters": self.parameters,
+            "dtype": self.dtype,
+            "spec_path": str(self.spec_path) if self.spec_path else None,
+        }
+
+
+def cast_floating(state_dict: Mapping[str, torch.Tensor], dtype: torch.dtype | None) -> dict[str, torch.Tensor]:
+    """Floating-point tensors in `dtype` (integer buffers unchanged), detached and contiguous on the CPU."""
+    return {
+        key: (t.to(dtype) if dtype is not None and t.is_floating_point() else t).detach().cpu().contiguous()
+        for key, t in state_dict.items()
+    }
+
+
+def save_checkpoint(
+    state_dict: Mapping[str, torch.Tensor],
+    spec: ResNetSpec,
+    path: str | Path,
+    fmt: str | None = None,
+    dtype: str | None = None,
+    force: bool = False,
+    source: str | None = None,
+) -> SavedCheckpoint:
+    """Write weights with their spec atomically; an existing file is replaced only with `force`."""
+    from ecacli import __version__
+
+    path = Path(path)
+    fmt = format_for(path, fmt)
+    tensors = cast_floating(state_dict, DTYPES[dtype] if dtype else None)
+    parameters = parameter_count(tensors)
+    single = floating_dtype(tensors)
+    dtype_name = str(single).removeprefix("torch.") if single else "mixed"
+    if fmt == SAFETENSORS:
+        from safetensors.torch import save
+
+        metadata = {
+            "format": "pt",
+            SPEC_KEY: spec_yaml(spec),
+            "ecacli_version": __version__,
+            "torch_version": torch.__version__,
+            "parameters": str(parameters),
+            "dtype": dtype_name,
+            **({"source": source} if source else {}),
+        }
+        writers = {path: lambda handle: handle.write(save(tensors, metadata))}
+        spec_path = None
+    else:
+        spec_path = spec_path_for(path)
+        described = f"written by ecacli {__version__} (torch {torch.__version__}); {parameters:,} parameters, {dtype_name}"
+        header = f"# Spec of {path.name}, {described}.\n" + (f"# Converted from {source}.\n" if source else "")
+        writers = {path: lambda handle: torch.save(tensors, handle), spec_path: _text_writer(header + spec_yaml(spec))}
+    atomic_write(writers, force)
+    return SavedCheckpoint(path, fmt, path.stat().st_size, sha256_of(path), parameters, dtype_name, spec_path)
+
+
+def _text_writer(text: str):
+    def write(handle: IO[bytes]) -> None:
+        handle.write(text.encode("utf-8"))
+
+    return write

@@ -1,0 +1,137 @@
+"""Recognising where a checkpoint comes from and renaming its tensors to ecacli's names.
+
+Sources: ecacli's own files; the paper's released training checkpoints (a dict with
+`state_dict` whose keys carry DataParallel's `module.` prefix); torchvision ResNet state_dicts
+(no attention); timm resnet-family checkpoints, whose attention module is named `se`.
+Anything else is reported with what was found and what is missing.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from numbers import Number
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+
+from ecacli.checkpoints.io import CheckpointError, RawCheckpoint
+
+WRAPPER_KEYS = ("state_dict", "model", "model_state_dict")
+TRAINING_FIELDS = ("epoch", "arch", "best_prec1", "best_acc1", "metric")
+DATA_PARALLEL_PREFIX = "module."
+TIMM_ECA = re.compile(r"^(layer\d+\.\d+)\.se\.conv\.weight$")
+TIMM_ATTENTION = re.compile(r"^layer\d+\.\d+\.se\.")
+RESNET_KEYS = re.compile(r"^(conv1|bn1|layer[1-4]\.\d+|fc)\.")
+
+PAPER = "paper"
+ECACLI = "ecacli"
+TIMM = "timm"
+TORCHVISION = "torchvision"
+UNKNOWN = "unknown"
+
+
+@dataclass
+class SourceState:
+    """A checkpoint's tensors under ecacli's names, with where they came from and what was done to them."""
+
+    source: str
+    label: str
+    tensors: dict[str, torch.Tensor]
+    details: dict[str, Any] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    problem: str | None = None
+
+    @property
+    def has_eca(self) -> bool:
+        return any(key.endswith(".eca.conv.weight") for key in self.tensors)
+
+    def require_supported(self, path: Path) -> None:
+        if self.problem:
+            raise CheckpointError(f"{path}: unsupported checkpoint: {self.problem}")
+
+
+def _is_state_dict(value: Any) -> bool:
+    return isinstance(value, Mapping) and bool(value) and all(isinstance(v, torch.Tensor) for v in value.values())
+
+
+def _plain(value: Any) -> Any:
+    """A training checkpoint's scalar field as plain data, for display."""
+    if isinstance(value, torch.Tensor) and value.numel() == 1:
+        return value.item()
+    return value if isinstance(value, (str, Number)) else None
+
+
+def unwrap(raw: RawCheckpoint) -> tuple[dict[str, torch.Tensor], dict[str, Any], list[str]]:
+    """The state_dict inside a file (itself, or a training checkpoint's `state_dict`), its wrapper's fields, notes."""
+    content = raw.content
+    if not isinstance(content, Mapping):
+        raise CheckpointError(f"{raw.path}: holds a {type(content).__name__}, not a state_dict (a mapping of names to tensors).")
+    if _is_state_dict(content):
+        return dict(content), {}, []
+    for key in WRAPPER_KEYS:
+        if _is_state_dict(content.get(key)):
+            details = {name: _plain(content[name]) for name in TRAINING_FIELDS if name in content and _plain(content[name]) is not None}
+            ignored = sorted(str(k) for k in content if k != key)
+            notes = [f"took the weights from the training checkpoint's '{key}'" + (f"; ignored {', '.join(ignored)}" if ignored else "")]
+            return dict(content[key]), {"wrapper": key, **details}, notes
+    found = ", ".join(sorted(str(k) for k in content)[:12])
+    raise CheckpointError(
+        f"{raw.path}: found a mapping with keys {found}, but no state_dict: expected names mapped to tensors, "
+        f"or a training checkpoint with one of {', '.join(WRAPPER_KEYS)} holding them."
+    )
+
+
+def strip_prefix(tensors: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """Drop DataParallel's `module.` prefix when every key carries it."""
+    if tensors and all(key.startswith(DATA_PARALLEL_PREFIX) for key in tensors):
+        stripped = {key[len(DATA_PARALLEL_PREFIX) :]: t for key, t in tensors.items()}
+        return stripped, [f"stripped the '{DATA_PARALLEL_PREFIX}' prefix (DataParallel) from every key"]
+    return tensors, []
+
+
+def _unknown(tensors: dict[str, torch.Tensor], problem: str) -> SourceState:
+    return SourceState(UNKNOWN, "unrecognised state_dict", tensors, problem=problem)
+
+
+def classify(tensors: dict[str, torch.Tensor], wrapped: bool, prefixed: bool, ecacli_file: bool) -> SourceState:
+    """Name the source from the keys and rename timm's attention; unknown layouts carry the reason."""
+    foreign = [key for key in tensors if not RESNET_KEYS.match(key)]
+    if foreign or "layer1.0.conv1.weight" not in tensors:
+        sample = ", ".join((foreign or sorted(tensors))[:5])
+        hint = " (an ECA-MobileNetV2?)" if any(key.startswith("features.") for key in foreign) else ""
+        return _unknown(
+            tensors,
+            f"found keys such as {sample}{hint}; expected a ResNet's conv1, bn1, layer1..layer4 and fc. "
+            "ecacli converts ResNet / ECA-ResNet checkpoints only.",
+        )
+    timm_attention = [key for key in tensors if TIMM_ATTENTION.match(key)]
+    if timm_attention:
+        other = [key for key in timm_attention if not TIMM_ECA.match(key)]
+        if other:
+            return _unknown(
+                tensors,
+                f"found timm attention weights that are not ECA ({', '.join(other[:3])}); "
+                "ECA has exactly one tensor per block, se.conv.weight [1, 1, k].",
+            )
+        renamed = {TIMM_ECA.sub(r"\1.eca.conv.weight", key): t for key, t in tensors.items()}
+        return SourceState(TIMM, "timm ResNet with ECA attention", renamed, notes=["renamed timm's 'se.conv' (ECA) to 'eca.conv'"])
+    has_eca = any(key.endswith(".eca.conv.weight") for key in tensors)
+    if ecacli_file:
+        return SourceState(ECACLI, "ecacli checkpoint", tensors)
+    if has_eca:
+        label = "the paper's training checkpoint" if wrapped or prefixed else "ECA-ResNet state_dict (the paper's names)"
+        return SourceState(PAPER, label, tensors)
+    label = "torchvision ResNet state_dict" if "conv1.weight" in tensors else "timm ResNet state_dict without attention"
+    return SourceState(TORCHVISION if "conv1.weight" in tensors else TIMM, label, tensors)
+
+
+def detect(raw: RawCheckpoint, has_spec: bool) -> SourceState:
+    """Unwrap, strip prefixes and rename a loaded file's tensors; `problem` says why a layout is unsupported."""
+    tensors, details, notes = unwrap(raw)
+    tensors, prefix_notes = strip_prefix(tensors)
+    state = classify(tensors, wrapped=bool(details), prefixed=bool(prefix_notes), ecacli_file=has_spec)
+    state.details = {**details, **state.details}
+    state.notes = notes + prefix_notes + state.notes
+    return state

@@ -1,0 +1,41 @@
+"""`ecacli convert`: turn a paper, torchvision or timm checkpoint into an ecacli spec plus weights."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from ecacli.cli.common import JsonOption, SetOption
+from ecacli.cli.export import DtypeOption, ForceOption, FormatOption, OutputOption, SeedOption, report_saved
+
+
+def convert(
+    source: Annotated[Path, typer.Argument(help="Checkpoint to convert: the paper's .pth.tar, a torchvision or timm ResNet state_dict.", show_default=False)],
+    output: OutputOption,
+    name: Annotated[Optional[str], typer.Option("--name", help="Name of the written spec [default: from the source's file name].", show_default=False)] = None,
+    seed: SeedOption = None,
+    dtype: DtypeOption = None,
+    fmt: FormatOption = None,
+    force: ForceOption = False,
+    overrides: SetOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Detect a checkpoint's source, infer its spec from tensor names and shapes, and write spec + weights.
+
+    Plain ResNets (no ECA kernels) get initialised ECA kernels, a warm start for fine-tuning;
+    --set attention.type=none keeps them plain.
+    """
+    from ecacli.checkpoints import check_writable_outputs, converted_spec, model_with_weights, open_checkpoint, save_checkpoint
+
+    check_writable_outputs(output, fmt, force)
+    checkpoint = open_checkpoint(source)
+    spec = converted_spec(checkpoint, name, overrides or ())
+    model, notes = model_with_weights(spec, checkpoint, seed, init_missing_eca=True)
+    saved = save_checkpoint(model.state_dict(), spec, output, fmt, dtype, force, source=f"{source.name} ({checkpoint.state.label})")
+    if not as_json:
+        typer.echo(f"source: {checkpoint.state.label}")
+        typer.echo(f"spec:   {spec.block_type} blocks {spec.stage_blocks}, {spec.stem} stem, downsample {spec.downsample}, "
+                   f"{spec.num_classes} classes, attention {spec.attention.type}, k per stage {spec.stage_kernel_sizes}")
+    report_saved(saved, spec.name, notes, as_json, extra={"source": checkpoint.state.source, "stage_kernel_sizes": spec.stage_kernel_sizes})

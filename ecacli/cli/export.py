@@ -1,0 +1,66 @@
+"""`ecacli export`: write a spec's model (fresh, seeded, or with converted weights) as .safetensors or .pt."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Literal, Optional
+
+import typer
+
+from ecacli.cli.common import JsonOption, SetOption, SpecArgument, fmt_bytes, fmt_int, load_spec_arg, print_json
+
+if TYPE_CHECKING:
+    from ecacli.checkpoints import SavedCheckpoint
+
+OutputOption = Annotated[Path, typer.Option("-o", "--output", help="File to write: .safetensors, or .pt / .pth for a plain state_dict (+ FILE.yaml).", show_default=False)]
+FormatOption = Annotated[
+    Optional[Literal["safetensors", "pt"]],
+    typer.Option("--format", help="safetensors or pt [default: from the file's suffix, else safetensors].", show_default=False),
+]
+DtypeOption = Annotated[Optional[Literal["float32", "bfloat16", "float16"]], typer.Option("--dtype", help="Cast floating-point tensors [default: keep].", show_default=False)]
+ForceOption = Annotated[bool, typer.Option("--force", help="Overwrite an existing file.")]
+SeedOption = Annotated[Optional[int], typer.Option("--seed", min=0, help="Seed for reproducible initial weights.", show_default=False)]
+
+
+def export(
+    spec: SpecArgument,
+    output: OutputOption,
+    source: Annotated[Optional[Path], typer.Option("--from", help="Checkpoint whose weights to export (paper, torchvision, timm or ecacli).", show_default=False)] = None,
+    seed: SeedOption = None,
+    dtype: DtypeOption = None,
+    fmt: FormatOption = None,
+    force: ForceOption = False,
+    overrides: SetOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Export the model a spec builds: initialised weights, or a checkpoint's weights converted to this spec."""
+    model_spec = load_spec_arg(spec, overrides)
+    from ecacli.checkpoints import check_writable_outputs, model_with_weights, new_model, open_checkpoint, save_checkpoint
+
+    check_writable_outputs(output, fmt, force)
+    notes: list[str] = []
+    if source is None:
+        model = new_model(model_spec, seed)
+    else:
+        checkpoint = open_checkpoint(source)
+        model, notes = model_with_weights(model_spec, checkpoint, seed, init_missing_eca=True)
+    saved = save_checkpoint(model.state_dict(), model_spec, output, fmt, dtype, force, source=source.name if source else None)
+    report_saved(saved, model_spec.name, notes, as_json)
+
+
+def report_saved(saved: SavedCheckpoint, spec_name: str, notes: list[str], as_json: bool, extra: dict | None = None) -> None:
+    """Print what was written: path, size, sha256, parameter count, and any notes on the conversion."""
+    if as_json:
+        print_json({**saved.to_dict(), "spec": spec_name, **(extra or {}), "notes": notes})
+        return
+    for note in notes:
+        typer.echo(f"note: {note}")
+    lines = [
+        f"wrote {saved.path} ({saved.format}, spec {spec_name})",
+        f"  size:        {fmt_bytes(saved.size)} ({fmt_int(saved.size)} bytes)",
+        f"  sha256:      {saved.sha256}",
+        f"  parameters:  {fmt_int(saved.parameters)} ({saved.dtype})",
+    ]
+    if saved.spec_path:
+        lines.append(f"  spec:        {saved.spec_path}")
+    typer.echo("\n".join(lines))

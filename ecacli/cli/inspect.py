@@ -1,0 +1,82 @@
+"""`ecacli inspect`: what a checkpoint holds, its spec, and whether it loads strictly into the built model."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from ecacli.cli.common import JsonOption, SetOption, fmt_bytes, fmt_int, load_spec_arg, print_json
+from ecacli.errors import UserError
+
+
+def inspect(
+    file: Annotated[Path, typer.Argument(help="Checkpoint: .safetensors, .pt / .pth / .pth.tar (read without unpickling objects).", show_default=False)],
+    spec: Annotated[Optional[str], typer.Option("--spec", help="Check against this spec or preset instead of the file's own or inferred spec.", show_default=False)] = None,
+    overrides: SetOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Show a checkpoint's source, spec, parameter count and dtypes, and whether it loads strictly (with the exact mismatches)."""
+    given = load_spec_arg(spec, overrides) if spec else None
+    if overrides and not spec:
+        raise UserError("--set needs --spec: it overrides values of the spec given there.")
+    from ecacli.checkpoints import check_against, open_checkpoint, parameter_count, spec_for, spec_yaml
+
+    checkpoint = open_checkpoint(file)
+    state = checkpoint.state
+    try:
+        model_spec, origin = spec_for(checkpoint, given)
+        spec_error = None
+    except UserError as exc:
+        model_spec, origin, spec_error = None, None, str(exc)
+    report = check_against(model_spec, state.tensors) if model_spec else None
+    dtypes = Counter(str(t.dtype).removeprefix("torch.") for t in state.tensors.values())
+    result = {
+        "file": str(file),
+        "container": checkpoint.raw.container,
+        "size": checkpoint.raw.size,
+        "source": state.source,
+        "source_label": state.label,
+        "details": state.details,
+        "metadata": {k: v for k, v in checkpoint.raw.metadata.items() if k != "spec"},
+        "notes": state.notes,
+        "problem": state.problem,
+        "spec": model_spec.to_yaml_dict() if model_spec else None,
+        "spec_origin": origin,
+        "spec_error": spec_error,
+        "parameters": parameter_count(state.tensors),
+        "tensors": len(state.tensors),
+        "dtypes": dict(dtypes),
+        **(report.to_dict() if report else {"loads_strictly": False}),
+    }
+    if as_json:
+        print_json(result)
+        return
+    _render(result, spec_yaml(model_spec) if model_spec else None, report)
+
+
+def _render(result: dict, spec_text: str | None, report) -> None:
+    details = ", ".join(f"{k} {v}" for k, v in result["details"].items() if k != "wrapper")
+    lines = [
+        f"file:        {result['file']} ({result['container']}, {fmt_bytes(result['size'])})",
+        f"source:      {result['source_label']}" + (f" ({details})" if details else ""),
+    ]
+    lines += [f"note:        {note}" for note in result["notes"]]
+    lines += [f"metadata:    {key} = {value}" for key, value in result["metadata"].items()]
+    dtypes = ", ".join(f"{name} x {count}" for name, count in sorted(result["dtypes"].items()))
+    lines += [
+        f"parameters:  {fmt_int(result['parameters'])}",
+        f"tensors:     {result['tensors']} ({dtypes})",
+    ]
+    if spec_text is None:
+        lines.append(f"spec:        none: {result['problem'] or result['spec_error']}")
+    else:
+        lines.append(f"spec:        {result['spec']['name']} ({result['spec_origin']})")
+        lines += [f"  {line}" for line in spec_text.rstrip().splitlines()]
+    if report is not None:
+        lines.append("loads strictly: " + ("yes" if report.loads else "no"))
+        if not report.loads:
+            lines.append(report.describe())
+    typer.echo("\n".join(lines))
