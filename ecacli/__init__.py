@@ -18,6 +18,7 @@ _LAZY = {
     "build_model": "ecacli.models",
     "ECAResNet": "ecacli.models",
     "EcaModule": "ecacli.layers",
+    "load_model": "ecacli.checkpoints",
 }
 
 __all__ = ["__version__", *_LAZY]

@@ -11,6 +11,10 @@ import sys
 
 import typer
 
+from ecacli.cli.compare import compare
+from ecacli.cli.convert import convert
+from ecacli.cli.export import export
+from ecacli.cli.inspect import inspect
 from ecacli.cli.ksize import ksize
 from ecacli.cli.schema import schema
 from ecacli.cli.specs import specs
@@ -26,7 +30,7 @@ app = typer.Typer(
     add_completion=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
-for command in (summary, ksize, specs, validate, schema):
+for command in (summary, ksize, specs, validate, schema, compare, export, inspect, convert):
     app.command()(command)
 
 
