@@ -60,7 +60,8 @@ def sniff_container(path: Path, head: bytes) -> str:
             return SAFETENSORS
     if not head:
         raise CheckpointError(f"{path}: the file is empty; expected a .safetensors file or a PyTorch checkpoint.")
-    described = "text" if head.isascii() and head.decode("ascii").isprintable() else "binary data of an unknown format"
+    text = head.isascii() and all(chr(c).isprintable() or chr(c).isspace() for c in head)
+    described = "text" if text else "binary data of an unknown format"
     raise CheckpointError(
         f"{path}: not a checkpoint (the file starts with {described}, {head[:16]!r}); "
         "expected a .safetensors file or a PyTorch file written by torch.save (zip or legacy format)."
