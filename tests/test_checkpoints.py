@@ -45,18 +45,22 @@ def assert_same_tensors(actual: dict, expected: dict) -> None:
         assert torch.equal(actual[key], tensor), key
 
 
-def paper_checkpoint(spec: ResNetSpec, path: Path, arch: str = "eca_resnet50") -> dict:
-    """A training checkpoint as the paper's code saves it: DataParallel keys inside `state_dict`, plus training state."""
+def paper_checkpoint(spec: ResNetSpec, path: Path, zip_format: bool = True) -> dict:
+    """A training checkpoint as the paper's code saves it: DataParallel keys inside `state_dict`, plus training state.
+
+    `zip_format=False` writes torch's pre-1.6 format, which checkpoints from 2019 use.
+    """
     weights = new_model(spec, seed=0).state_dict()
     torch.save(
         {
             "epoch": 100,
-            "arch": arch,
+            "arch": "eca_resnet50",
             "state_dict": {f"module.{key}": value for key, value in weights.items()},
             "best_prec1": torch.tensor(77.48),
             "optimizer": {"state": {0: {"momentum_buffer": torch.zeros(3)}}, "param_groups": [{"lr": 1e-4, "momentum": 0.9, "params": [0]}]},
         },
         path,
+        _use_new_zipfile_serialization=zip_format,
     )
     return weights
 
@@ -129,9 +133,10 @@ def test_load_model_is_exported_lazily():
 # --- the paper's training checkpoints -----------------------------------------------------------
 
 
-def test_paper_checkpoint_spec_is_inferred_per_stage(tmp_path):
+@pytest.mark.parametrize("zip_format", [True, False], ids=["zip", "legacy"])
+def test_paper_checkpoint_spec_is_inferred_per_stage(tmp_path, zip_format):
     spec = tiny_spec(num_classes=11)
-    weights = paper_checkpoint(spec, tmp_path / "eca_tiny_k3557.pth.tar")
+    weights = paper_checkpoint(spec, tmp_path / "eca_tiny_k3557.pth.tar", zip_format)
     checkpoint = open_checkpoint(tmp_path / "eca_tiny_k3557.pth.tar")
     inferred, origin = spec_for(checkpoint)
     assert checkpoint.state.source == "paper"

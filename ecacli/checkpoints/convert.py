@@ -74,7 +74,7 @@ def unwrap(raw: RawCheckpoint) -> tuple[dict[str, torch.Tensor], dict[str, Any],
         if _is_state_dict(content.get(key)):
             details = {name: _plain(content[name]) for name in TRAINING_FIELDS if name in content and _plain(content[name]) is not None}
             ignored = sorted(str(k) for k in content if k != key)
-            notes = [f"took the weights from the training checkpoint's '{key}'" + (f"; ignored {', '.join(ignored)}" if ignored else "")]
+            notes = [f"took the weights from the training checkpoint's '{key}'" + (f"; not used: {', '.join(ignored)}" if ignored else "")]
             return dict(content[key]), {"wrapper": key, **details}, notes
     found = ", ".join(sorted(str(k) for k in content)[:12])
     raise CheckpointError(
@@ -132,6 +132,6 @@ def detect(raw: RawCheckpoint, has_spec: bool) -> SourceState:
     tensors, details, notes = unwrap(raw)
     tensors, prefix_notes = strip_prefix(tensors)
     state = classify(tensors, wrapped=bool(details), prefixed=bool(prefix_notes), ecacli_file=has_spec)
-    state.details = {**details, **state.details}
+    state.details = details
     state.notes = notes + prefix_notes + state.notes
     return state

@@ -76,7 +76,11 @@ def _render(result: dict, spec_text: str | None, report) -> None:
         lines.append(f"spec:        {result['spec']['name']} ({result['spec_origin']})")
         lines += [f"  {line}" for line in spec_text.rstrip().splitlines()]
     if report is not None:
-        lines.append("loads strictly: " + ("yes" if report.loads else "no"))
+        converted = result["source"] != "ecacli" and result["notes"]
+        verdict = "yes" if report.loads else "no"
+        if report.loads and converted:
+            verdict += ", after the conversion noted above (ecacli.load_model applies it; `ecacli convert` writes a file that needs none)"
+        lines.append(f"loads strictly: {verdict}")
         if not report.loads:
             lines.append(report.describe())
     typer.echo("\n".join(lines))
