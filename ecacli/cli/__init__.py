@@ -15,6 +15,7 @@ from ecacli.cli.convert import convert
 from ecacli.cli.export import export
 from ecacli.cli.inspect import inspect
 from ecacli.cli.ksize import ksize
+from ecacli.cli.profile import profile
 from ecacli.cli.schema import schema
 from ecacli.cli.specs import specs
 from ecacli.cli.summary import summary
@@ -29,7 +30,7 @@ app = typer.Typer(
     add_completion=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
-for command in (summary, ksize, specs, validate, schema, export, inspect, convert):
+for command in (summary, ksize, specs, validate, schema, export, inspect, convert, profile):
     app.command()(command)
 
 

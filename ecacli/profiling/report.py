@@ -1,0 +1,145 @@
+"""The profiling entry point: check the request, build the models, measure them, gather a report."""
+
+from __future__ import annotations
+
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import torch
+
+from ecacli.errors import UserError
+from ecacli.profiling.breakdown import Breakdown, breakdown
+from ecacli.profiling.device import environment, make_timer, memory_measure, resolve_device
+from ecacli.profiling.runner import (
+    ModelProfile,
+    ProfileConfig,
+    ProgressCallback,
+    Workload,
+    count_flops,
+    make_workload,
+    measure,
+    summarize,
+)
+from ecacli.profiling.stats import Stats
+from ecacli.spec import ResNetSpec
+
+
+class OutOfMemory(UserError):
+    """The device ran out of memory: exit 1 (a resource limit, not a malformed request)."""
+
+    exit_code = 1
+
+
+@dataclass
+class ProfileReport:
+    """Header (environment and settings), one profile per model, an optional breakdown, and whether Ctrl-C cut it short."""
+
+    header: dict[str, Any]
+    models: list[ModelProfile]
+    interrupted: bool = False
+    breakdown: Breakdown | None = None
+
+    def model(self, label: str) -> ModelProfile:
+        return next(m for m in self.models if m.label == label)
+
+    def ratio(self, label: str, reference: str, phase: str = "step") -> Stats | None:
+        """Per-round ratio of `label`'s phase time to `reference`'s, over the rounds both completed."""
+        mine, theirs = self.model(label).samples, self.model(reference).samples
+        return Stats.of(a[phase] / b[phase] for a, b in zip(mine, theirs) if phase in a and phase in b)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "header": self.header,
+            "interrupted": self.interrupted,
+            "models": [m.to_dict() for m in self.models],
+            "breakdown": self.breakdown.to_dict() if self.breakdown else None,
+        }
+
+
+def header(config: ProfileConfig, device: torch.device, spec: ResNetSpec) -> dict[str, Any]:
+    """Environment and settings, for reproducing the measurement."""
+    return {
+        **environment(device),
+        "spec": spec.name,
+        "mode": config.mode,
+        "step": config.step_definition(),
+        "batch": config.batch,
+        "input_shape": config.input_shape(spec),
+        "dtype": config.dtype,
+        "autocast": config.dtype != "float32",
+        "memory_format": "channels_last" if config.channels_last else "contiguous",
+        "compile": config.compile,
+        "warmup": config.warmup,
+        "iters": config.iters,
+        "seed": config.seed,
+        "order": "interleaved: one step of each model per round, order rotated every round",
+        "timer": make_timer(device).name,
+        "memory_measure": memory_measure(device),
+    }
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """CUDA's OutOfMemoryError, or the RuntimeError the CPU and MPS allocators raise."""
+    text = str(exc)
+    return isinstance(exc, torch.OutOfMemoryError) or (
+        isinstance(exc, RuntimeError) and ("can't allocate memory" in text or "out of memory" in text.lower())
+    )
+
+
+class out_of_memory_as_error(AbstractContextManager):
+    """Turns running out of device memory into an `OutOfMemory` error naming the batch that failed."""
+
+    def __init__(self, config: ProfileConfig, device: torch.device) -> None:
+        self.config, self.device = config, device
+
+    def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
+        if exc is None or not is_out_of_memory(exc):
+            return
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+        hints = [f"--batch {max(self.config.batch // 2, 1)}"]
+        if self.config.dtype == "float32":
+            hints.append("--dtype bfloat16")
+        if self.config.train:
+            hints.append("--mode eval")
+        raise OutOfMemory(
+            f"out of memory on {self.device} at --batch {self.config.batch} "
+            f"({self.config.mode}, {self.config.dtype}, input {self.config.side_text()}). Try {', '.join(hints[:-1]) + ' or ' + hints[-1] if len(hints) > 1 else hints[0]}."
+        ) from None
+
+
+def prepare(entries: Sequence[tuple[str, ResNetSpec]], config: ProfileConfig) -> tuple[torch.device, list[Workload], dict[str, tuple[int, int]]]:
+    """Check the request, then build every model on its device; returns (device, workloads, FLOPs by label)."""
+    config.validate()
+    device = resolve_device(config.device)
+    if config.threads is not None:
+        torch.set_num_threads(config.threads)
+    flops = {label: count_flops(spec, config) for label, spec in entries}
+    with out_of_memory_as_error(config, device):
+        workloads = [make_workload(label, spec, config, device) for label, spec in entries]
+    return device, workloads, flops
+
+
+def profile(
+    entries: Sequence[tuple[str, ResNetSpec]],
+    config: ProfileConfig,
+    progress: ProgressCallback | None = None,
+    with_breakdown: bool = False,
+) -> ProfileReport:
+    """Measure every (label, spec) model interleaved in this process (see `ecacli.profiling.runner`).
+
+    With `with_breakdown`, the first model is then profiled with torch.profiler. Ctrl-C stops the
+    measurement and returns what was measured, with `interrupted` set.
+    """
+    device, workloads, flops = prepare(entries, config)
+    with out_of_memory_as_error(config, device):
+        interrupted = measure(workloads, config, device, progress)
+        details = None
+        if with_breakdown and not interrupted:
+            try:
+                details = breakdown(workloads[0], config)
+            except KeyboardInterrupt:
+                interrupted = True
+    models = [summarize(w, config, flops[w.label]) for w in workloads]
+    return ProfileReport(header(config, device, entries[0][1]), models, interrupted, details)

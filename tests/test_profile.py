@@ -1,0 +1,307 @@
+"""`ecacli profile`: consistent fields and units, interleaving, FLOPs, memory, faults and exit codes.
+
+Everything runs on CPU with a tiny network (batch 2, 32-64 px, a few steps); nothing asserts
+a duration. A CUDA test runs only where CUDA exists.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+from torch import nn
+
+from ecacli.errors import UserError
+from ecacli.models import build_model
+from ecacli.profiling import OutOfMemory, ProfileConfig, Stats, count_flops, profile, runner, without_attention
+from ecacli.profiling.breakdown import breakdown
+from ecacli.profiling.device import resolve_device
+from ecacli.profiling.report import prepare
+from ecacli.spec import ResNetSpec
+
+TINY = ResNetSpec(name="tiny", layers=[1, 1, 1, 1], block="basic", width=8, num_classes=10, input_size=32)
+TINY_YAML = "name: tiny\nlayers: [1, 1, 1, 1]\nblock: basic\nwidth: 8\nnum_classes: 10\ninput_size: 32\n"
+FAST = {"device": "cpu", "batch": 2, "warmup": 1, "iters": 3}
+
+
+def tiny_report(**options):
+    config = ProfileConfig(**{**FAST, **options})
+    return profile([("model", TINY), ("plain", without_attention(TINY))], config), config
+
+
+@pytest.fixture(scope="module")
+def train_report():
+    return tiny_report()
+
+
+@pytest.fixture
+def tiny_yaml(tmp_path):
+    path = tmp_path / "tiny.yaml"
+    path.write_text(TINY_YAML)
+    return path
+
+
+# --- statistics -------------------------------------------------------------------------------
+
+
+def test_stats_known_values():
+    stats = Stats.of([5.0, 1.0, 4.0, 2.0, 3.0])
+    assert stats == Stats(median=3.0, p10=1.4, p90=4.6, min=1.0, max=5.0, n=5)
+    assert Stats.of([]) is None
+
+
+@given(st.lists(st.floats(min_value=0, max_value=1e6, allow_nan=False), min_size=1, max_size=50))
+def test_stats_order(values):
+    s = Stats.of(values)
+    assert s.min <= s.p10 <= s.median <= s.p90 <= s.max and s.n == len(values)
+    assert s.min == min(values) and s.max == max(values)
+
+
+# --- what a report holds ----------------------------------------------------------------------
+
+
+def test_phases_add_up_and_units_agree(train_report):
+    report, config = train_report
+    for m in report.models:
+        assert m.step_ms.n == m.forward_ms.n == m.backward_ms.n == m.optimizer_ms.n == config.iters
+        for sample in m.samples:
+            assert math.isclose(sample["forward"] + sample["backward"] + sample["optimizer"], sample["step"], rel_tol=1e-9)
+            assert sample["step"] >= sample["forward"] > 0
+        assert m.step_ms.median >= m.forward_ms.median
+        assert m.images_per_s == pytest.approx(config.batch / (m.step_ms.median / 1e3))
+        assert m.achieved_flops_per_s == pytest.approx(m.flops_per_image * config.batch / (m.step_ms.median / 1e3))
+        assert m.input_shape == [2, 3, 32, 32]
+    assert [m.attention for m in report.models] == ["eca", "none"]
+    assert not report.interrupted
+
+
+def test_overhead_is_the_per_round_ratio(train_report):
+    report, config = train_report
+    eca, plain = report.model("model"), report.model("plain")
+    ratio = report.ratio("model", "plain")
+    expected = sorted(a["step"] / b["step"] for a, b in zip(eca.samples, plain.samples))
+    assert ratio.n == config.iters and ratio.median == pytest.approx(expected[1])
+    assert ratio.min == pytest.approx(expected[0]) and ratio.max == pytest.approx(expected[-1])
+
+
+def _conv_linear_flops(model: nn.Module, inputs: torch.Tensor) -> int:
+    """2 x multiply-adds of every conv and linear layer, from the output shapes (independent of FlopCounterMode)."""
+    total = 0
+
+    def count(module, args, output):
+        nonlocal total
+        total += 2 * output.numel() * module.weight[0].numel()
+
+    handles = [m.register_forward_hook(count) for m in model.modules() if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Linear))]
+    with torch.no_grad():
+        model.eval()(inputs)
+    for handle in handles:
+        handle.remove()
+    return total
+
+
+@pytest.mark.parametrize("spec", [TINY, without_attention(TINY)], ids=["eca", "none"])
+def test_forward_flops_match_layer_shapes(spec):
+    config = ProfileConfig(batch=2, input_size=40)
+    step, forward = count_flops(spec, config)
+    model = build_model(spec)
+    assert forward == _conv_linear_flops(model, torch.zeros(2, 3, 40, 40))
+    # backward: input and weight gradients of every layer (each as costly as its forward),
+    # except the input gradient of the stem conv, whose input needs none
+    stem = _conv_linear_flops(model.conv1, torch.zeros(2, 3, 40, 40))
+    assert step == 3 * forward - stem
+    assert count_flops(spec, ProfileConfig(batch=2, input_size=40, mode="eval")) == (forward, forward)
+
+
+def test_memory_fields(train_report):
+    report, _ = train_report
+    for m in report.models:
+        model = build_model(TINY if m.attention == "eca" else without_attention(TINY))
+        param_bytes = sum(p.numel() * 4 for p in model.parameters())
+        buffer_bytes = sum(b.numel() * b.element_size() for b in model.buffers())
+        batch_bytes = 2 * 3 * 32 * 32 * 4 + 2 * 8
+        # weights + SGD momentum + buffers + input + labels
+        assert m.state_bytes == 2 * param_bytes + buffer_bytes + batch_bytes
+        assert m.step_peak_bytes >= param_bytes  # the step allocates every gradient
+        assert m.peak_memory_bytes == m.state_bytes + m.step_peak_bytes
+    assert "CPU allocator" in report.header["memory_measure"]
+
+
+def test_eval_mode_has_forward_only():
+    report, config = tiny_report(mode="eval", dtype="bfloat16", channels_last=True)
+    m = report.model("model")
+    assert m.backward_ms is None and m.optimizer_ms is None
+    assert [s["step"] for s in m.samples] == [s["forward"] for s in m.samples]
+    assert m.flops_per_image == m.forward_flops_per_image
+    assert report.header["memory_format"] == "channels_last" and report.header["autocast"] is True
+    assert report.header["step"] == "forward under torch.inference_mode"
+
+
+def test_interleaving_rotates_and_reports_progress():
+    calls = []
+    report = profile([("a", TINY), ("b", TINY)], ProfileConfig(**FAST), progress=lambda *args: calls.append(args))
+    assert calls[-1] == ("timing", 6, 6) and ("warm-up", 2, 2) in calls
+    assert runner._rotated([1, 2, 3], 1) == [2, 3, 1]
+    assert report.header["warmup"] == 1 and report.header["order"].startswith("interleaved")
+
+
+# --- faults -----------------------------------------------------------------------------------
+
+
+def _failing_step(monkeypatch, fail_at: int, error: BaseException) -> None:
+    real_step = runner.run_step
+    calls = {"n": 0}
+
+    def step(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == fail_at:
+            raise error
+        return real_step(*args, **kwargs)
+
+    monkeypatch.setattr(runner, "run_step", step)
+
+
+def test_ctrl_c_keeps_the_whole_steps_measured_so_far(monkeypatch):
+    # 2 warm-up + 2 memory steps, then rounds (a b) (b a) (a ...: Ctrl-C on the 5th timed step
+    _failing_step(monkeypatch, 4 + 5, KeyboardInterrupt())
+    report, _ = tiny_report()
+    assert report.interrupted
+    assert report.model("model").step_ms.n == 2 and report.model("plain").step_ms.n == 2
+    assert report.ratio("model", "plain").n == 2
+
+
+def test_out_of_memory_names_the_batch(monkeypatch):
+    _failing_step(monkeypatch, 1, torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"))
+    with pytest.raises(OutOfMemory, match=r"out of memory on cpu at --batch 2 .*Try --batch 1") as caught:
+        tiny_report()
+    assert caught.value.exit_code == 1
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"batch": 0}, "--batch must be a positive integer, got 0"),
+        ({"iters": -1}, "--iters must be a positive integer"),
+        ({"warmup": 0}, "--warmup must be a positive integer"),
+        ({"input_size": 4}, "--input-size must be between 8 and 2048"),
+        ({"dtype": "float64"}, "--dtype 'float64' is not supported"),
+        ({"mode": "test"}, "--mode 'test' is not supported"),
+        ({"device": "gpu"}, "--device 'gpu' is not a device"),
+        ({"device": "meta"}, "device type 'meta' is not supported"),
+        ({"device": "cpu:1"}, "only one CPU device"),
+        ({"batch": 1, "input_size": 8}, "cannot take input [1, 3, 8, 8]"),
+    ],
+)
+def test_bad_requests_are_user_errors(options, message):
+    with pytest.raises(UserError) as caught:
+        prepare([("model", TINY)], ProfileConfig(**{**FAST, **options}))
+    assert message in str(caught.value) and caught.value.exit_code == 2
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message where CUDA is missing")
+def test_cuda_missing_says_which_torch():
+    with pytest.raises(UserError, match=re.escape(f"CUDA is not available; the installed torch {torch.__version__}")):
+        resolve_device("cuda")
+
+
+# --- breakdown --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("impl", ["fast", "reference"])
+def test_breakdown_separates_attention(impl):
+    spec = ResNetSpec.model_validate({**TINY.model_dump(), "attention": {"type": "eca", "impl": impl}})
+    config = ProfileConfig(**FAST)
+    _, workloads, _ = prepare([("model", spec), ("plain", without_attention(spec))], config)
+    mine, plain = breakdown(workloads[0], config, steps=1), breakdown(workloads[1], config, steps=1)
+    assert sum(g.share for g in mine.groups) == pytest.approx(1.0)
+    phases = {(g.phase, g.part) for g in mine.groups}
+    assert {("forward", "attention"), ("backward", "attention"), ("optimizer", "other")} <= phases
+    assert 0 < mine.attention_share < 1 and plain.attention_share == 0
+    assert ("fused" in mine.attention_scope) == (impl == "fast")
+
+
+# --- the command ------------------------------------------------------------------------------
+
+
+def test_cli_json_with_baseline(cli, tiny_yaml):
+    result = cli("profile", str(tiny_yaml), "--device", "cpu", "--batch", "2", "--warmup", "1", "--iters", "2", "--baseline", "--breakdown", "--json")
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)
+    for key in ("device_name", "torch_version", "cuda_version", "cudnn_version", "dtype", "memory_format", "threads", "spec", "input_shape"):
+        assert key in data
+    assert data["input_shape"] == [2, 3, 32, 32] and data["interrupted"] is False
+    assert data["step_ms"]["median"] >= data["forward_ms"]["median"] and data["step_ms"]["n"] == 2
+    assert data["images_per_s"] == pytest.approx(2 / (data["step_ms"]["median"] / 1e3))
+    assert data["peak_memory_bytes"] > 0 and data["flops_per_image"] > data["forward_flops_per_image"] > 0
+    assert data["baseline"]["attention"] == "none" and data["overhead"]["n"] == 2
+    assert data["overhead"]["min"] <= data["overhead"]["median"] <= data["overhead"]["max"]
+    assert 0 < data["breakdown"]["attention_share"] < 1
+    assert result.stderr == ""
+
+
+def test_python_m_table(tiny_yaml):
+    result = subprocess.run(
+        [sys.executable, "-m", "ecacli", "profile", str(tiny_yaml), "--device", "cpu", "--batch", "2", "--warmup", "1", "--iters", "2", "--mode", "eval", "--threads", "1"],
+        capture_output=True, text=True, timeout=300, env={**os.environ, "COLUMNS": "200", "NO_COLOR": "1"},
+    )
+    assert result.returncode == 0, result.stderr
+    assert "forward" in result.stdout and "images/s" in result.stdout and "backward" not in result.stdout
+    assert "1 CPU threads" in result.stdout and "torch " + torch.__version__ in result.stdout
+    assert "\x1b[" not in result.stderr  # no progress bar when stderr is not a terminal
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message where CUDA is missing")
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--device", "cuda"], "CUDA is not available"),
+        (["--device", "tpu"], "is not a device"),
+        (["--batch", "0"], "--batch must be a positive integer"),
+        (["--batch", "1", "--input-size", "8", "--device", "cpu"], "cannot take input"),
+    ],
+)
+def test_cli_bad_input_exits_2(cli, args, message):
+    result = cli("profile", "r18", *args)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.startswith("error: ") and message in result.stderr and "Traceback" not in result.stderr
+    assert result.stdout == ""
+
+
+def test_cli_ctrl_c_prints_partial_and_exits_130(monkeypatch, tiny_yaml):
+    from typer.testing import CliRunner
+
+    from ecacli.cli import app
+
+    _failing_step(monkeypatch, 2 + 3, KeyboardInterrupt())  # 1 warm-up + 1 memory step, then the 3rd timed step
+    result = CliRunner().invoke(app, ["profile", str(tiny_yaml), "--device", "cpu", "--batch", "2", "--warmup", "1", "--iters", "5", "--json"])
+    assert result.exit_code == 130
+    data = json.loads(result.stdout)
+    assert data["interrupted"] is True and data["step_ms"]["n"] == 2
+
+
+def test_cli_out_of_memory_exits_1(monkeypatch, capsys, tiny_yaml):
+    from ecacli.cli import main
+
+    _failing_step(monkeypatch, 1, torch.OutOfMemoryError("CUDA out of memory."))
+    monkeypatch.setattr(sys, "argv", ["ecacli", "profile", str(tiny_yaml), "--device", "cpu", "--batch", "4"])
+    with pytest.raises(SystemExit) as caught:
+        main()
+    assert caught.value.code == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: out of memory on cpu at --batch 4") and "--batch 2" in err
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_profile_uses_events_and_allocator_peak():
+    report, _ = tiny_report(device="cuda")
+    assert report.header["timer"].startswith("CUDA events") and report.header["cudnn_version"]
+    for m in report.models:
+        assert m.step_ms.n == 3 and m.step_peak_bytes > 0 and m.peak_memory_bytes > m.state_bytes
