@@ -177,15 +177,17 @@ def model_with_weights(
 ) -> tuple[ECAResNet, list[str]]:
     """The spec's model holding the checkpoint's weights (in their dtype), and notes on what was done.
 
-    Refuses unless the weights load strictly, except that with `init_missing_eca` a checkpoint
+    Any source whose tensors (after renaming) match the spec's names and shapes loads, so a
+    given spec also covers layouts `convert` cannot infer. Refuses unless the weights load
+    strictly, except that with `init_missing_eca` a checkpoint
     without any ECA kernels (a plain ResNet) loads into an ECA spec with initialised kernels.
     """
-    checkpoint.state.require_supported(checkpoint.path)
     report = check_against(spec, checkpoint.tensors)
     notes = list(checkpoint.state.notes)
     if not report.loads:
         if not (init_missing_eca and report.only_eca_missing and not checkpoint.state.has_eca):
-            raise CheckpointError(f"{checkpoint.path}: the weights do not load into spec '{spec.name}':\n{report.describe()}")
+            found = f" ({checkpoint.state.problem})" if checkpoint.state.problem else ""
+            raise CheckpointError(f"{checkpoint.path}: the weights do not load into spec '{spec.name}'{found}:\n{report.describe()}")
         notes.append(
             f"the source has no ECA kernels: initialised all {len(report.missing)} of them (k per stage "
             f"{spec.stage_kernel_sizes}); everything else was copied - a warm start for fine-tuning"

@@ -25,6 +25,11 @@ TIMM_ECA = re.compile(r"^(layer\d+\.\d+)\.se\.conv\.weight$")
 TIMM_ATTENTION = re.compile(r"^layer\d+\.\d+\.se\.")
 RESNET_KEYS = re.compile(r"^(conv1|bn1|layer[1-4]\.\d+|fc)\.")
 
+TIMM_ECA_NOTE = (
+    "renamed timm's 'se.conv' (ECA) to 'eca.conv'; timm's CECA (circular padding) has the same weights: "
+    "ECA's zero padding is assumed (--set attention.type=ceca for a CecaModule source)"
+)
+
 PAPER = "paper"
 ECACLI = "ecacli"
 TIMM = "timm"
@@ -112,11 +117,12 @@ def classify(tensors: dict[str, torch.Tensor], wrapped: bool, prefixed: bool, ec
         if other:
             return _unknown(
                 tensors,
-                f"found timm attention weights that are not ECA ({', '.join(other[:3])}); "
-                "ECA has exactly one tensor per block, se.conv.weight [1, 1, k].",
+                f"found attention weights that are not ECA ({', '.join(other[:3])}; ECA has one se.conv.weight [1, 1, k] per block). "
+                "Specs are inferred for ECA-ResNets only: to load other attention whose names match a spec, give the spec "
+                "(`ecacli export SPEC --from FILE`, `ecacli inspect FILE --spec SPEC`, `load_model(FILE, SPEC)`).",
             )
         renamed = {TIMM_ECA.sub(r"\1.eca.conv.weight", key): t for key, t in tensors.items()}
-        return SourceState(TIMM, "timm ResNet with ECA attention", renamed, notes=["renamed timm's 'se.conv' (ECA) to 'eca.conv'"])
+        return SourceState(TIMM, "timm ResNet with ECA attention", renamed, notes=[TIMM_ECA_NOTE])
     has_eca = any(key.endswith(".eca.conv.weight") for key in tensors)
     if ecacli_file:
         return SourceState(ECACLI, "ecacli checkpoint", tensors)
