@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Iterable, Mapping
+from collections.abc import Iterable, Mapping
+from typing import IO, TYPE_CHECKING
 
 import torch
 import yaml
@@ -38,10 +39,10 @@ if TYPE_CHECKING:
 __all__ = [
     "Checkpoint",
     "CheckpointError",
-    "check_against",
-    "check_writable_outputs",
     "LoadReport",
     "SavedCheckpoint",
+    "check_against",
+    "check_writable_outputs",
     "converted_spec",
     "load_model",
     "model_with_weights",

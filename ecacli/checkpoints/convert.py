@@ -12,7 +12,8 @@ import re
 from dataclasses import dataclass, field
 from numbers import Number
 from pathlib import Path
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 

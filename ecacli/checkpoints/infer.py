@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Mapping
+from collections.abc import Mapping
 
 import torch
 
@@ -124,8 +124,8 @@ def infer_spec_data(tensors: Mapping[str, torch.Tensor], name: str) -> dict:
     block = "bottleneck" if "layer1.0.conv3.weight" in tensors else "basic"
     width = _shape(tensors, "layer1.0.conv1.weight", "width")[0]
     num_classes = _shape(tensors, "fc.weight", "number of classes (the classifier fc)")[0]
-    layout = {"depth": depth for depth, known in DEPTHS.items() if known == (block, tuple(blocks))}
-    data: dict = {"name": name, **(layout or {"layers": blocks, "block": block})}
+    depth = next((depth for depth, known in DEPTHS.items() if known == (block, tuple(blocks))), None)
+    data: dict = {"name": name, **({"depth": depth} if depth else {"layers": blocks, "block": block})}
     data.update(_stem(tensors, width))
     if any(key.endswith(".downsample.2.weight") for key in tensors):
         data["downsample"] = "avg"

@@ -16,7 +16,8 @@ import warnings
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, Callable
+from collections.abc import Callable
+from typing import IO, Any
 
 import torch
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Literal, Optional
+from typing import TYPE_CHECKING, Annotated, Literal
 
 import typer
 
@@ -14,18 +14,18 @@ if TYPE_CHECKING:
 
 OutputOption = Annotated[Path, typer.Option("-o", "--output", help="File to write: .safetensors, or .pt / .pth for a plain state_dict (+ FILE.yaml).", show_default=False)]
 FormatOption = Annotated[
-    Optional[Literal["safetensors", "pt"]],
+    Literal["safetensors", "pt"] | None,
     typer.Option("--format", help="safetensors or pt [default: from the file's suffix, else safetensors].", show_default=False),
 ]
-DtypeOption = Annotated[Optional[Literal["float32", "bfloat16", "float16"]], typer.Option("--dtype", help="Cast floating-point tensors [default: keep].", show_default=False)]
+DtypeOption = Annotated[Literal["float32", "bfloat16", "float16"] | None, typer.Option("--dtype", help="Cast floating-point tensors [default: keep].", show_default=False)]
 ForceOption = Annotated[bool, typer.Option("--force", help="Overwrite an existing file.")]
-SeedOption = Annotated[Optional[int], typer.Option("--seed", min=0, help="Seed for reproducible initial weights.", show_default=False)]
+SeedOption = Annotated[int | None, typer.Option("--seed", min=0, help="Seed for reproducible initial weights.", show_default=False)]
 
 
 def export(
     spec: SpecArgument,
     output: OutputOption,
-    source: Annotated[Optional[Path], typer.Option("--from", help="Checkpoint whose weights to export (paper, torchvision, timm or ecacli).", show_default=False)] = None,
+    source: Annotated[Path | None, typer.Option("--from", help="Checkpoint whose weights to export (paper, torchvision, timm or ecacli).", show_default=False)] = None,
     seed: SeedOption = None,
     dtype: DtypeOption = None,
     fmt: FormatOption = None,

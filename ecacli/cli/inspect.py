@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -14,7 +14,7 @@ from ecacli.errors import UserError
 
 def inspect(
     file: Annotated[Path, typer.Argument(help="Checkpoint: .safetensors, .pt / .pth / .pth.tar (read without unpickling objects).", show_default=False)],
-    spec: Annotated[Optional[str], typer.Option("--spec", help="Check against this spec or preset instead of the file's own or inferred spec.", show_default=False)] = None,
+    spec: Annotated[str | None, typer.Option("--spec", help="Check against this spec or preset instead of the file's own or inferred spec.", show_default=False)] = None,
     overrides: SetOption = None,
     as_json: JsonOption = False,
 ) -> None:

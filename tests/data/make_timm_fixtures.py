@@ -19,8 +19,8 @@ from timm.models.resnet import BasicBlock, Bottleneck, ResNet
 
 HERE = Path(__file__).parent
 TINY = {
-    "d": dict(block=Bottleneck, stem_type="deep", stem_width=8, num_classes=5),
-    "t": dict(block=BasicBlock, stem_type="deep_tiered", stem_width=16, num_classes=7),
+    "d": {"block": Bottleneck, "stem_type": "deep", "stem_width": 8, "num_classes": 5},
+    "t": {"block": BasicBlock, "stem_type": "deep_tiered", "stem_width": 16, "num_classes": 7},
 }
 
 
@@ -44,7 +44,7 @@ def main() -> None:
     tensors = {}
     for prefix, args in TINY.items():
         model = ResNet(
-            layers=(1, 1, 1, 1), channels=(8, 16, 32, 64), avg_down=True, block_args=dict(attn_layer="eca"), **args
+            layers=(1, 1, 1, 1), channels=(8, 16, 32, 64), avg_down=True, block_args={"attn_layer": "eca"}, **args
         ).eval()
         randomise(model, generator)
         x = torch.randn(2, 3, 64, 64, generator=generator)
