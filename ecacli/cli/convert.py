@@ -14,7 +14,7 @@ from ecacli.cli.export import DtypeOption, ForceOption, FormatOption, OutputOpti
 def convert(
     source: Annotated[Path, typer.Argument(help="Checkpoint to convert: the paper's .pth.tar, a torchvision or timm ResNet state_dict.", show_default=False)],
     output: OutputOption,
-    name: Annotated[str | None, typer.Option("--name", help="Name of the written spec [default: from the source's file name].", show_default=False)] = None,
+    name: Annotated[str | None, typer.Option("--name", help="Name of the written spec (default: from the source's file name).", show_default=False)] = None,
     seed: SeedOption = None,
     dtype: DtypeOption = None,
     fmt: FormatOption = None,

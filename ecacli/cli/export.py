@@ -15,9 +15,9 @@ if TYPE_CHECKING:
 OutputOption = Annotated[Path, typer.Option("-o", "--output", help="File to write: .safetensors, or .pt / .pth for a plain state_dict (+ FILE.yaml).", show_default=False)]
 FormatOption = Annotated[
     Literal["safetensors", "pt"] | None,
-    typer.Option("--format", help="safetensors or pt [default: from the file's suffix, else safetensors].", show_default=False),
+    typer.Option("--format", help="safetensors or pt (default: pt for a .pt, .pth, .tar, .bin or .ckpt file name, else safetensors).", show_default=False),
 ]
-DtypeOption = Annotated[Literal["float32", "bfloat16", "float16"] | None, typer.Option("--dtype", help="Cast floating-point tensors [default: keep].", show_default=False)]
+DtypeOption = Annotated[Literal["float32", "bfloat16", "float16"] | None, typer.Option("--dtype", help="Cast floating-point tensors (default: keep their dtype).", show_default=False)]
 ForceOption = Annotated[bool, typer.Option("--force", help="Overwrite an existing file.")]
 SeedOption = Annotated[int | None, typer.Option("--seed", min=0, help="Seed for reproducible initial weights.", show_default=False)]
 
