@@ -1,0 +1,169 @@
+"""What ECA costs on top of a plain ResNet: plain vs fast ECA vs reference ECA, measured side by side.
+
+Run: `python -m ecacli.benchmarks.eca_overhead` (see `--help`). All three models come from the
+same builder and run interleaved in one process, each repetition in a rotated order, so load
+from other processes hits all of them alike; ratios are reported as the median over
+repetitions with their min-max spread. Saved-activation bytes are exact (no timing involved).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from typing import Callable, Iterable, Iterator
+
+import torch
+from torch import nn
+
+from ecacli.models import build_model
+from ecacli.spec import ResNetSpec
+
+VARIANTS = ("plain", "fast", "reference")
+
+
+def saved_tensor_bytes(step: Callable[[], object], ignore: Iterable[torch.Tensor] = ()) -> int:
+    """Bytes of the distinct storages autograd saves for backward while `step()` runs its forward.
+
+    Storages of the `ignore` tensors (a model's parameters, say) are left out of the count.
+    """
+    ignored = {t.untyped_storage().data_ptr() for t in ignore}
+    storages: dict[int, int] = {}
+
+    def pack(tensor: torch.Tensor) -> torch.Tensor:
+        storage = tensor.untyped_storage()
+        if storage.data_ptr() not in ignored:
+            storages[storage.data_ptr()] = storage.nbytes()
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        step()
+    return sum(storages.values())
+
+
+def variant_spec(base: ResNetSpec, variant: str) -> ResNetSpec:
+    """The spec with no attention (plain), or ECA in its fast or reference implementation."""
+    attention = {"type": "none"} if variant == "plain" else {"type": "eca", "impl": variant}
+    return ResNetSpec.model_validate({**base.model_dump(exclude={"attention"}), "attention": attention})
+
+
+@dataclass(frozen=True)
+class Row:
+    """One benchmark row: training step or inference, dtype, memory layout, eager or compiled."""
+
+    mode: str  # "train" | "infer"
+    dtype: str  # "float32" | "bfloat16"
+    layout: str  # "nchw" | "channels_last"
+    compiled: bool = False
+
+    @property
+    def label(self) -> str:
+        return f"{self.mode} {self.dtype} {self.layout}{' compiled' if self.compiled else ''}"
+
+
+def make_step(model: nn.Module, x: torch.Tensor, row: Row) -> Callable[[], torch.Tensor]:
+    """One training step without optimizer (forward + backward), or one inference forward."""
+    autocast = torch.autocast("cpu" if x.device.type == "cpu" else x.device.type, dtype=torch.bfloat16) if row.dtype == "bfloat16" else nullcontext()
+    run = torch.compile(model) if row.compiled else model
+
+    def train_step() -> torch.Tensor:
+        for p in model.parameters():
+            p.grad = None
+        with autocast:
+            loss = run(x).float().square().mean()
+        loss.backward()
+        return loss
+
+    def infer_step() -> torch.Tensor:
+        with torch.inference_mode(), autocast:
+            return run(x)
+
+    return train_step if row.mode == "train" else infer_step
+
+
+def build_variants(spec: ResNetSpec, row: Row, batch: int, size: int, device: str) -> tuple[dict[str, Callable[[], torch.Tensor]], dict[str, nn.Module], torch.Tensor]:
+    torch.manual_seed(0)
+    fmt = torch.channels_last if row.layout == "channels_last" else torch.contiguous_format
+    x = torch.randn(batch, spec.in_chans, size, size, device=device).to(memory_format=fmt)
+    models = {v: build_model(variant_spec(spec, v)).to(device=device, memory_format=fmt).train(row.mode == "train") for v in VARIANTS}
+    return {v: make_step(m, x, row) for v, m in models.items()}, models, x
+
+
+def sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def interleaved_times(steps: dict[str, Callable[[], torch.Tensor]], repeats: int, warmup: int, device: str) -> dict[str, list[float]]:
+    """Seconds per step of each variant, `repeats` rounds, the order rotated every round."""
+    for _ in range(warmup):
+        for step in steps.values():
+            step()
+    times: dict[str, list[float]] = {v: [] for v in steps}
+    names = list(steps)
+    for r in range(repeats):
+        for v in names[r % len(names) :] + names[: r % len(names)]:
+            sync(device)
+            start = time.perf_counter()
+            steps[v]()
+            sync(device)
+            times[v].append(time.perf_counter() - start)
+    return times
+
+
+def ratios(times: dict[str, list[float]], variant: str) -> list[float]:
+    """Per-round time ratio of `variant` to plain (rounds pair the variants run back to back)."""
+    return [t / p for t, p in zip(times[variant], times["plain"])]
+
+
+def spread(values: list[float]) -> str:
+    return f"{statistics.median(values):.3f} ({min(values):.3f}-{max(values):.3f})"
+
+
+def rows_for(args: argparse.Namespace) -> Iterator[Row]:
+    for mode in args.modes:
+        for dtype in args.dtypes:
+            for layout in args.layouts:
+                yield Row(mode, dtype, layout)
+    if args.compile:
+        for layout in args.layouts:
+            yield Row("train", "float32", layout, compiled=True)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--depth", type=int, default=50)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--size", type=int, default=160)
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--modes", nargs="+", default=["train", "infer"], choices=["train", "infer"])
+    parser.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"], choices=["float32", "bfloat16"])
+    parser.add_argument("--layouts", nargs="+", default=["nchw", "channels_last"], choices=["nchw", "channels_last"])
+    parser.add_argument("--compile", action="store_true", help="also time torch.compile'd training steps (float32)")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    spec = ResNetSpec(name=f"resnet{args.depth}", depth=args.depth, input_size=args.size)
+    print(f"ResNet-{args.depth}, batch {args.batch}, {args.size}x{args.size}, {args.device}, {torch.get_num_threads()} threads, torch {torch.__version__}")
+    print(f"time ratio to plain: median (min-max) of {args.repeats} interleaved rounds; saved = activation bytes autograd keeps for backward (parameters excluded)")
+    print(f"{'row':<36} {'plain ms':>9} {'fast/plain':>22} {'reference/plain':>22} {'fast/reference':>22} {'saved fast/plain':>17} {'saved ref/plain':>16}")
+    for row in rows_for(args):
+        steps, models, _ = build_variants(spec, row, args.batch, args.size, args.device)
+        times = interleaved_times(steps, args.repeats, args.warmup, args.device)
+        fast_ref = [f / r for f, r in zip(times["fast"], times["reference"])]
+        saved = ""
+        if row.mode == "train" and not row.compiled:
+            sizes = {v: saved_tensor_bytes(steps[v], models[v].parameters()) for v in VARIANTS}
+            saved = f"{sizes['fast'] / sizes['plain']:>17.4f} {sizes['reference'] / sizes['plain']:>16.4f}"
+            saved += f"   ({sizes['plain'] / 2**20:.0f} / {sizes['fast'] / 2**20:.0f} / {sizes['reference'] / 2**20:.0f} MiB)"
+        plain_ms = 1000 * statistics.median(times["plain"])
+        print(f"{row.label:<36} {plain_ms:>9.0f} {spread(ratios(times, 'fast')):>22} {spread(ratios(times, 'reference')):>22} {spread(fast_ref):>22} {saved}", flush=True)
+        del steps, models
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,211 @@
+"""The fused ECA tail (`attention.impl: fast`) against the reference formulation, its oracle."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torchinfo
+from torch import nn
+
+from ecacli.benchmarks.eca_overhead import main as bench_main
+from ecacli.benchmarks.eca_overhead import saved_tensor_bytes, variant_spec
+from ecacli.errors import SpecError
+from ecacli.layers.eca import EcaModule
+from ecacli.layers.fused_eca import gated_residual
+from ecacli.models.resnet import BasicBlock, Bottleneck, build_model, make_downsample
+from ecacli.spec import ResNetSpec
+from ecacli.spec_loader import load_spec
+
+BLOCKS = {"basic": BasicBlock, "bottleneck": Bottleneck}
+
+
+def randomise_batch_norms(model: nn.Module, generator: torch.Generator) -> None:
+    """Non-trivial affine parameters and running statistics, so no term of the tail vanishes."""
+    for module in model.modules():
+        if isinstance(module, nn.BatchNorm2d):
+            module.weight.data.uniform_(0.5, 1.5, generator=generator)
+            module.bias.data.uniform_(-0.5, 0.5, generator=generator)
+            module.running_mean.uniform_(-0.2, 0.2, generator=generator)
+            module.running_var.uniform_(0.5, 1.5, generator=generator)
+
+
+def block_pair(kind: str, downsample: str | None, circular: bool, dtype: torch.dtype) -> tuple[nn.Module, nn.Module]:
+    """The same block (same weights) with the reference and the fast ECA."""
+    cls = BLOCKS[kind]
+    planes = 8
+    out = planes * cls.expansion
+    in_ch = 16 if downsample else out
+    stride = 2 if downsample else 1
+
+    def make(impl: str) -> nn.Module:
+        shortcut = make_downsample(in_ch, out, stride, downsample) if downsample else None
+        return cls(in_ch, planes, stride, shortcut, EcaModule(3, circular, impl))
+
+    generator = torch.Generator().manual_seed(0)
+    reference = make("reference")
+    randomise_batch_norms(reference, generator)
+    fast = make("fast")
+    fast.load_state_dict(reference.state_dict())
+    return reference.to(dtype), fast.to(dtype)
+
+
+def run(model: nn.Module, x: torch.Tensor, grad: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Output, and gradients of the input and every parameter for the loss sum(out * grad)."""
+    x = x.clone().requires_grad_()
+    out = model(x)
+    (out * grad).sum().backward()
+    grads = {"input": x.grad} | {name: p.grad for name, p in model.named_parameters()}
+    return out, grads
+
+
+def assert_close(actual: torch.Tensor, expected: torch.Tensor, rel: float, what: str) -> None:
+    """|actual - expected| <= rel * max|expected| elementwise (scale-aware: sums of many terms)."""
+    scale = expected.abs().max().clamp_min(1e-30)
+    err = (actual - expected).abs().max()
+    assert err <= rel * scale, f"{what}: max error {err.item():.3e} > {rel:g} x {scale.item():.3e}"
+
+
+def compare_models(reference: nn.Module, fast: nn.Module, x: torch.Tensor, out_rel: float, grad_rel: float) -> None:
+    grad = torch.randn(reference(x).shape, generator=torch.Generator().manual_seed(1), dtype=x.dtype)
+    # The probe forward above moved the reference's running stats once: give the fast model the same start.
+    fast.load_state_dict(copy.deepcopy(reference.state_dict()))
+    out_ref, grads_ref = run(reference, x, grad)
+    out_fast, grads_fast = run(fast, x, grad)
+    assert out_fast.shape == out_ref.shape
+    assert out_fast.is_contiguous(memory_format=torch.channels_last) == out_ref.is_contiguous(memory_format=torch.channels_last)
+    assert_close(out_fast, out_ref, out_rel, "output")
+    for name, expected in grads_ref.items():
+        assert_close(grads_fast[name], expected, grad_rel, f"grad of {name}")
+    for (name, expected), (_, actual) in zip(reference.state_dict().items(), fast.state_dict().items()):
+        assert_close(actual.double(), expected.double(), out_rel, f"state {name}")  # running stats, num_batches_tracked
+    with torch.no_grad():
+        assert_close(fast(x), reference(x), out_rel, "output without autograd")
+
+
+@pytest.mark.parametrize("kind", ["basic", "bottleneck"])
+@pytest.mark.parametrize("downsample", [None, "conv", "avg"])
+@pytest.mark.parametrize("circular", [False, True], ids=["eca", "ceca"])
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+def test_block_matches_reference_float64(kind: str, downsample: str | None, circular: bool, channels_last: bool, training: bool) -> None:
+    """In float64 the fused tail is the reference to rounding: outputs, all gradients, running stats."""
+    reference, fast = block_pair(kind, downsample, circular, torch.float64)
+    reference.train(training)
+    fast.train(training)
+    x = torch.randn(4, reference.conv1.in_channels, 10, 10, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    if channels_last:
+        reference, fast, x = (t.to(memory_format=torch.channels_last) for t in (reference, fast, x))
+    compare_models(reference, fast, x, out_rel=1e-12, grad_rel=1e-11)
+
+
+@pytest.mark.parametrize("kind", ["basic", "bottleneck"])
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+def test_block_matches_reference_float32(kind: str, channels_last: bool, training: bool) -> None:
+    """float32: outputs and running stats to 1e-6; gradients to 1e-5 of their scale (sums taken in another order)."""
+    reference, fast = block_pair(kind, "conv", False, torch.float32)
+    reference.train(training)
+    fast.train(training)
+    x = torch.randn(4, 16, 12, 12, generator=torch.Generator().manual_seed(3))
+    if channels_last:
+        reference, fast, x = (t.to(memory_format=torch.channels_last) for t in (reference, fast, x))
+    compare_models(reference, fast, x, out_rel=1e-6, grad_rel=1e-5)
+
+
+@pytest.mark.parametrize("stem", ["imagenet", "cifar", "deep", "deep_tiered"])
+@pytest.mark.parametrize("kind", ["basic", "bottleneck"])
+def test_model_matches_reference(stem: str, kind: str) -> None:
+    """Whole models, every stem and block type, training mode, float64."""
+    base = {"name": "t", "layers": [1, 2, 1, 1], "block": kind, "width": 8, "num_classes": 5, "stem": stem, "downsample": "avg"}
+    torch.manual_seed(0)
+    reference = build_model(ResNetSpec(**base, attention={"impl": "reference"})).double()
+    randomise_batch_norms(reference, torch.Generator().manual_seed(4))
+    fast = build_model(ResNetSpec(**base, attention={"impl": "fast"})).double()
+    x = torch.randn(3, 3, 32, 32, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
+    compare_models(reference, fast, x, out_rel=1e-10, grad_rel=1e-10)
+
+
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+@pytest.mark.parametrize("padding_mode", ["zeros", "circular"])
+def test_gradcheck_fused_function(training: bool, padding_mode: str) -> None:
+    """Analytic gradients of the custom Function (input, shortcut, BN affine, gate conv) against finite differences."""
+    generator = torch.Generator().manual_seed(6)
+    bn = nn.BatchNorm2d(6).double().train(training)
+    randomise_batch_norms(bn, generator)
+    conv = nn.Conv1d(1, 1, 3, padding=1, padding_mode=padding_mode, bias=False).double()
+    z = torch.randn(3, 6, 3, 4, dtype=torch.float64, generator=generator, requires_grad=True)
+    identity = torch.randn(3, 6, 3, 4, dtype=torch.float64, generator=generator, requires_grad=True)
+
+    def tail(z: torch.Tensor, identity: torch.Tensor, *module_params: torch.Tensor) -> torch.Tensor:
+        return gated_residual(bn, conv, z, identity)  # gradcheck perturbs the modules' own parameters in place
+
+    params = [bn.weight, bn.bias, conv.weight]
+    assert torch.autograd.gradcheck(tail, (z, identity, *params), eps=1e-6, atol=1e-8)
+
+
+def test_saved_activations_no_more_than_plain() -> None:
+    """Training saves what the plain ResNet saves plus per-sample gates (<= 2%); the reference saves far more."""
+    spec = ResNetSpec(name="small", layers=[1, 1, 1, 1], block="bottleneck", width=16, num_classes=10)
+    x = torch.randn(2, 3, 64, 64)
+    sizes = {}
+    for variant in ("plain", "fast", "reference"):
+        model = build_model(variant_spec(spec, variant))
+        sizes[variant] = saved_tensor_bytes(lambda: model(x).sum().backward(), model.parameters())
+    assert sizes["fast"] <= 1.02 * sizes["plain"]
+    assert sizes["reference"] > 1.1 * sizes["plain"]
+
+
+def test_state_dict_and_summary_do_not_depend_on_impl() -> None:
+    """Same keys, shapes and torchinfo rows (names, order, params, mult-adds) for both implementations."""
+    specs = {impl: ResNetSpec(name="r50", depth=50, input_size=64, attention={"impl": impl}) for impl in ("fast", "reference")}
+    with torch.device("meta"):
+        models = {impl: build_model(spec) for impl, spec in specs.items()}
+    shapes = {impl: [(k, tuple(v.shape)) for k, v in m.state_dict().items()] for impl, m in models.items()}
+    assert shapes["fast"] == shapes["reference"]
+    assert ("layer4.2.eca.conv.weight", (1, 1, 7)) in shapes["fast"]
+    rows = {}
+    for impl, model in models.items():
+        stats = torchinfo.summary(model, input_size=(1, 3, 64, 64), device="meta", depth=4, verbose=0)
+        rows[impl] = [(layer.get_layer_name(False, True), layer.num_params, layer.macs, layer.output_size) for layer in stats.summary_list]
+        rows[impl + " totals"] = (stats.total_params, stats.total_mult_adds)
+    assert rows["fast"] == rows["reference"]
+    assert rows["fast totals"] == rows["reference totals"]
+    assert any(name.startswith("EcaModule") and macs > 0 for name, _, macs, _ in rows["fast"])
+
+
+def test_impl_in_spec() -> None:
+    assert ResNetSpec(name="a", depth=18).attention.impl == "fast"  # type: ignore[union-attr]
+    model = build_model(ResNetSpec(name="a", depth=18, attention={"impl": "reference"}))
+    assert model.layer1[0].eca.impl == "reference"
+    with pytest.raises(SpecError, match="impl"):
+        load_spec("r50_k3557", ["attention.impl=fastest"])
+
+
+def test_no_graph_breaks_under_compile() -> None:
+    """The fused tail traces as one graph (train mode: BN statistics update inside it)."""
+    block = Bottleneck(16, 4, 2, make_downsample(16, 16, 2, "conv"), EcaModule(3))
+    explanation = torch._dynamo.explain(block)(torch.randn(2, 16, 8, 8, requires_grad=True))
+    assert (explanation.graph_count, explanation.graph_break_count) == (1, 0)
+
+
+def test_bfloat16_autocast_close_to_reference() -> None:
+    reference, fast = block_pair("bottleneck", "conv", False, torch.float32)
+    x = torch.randn(4, 16, 12, 12, generator=torch.Generator().manual_seed(7))
+    grad = torch.randn(4, 32, 6, 6, generator=torch.Generator().manual_seed(8))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out_ref, grads_ref = run(reference, x, grad)
+        out_fast, grads_fast = run(fast, x, grad)
+    assert out_fast.dtype == out_ref.dtype == torch.bfloat16
+    assert_close(out_fast.float(), out_ref.float(), 2e-2, "bf16 output")
+    for name, expected in grads_ref.items():
+        assert_close(grads_fast[name].float(), expected.float(), 5e-2, f"bf16 grad of {name}")
+
+
+def test_benchmark_prints_ratio_rows(capsys: pytest.CaptureFixture[str]) -> None:
+    bench_main(["--depth", "18", "--batch", "2", "--size", "32", "--repeats", "2", "--warmup", "0", "--dtypes", "float32", "--layouts", "nchw"])
+    lines = capsys.readouterr().out.splitlines()
+    train = next(line for line in lines if line.startswith("train float32 nchw"))
+    infer = next(line for line in lines if line.startswith("infer float32 nchw"))
+    assert "MiB" in train and "MiB" not in infer
