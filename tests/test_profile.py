@@ -23,7 +23,7 @@ from ecacli.errors import UserError
 from ecacli.models import build_model
 from ecacli.profiling import OutOfMemory, ProfileConfig, Stats, count_flops, profile, runner, without_attention
 from ecacli.profiling.breakdown import breakdown
-from ecacli.profiling.device import resolve_device
+from ecacli.profiling.device import CudaEventTimer, resolve_device
 from ecacli.profiling.report import prepare
 from ecacli.spec import ResNetSpec
 
@@ -179,7 +179,7 @@ def test_ctrl_c_keeps_the_whole_steps_measured_so_far(monkeypatch):
 
 
 def test_out_of_memory_names_the_batch(monkeypatch):
-    _failing_step(monkeypatch, 1, torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"))
+    _failing_step(monkeypatch, 1, torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"))
     with pytest.raises(OutOfMemory, match=r"out of memory on cpu at --batch 2 .*Try --batch 1") as caught:
         tiny_report()
     assert caught.value.exit_code == 1
@@ -210,6 +210,37 @@ def test_bad_requests_are_user_errors(options, message):
 def test_cuda_missing_says_which_torch():
     with pytest.raises(UserError, match=re.escape(f"CUDA is not available; the installed torch {torch.__version__}")):
         resolve_device("cuda")
+
+
+def test_cuda_event_timer_phases(monkeypatch):
+    """The event timer's arithmetic, with events that tick 1.5 ms per record (no GPU needed)."""
+    synced = []
+
+    class FakeEvent:
+        clock = 0.0
+
+        def __init__(self, enable_timing: bool) -> None:
+            assert enable_timing
+
+        def record(self, stream) -> None:
+            FakeEvent.clock += 1.5
+            self.time = FakeEvent.clock
+
+        def synchronize(self) -> None:
+            synced.append(self)
+
+        def elapsed_time(self, end: FakeEvent) -> float:
+            return end.time - self.time
+
+    monkeypatch.setattr(torch.cuda, "Event", FakeEvent)
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: None)
+    timer = CudaEventTimer(torch.device("cuda"))
+    timer.begin()
+    timer.mark("forward")
+    timer.mark("backward")
+    timer.mark("optimizer")
+    assert timer.finish() == {"forward": 1.5, "backward": 1.5, "optimizer": 1.5, "step": 4.5}
+    assert len(synced) == 1 and synced[0].time == 6.0  # one wait, on the last event
 
 
 # --- breakdown --------------------------------------------------------------------------------
@@ -258,11 +289,11 @@ def test_python_m_table(tiny_yaml):
     assert "\x1b[" not in result.stderr  # no progress bar when stderr is not a terminal
 
 
-@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message where CUDA is missing")
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--device", "cuda"], "CUDA is not available"),
+        pytest.param(["--device", "cuda"], "CUDA is not available", marks=pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA exists")),
+        (["--device", "cpu", "--baseline", "--set", "attention.type=none"], "has no attention already"),
         (["--device", "tpu"], "is not a device"),
         (["--batch", "0"], "--batch must be a positive integer"),
         (["--batch", "1", "--input-size", "8", "--device", "cpu"], "cannot take input"),
@@ -290,7 +321,7 @@ def test_cli_ctrl_c_prints_partial_and_exits_130(monkeypatch, tiny_yaml):
 def test_cli_out_of_memory_exits_1(monkeypatch, capsys, tiny_yaml):
     from ecacli.cli import main
 
-    _failing_step(monkeypatch, 1, torch.OutOfMemoryError("CUDA out of memory."))
+    _failing_step(monkeypatch, 1, torch.cuda.OutOfMemoryError("CUDA out of memory."))
     monkeypatch.setattr(sys, "argv", ["ecacli", "profile", str(tiny_yaml), "--device", "cpu", "--batch", "4"])
     with pytest.raises(SystemExit) as caught:
         main()

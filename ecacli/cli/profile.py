@@ -33,6 +33,7 @@ def profile(
     iters: Annotated[int, typer.Option(help="Timed steps per model.")] = 20,
     seed: Annotated[int, typer.Option(help="Seed for weights, input and labels.")] = 0,
     threads: Annotated[int | None, typer.Option(help="CPU threads (torch.set_num_threads) [default: torch's].", show_default=False)] = None,
+    cudnn_benchmark: Annotated[bool, typer.Option("--cudnn-benchmark", help="CUDA: let cuDNN pick the fastest conv algorithms (torch.backends.cudnn.benchmark).")] = False,
     baseline: Annotated[bool, typer.Option("--baseline", help="Also time the same spec with attention.type none, interleaved, and report the ECA overhead.")] = False,
     show_breakdown: Annotated[bool, typer.Option("--breakdown", help="After timing, a torch.profiler table of where the step's time goes (attention modules apart).")] = False,
     overrides: SetOption = None,
@@ -56,6 +57,7 @@ def profile(
         iters=iters,
         seed=seed,
         threads=threads,
+        cudnn_benchmark=cudnn_benchmark,
     )
     entries = [(MODEL_LABEL, model_spec)]
     if baseline:
@@ -130,11 +132,12 @@ def _fmt_rate(value: float | None, unit: str) -> str:
 def _header_text(report: ProfileReport) -> str:
     h = report.header
     versions = f"torch {h['torch_version']}" + (f", CUDA {h['cuda_version']}" if h["cuda_version"] else "") + (f", cuDNN {h['cudnn_version']}" if h["cudnn_version"] else "")
+    cuda = f"; cudnn.benchmark {h['cudnn_benchmark']}, TF32 matmul {h['tf32_matmul']}, TF32 cuDNN {h['tf32_cudnn']}" if h["cudnn_version"] else ""
     return "\n".join(
         [
             f"device        {h['device']} ({h['device_name']}), {h['threads']} CPU threads",
             f"versions      {versions}, Python {h['python_version']}, {h['platform']}",
-            f"spec          {h['spec']}, input {h['input_shape']}, {h['dtype']}{' (autocast)' if h['autocast'] else ''}, {h['memory_format']}{', torch.compile' if h['compile'] else ''}",
+            f"spec          {h['spec']}, input {h['input_shape']}, {h['dtype']}{' (autocast)' if h['autocast'] else ''}, {h['memory_format']}{', torch.compile' if h['compile'] else ''}{cuda}",
             f"step          {h['mode']}: {h['step']}",
             f"timing        {h['timer']}; {h['warmup']} warm-up + {h['iters']} timed steps per model, seed {h['seed']}",
         ]

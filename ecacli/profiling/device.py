@@ -2,7 +2,9 @@
 
 On CUDA, time is read from CUDA events recorded on the stream between the phases of a step,
 so host launch overhead and asynchronous execution are both accounted for; elsewhere the host
-clock is read after synchronising the device. Peak memory is what torch's allocator hands
+clock is read after synchronising the device. (torch.utils.benchmark.Timer times one statement
+on its own; a step here is split into phases and interleaved across models, so the timers are
+built from torch.cuda.Event and torch's synchronize instead.) Peak memory is what torch's allocator hands
 out: CUDA's peak after a reset, or on CPU the running total of the profiler's allocation events.
 """
 
@@ -13,6 +15,7 @@ import platform
 import sys
 import time
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Callable, Iterator
 
 import torch
@@ -50,6 +53,7 @@ def resolve_device(text: str) -> torch.device:
         index = 0 if device.index is None else device.index
         if index >= count:
             raise UserError(f"--device '{text}': there {'is' if count == 1 else 'are'} only {count} CUDA device{'' if count == 1 else 's'} (cuda:0 .. cuda:{count - 1}).")
+        torch.cuda.set_device(index)
         return torch.device("cuda", index)
     if device.type == "mps":
         if not torch.backends.mps.is_available():
@@ -71,18 +75,30 @@ def device_name(device: torch.device) -> str:
         return torch.cuda.get_device_name(device)
     if device.type == "mps":
         return f"Apple MPS ({platform.machine()})"
-    return platform.processor() or platform.machine() or "cpu"
+    return _cpu_model() or platform.processor() or platform.machine() or "cpu"
+
+
+def _cpu_model() -> str | None:
+    """The CPU's marketing name from /proc/cpuinfo (Linux), or None."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return None
+    return next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), None)
 
 
 def environment(device: torch.device) -> dict[str, str | int | None]:
     """Versions and settings a reader needs to reproduce a measurement."""
-    cudnn = torch.backends.cudnn.version() if device.type == "cuda" else None
+    cuda = device.type == "cuda"
     return {
         "device": str(device),
         "device_name": device_name(device),
         "torch_version": torch.__version__,
         "cuda_version": torch.version.cuda,
-        "cudnn_version": cudnn,
+        "cudnn_version": torch.backends.cudnn.version() if cuda else None,
+        "cudnn_benchmark": torch.backends.cudnn.benchmark if cuda else None,
+        "tf32_matmul": torch.backends.cuda.matmul.allow_tf32 if cuda else None,
+        "tf32_cudnn": torch.backends.cudnn.allow_tf32 if cuda else None,
         "threads": torch.get_num_threads(),
         "python_version": platform.python_version(),
         "platform": platform.platform(terse=True),

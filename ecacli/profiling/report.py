@@ -82,7 +82,7 @@ def header(config: ProfileConfig, device: torch.device, spec: ResNetSpec) -> dic
 def is_out_of_memory(exc: BaseException) -> bool:
     """CUDA's OutOfMemoryError, or the RuntimeError the CPU and MPS allocators raise."""
     text = str(exc)
-    return isinstance(exc, torch.OutOfMemoryError) or (
+    return isinstance(exc, torch.cuda.OutOfMemoryError) or (
         isinstance(exc, RuntimeError) and ("can't allocate memory" in text or "out of memory" in text.lower())
     )
 
@@ -90,8 +90,8 @@ def is_out_of_memory(exc: BaseException) -> bool:
 class out_of_memory_as_error(AbstractContextManager):
     """Turns running out of device memory into an `OutOfMemory` error naming the batch that failed."""
 
-    def __init__(self, config: ProfileConfig, device: torch.device) -> None:
-        self.config, self.device = config, device
+    def __init__(self, config: ProfileConfig, device: torch.device, models: int) -> None:
+        self.config, self.device, self.models = config, device, models
 
     def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
         if exc is None or not is_out_of_memory(exc):
@@ -103,9 +103,12 @@ class out_of_memory_as_error(AbstractContextManager):
             hints.append("--dtype bfloat16")
         if self.config.train:
             hints.append("--mode eval")
+        if self.models > 1:
+            hints.append(f"one model at a time (all {self.models} stay in memory while they are timed in turn)")
+        tries = hints[0] if len(hints) == 1 else f"{', '.join(hints[:-1])} or {hints[-1]}"
         raise OutOfMemory(
             f"out of memory on {self.device} at --batch {self.config.batch} "
-            f"({self.config.mode}, {self.config.dtype}, input {self.config.side_text()}). Try {', '.join(hints[:-1]) + ' or ' + hints[-1] if len(hints) > 1 else hints[0]}."
+            f"({self.config.mode}, {self.config.dtype}, input {self.config.side_text()}). Try {tries}."
         ) from None
 
 
@@ -115,8 +118,10 @@ def prepare(entries: Sequence[tuple[str, ResNetSpec]], config: ProfileConfig) ->
     device = resolve_device(config.device)
     if config.threads is not None:
         torch.set_num_threads(config.threads)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = config.cudnn_benchmark
     flops = {label: count_flops(spec, config) for label, spec in entries}
-    with out_of_memory_as_error(config, device):
+    with out_of_memory_as_error(config, device, len(entries)):
         workloads = [make_workload(label, spec, config, device) for label, spec in entries]
     return device, workloads, flops
 
@@ -133,7 +138,7 @@ def profile(
     measurement and returns what was measured, with `interrupted` set.
     """
     device, workloads, flops = prepare(entries, config)
-    with out_of_memory_as_error(config, device):
+    with out_of_memory_as_error(config, device, len(workloads)):
         interrupted = measure(workloads, config, device, progress)
         details = None
         if with_breakdown and not interrupted:

@@ -58,6 +58,7 @@ class ProfileConfig:
     iters: int = 20
     seed: int = 0
     threads: int | None = None
+    cudnn_benchmark: bool = False
 
     def validate(self) -> None:
         """Raise a UserError naming the first option that cannot work."""
