@@ -183,11 +183,11 @@ def check_request(entries: Sequence[tuple[str, ResNetSpec]], config: ProfileConf
         raise UserError("--mode eval: data-parallel profiling times training steps (DDP only acts in backward); use --mode train.")
     if local_world_size <= 0:
         raise UserError(f"--nproc must be a positive integer, got {local_world_size}.")
-    device = resolve_device(config.device)
-    if device.type == "mps":
+    kind = device_type(config.device)
+    if kind == "mps":
         raise UserError("--device mps: torch.distributed has no backend for Apple's MPS; use --device cpu (gloo) or CUDA GPUs (NCCL).")
-    if device.type == "cuda":
-        if config.device not in ("cuda", "auto"):
+    if kind == "cuda":
+        if config.device != "cuda":
             raise UserError(f"--device '{config.device}': each rank uses the GPU of its local rank (cuda:LOCAL_RANK); use --device cuda.")
         if not dist.is_nccl_available():
             raise UserError("--device cuda: this torch build has no NCCL backend for torch.distributed; use --device cpu (gloo).")
@@ -199,9 +199,23 @@ def check_request(entries: Sequence[tuple[str, ResNetSpec]], config: ProfileConf
         count_flops(spec, config)
 
 
+def device_type(text: str) -> str:
+    """The type of `--device` (cpu, cuda, mps), checked as `resolve_device` does, without selecting a GPU.
+
+    A rank must touch no GPU but its own, and the launching process none at all.
+    """
+    try:
+        kind = torch.device(text).type
+    except RuntimeError:
+        kind = None
+    if kind == "cuda" and torch.cuda.is_available():
+        return kind
+    return resolve_device(text).type
+
+
 def rank_device(config: ProfileConfig, local_rank: int) -> torch.device:
     """cuda:LOCAL_RANK for CUDA runs (one GPU per local rank), else the CPU."""
-    return torch.device("cuda", local_rank) if resolve_device(config.device).type == "cuda" else torch.device("cpu")
+    return torch.device("cuda", local_rank) if device_type(config.device) == "cuda" else torch.device("cpu")
 
 
 def bucket_bytes(model: torch.nn.Module) -> int:
@@ -288,7 +302,7 @@ def _measure_rank(entries: Sequence[tuple[str, ResNetSpec]], config: ProfileConf
     rank_config = dataclasses.replace(config, device=str(device))
     _, workloads, flops = prepare(entries, rank_config)
     root = world.rank == 0
-    with out_of_memory_as_error(rank_config, device):
+    with out_of_memory_as_error(rank_config, device, len(workloads) * (2 if root else 1)):
         runs = [_wrap(w, rank_config, options, device) for w in workloads]
         for r in runs:
             r.single = make_workload(r.synced.label, r.synced.spec, rank_config, device) if root else None
@@ -373,11 +387,11 @@ def run_rank(entries: Sequence[tuple[str, ResNetSpec]], config: ProfileConfig, o
     a collective failed because another rank did). Collectives wait at most `options.timeout_s`.
     """
     world = World.from_environment()
-    check_request(entries, config, options, world.local_world_size)
     device = rank_device(config, world.local_rank)
-    backend = "nccl" if device.type == "cuda" else "gloo"
     if device.type == "cuda":
         torch.cuda.set_device(device)
+    check_request(entries, config, options, world.local_world_size)
+    backend = "nccl" if device.type == "cuda" else "gloo"
     where = f"rank {world.rank} of {world.world_size} on {socket.gethostname()} ({device})"
     try:
         dist.init_process_group(backend, timeout=timedelta(seconds=options.timeout_s), device_id=device if device.type == "cuda" else None)
@@ -397,7 +411,7 @@ def run_rank(entries: Sequence[tuple[str, ResNetSpec]], config: ProfileConfig, o
 
 def _cpu_threads(config: ProfileConfig, nproc: int) -> ProfileConfig:
     """On CPU without --threads, split this machine's cores evenly between the ranks."""
-    if config.threads is not None or resolve_device(config.device).type != "cpu":
+    if config.threads is not None or device_type(config.device) != "cpu":
         return config
     return dataclasses.replace(config, threads=max(1, (os.cpu_count() or 1) // nproc))
 
