@@ -1,6 +1,7 @@
 """Timed training or inference steps of one or more spec models, interleaved in one process.
 
-`profile([(label, spec), ...], config)` builds every model, warms each up, then times them in
+`ecacli.profiling.profile([(label, spec), ...], config)` builds every model with
+`make_workload`, warms each up, reads its peak memory over one untimed step, then times them in
 rounds, one step of each per round with the order rotated every round (A B, B A, A B, ...),
 so that clock drift, thermal state and cache effects fall on all models alike. A step is:
 
@@ -36,7 +37,6 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 MODES = ("train", "eval")
 MIN_INPUT, MAX_INPUT = 8, 2048
 SGD_LR, SGD_MOMENTUM = 0.01, 0.9
-TRAIN_PHASES = ("forward", "backward", "optimizer")
 
 ProgressCallback = Callable[[str, int, int], None]
 """Called as progress(phase, done, total) with phase 'warm-up' or 'timing'."""
@@ -175,6 +175,7 @@ def count_flops(spec: ResNetSpec, config: ProfileConfig) -> tuple[int, int]:
 
 
 def make_workload(label: str, spec: ResNetSpec, config: ProfileConfig, device: torch.device) -> Workload:
+    """Build `spec`'s model on `device` with a seeded synthetic batch, random labels and (train) its optimizer."""
     torch.manual_seed(config.seed)
     memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
     model = build_model(spec).to(device=device, memory_format=memory_format)
