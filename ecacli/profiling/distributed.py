@@ -77,6 +77,13 @@ class DDPOptions:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    def changed_flags(self) -> list[str]:
+        """The command-line flags of the options that differ from their defaults."""
+        return [FLAGS[name] for name, value in self.to_dict().items() if value != DDPOptions.__dataclass_fields__[name].default]
+
+
+FLAGS = {"bucket_cap_mb": "--bucket-cap-mb", "static_graph": "--static-graph", "gradient_as_bucket_view": "--gradient-as-bucket-view", "sync_bn": "--sync-bn", "timeout_s": "--timeout"}
+
 
 @dataclass(frozen=True)
 class RankFigures:
@@ -369,10 +376,10 @@ def _header(entries: Sequence[tuple[str, ResNetSpec]], config: ProfileConfig, op
         "backend": backend,
         "ddp": options.to_dict(),
         "order": "interleaved rounds, a barrier before every step: per model a DDP step, a no_sync() step, and on rank 0 an unwrapped single-process step",
-        "data_parallel_step": "the slowest rank's DDP step in each round",
-        "communication_share": "1 - no_sync() step / DDP step, per round (slowest ranks): the time the gradient all-reduce adds to the step",
-        "single_process": "rank 0 alone, the same model unwrapped at the same per-rank batch, while the other ranks wait at a barrier",
-        "memory_measure_ddp": "per rank: resident tensors + DDP gradient buckets (one copy of the trainable parameters' gradients) + the step's peak",
+        "data_parallel_step_definition": "the slowest rank's DDP step in each round",
+        "communication_share_definition": "1 - no_sync() step / DDP step, per round (slowest ranks): the time the gradient all-reduce adds to the step",
+        "single_process_definition": "rank 0 alone, the same model unwrapped at the same per-rank batch, while the other ranks wait at a barrier",
+        "peak_memory_definition": "per rank: resident tensors + DDP gradient buckets (one copy of the trainable parameters' gradients) + the step's peak",
     }
 
 
@@ -407,6 +414,15 @@ def run_rank(entries: Sequence[tuple[str, ResNetSpec]], config: ProfileConfig, o
         return None
     profiles = [_combine(label, gathered, config) for label, _ in entries]
     return DataParallelReport(_header(entries, config, options, world, device, backend), profiles)
+
+
+def profile_data_parallel(
+    entries: Sequence[tuple[str, ResNetSpec]], config: ProfileConfig, options: DDPOptions, ddp: bool, nproc: int | None
+) -> DataParallelReport | None:
+    """`run_rank` under torchrun (`ddp`), or `launch` of `nproc` ranks here; the report, or None on ranks but 0."""
+    if ddp and nproc is not None:
+        raise UserError("--ddp and --nproc: use --ddp when torchrun starts the ranks, --nproc N to start N ranks here; not both.")
+    return run_rank(entries, config, options) if ddp else launch(entries, config, options, nproc or 1)
 
 
 def _cpu_threads(config: ProfileConfig, nproc: int) -> ProfileConfig:
