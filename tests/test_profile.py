@@ -22,7 +22,7 @@ from torch import nn
 from ecacli.errors import UserError
 from ecacli.models import build_model
 from ecacli.profiling import OutOfMemory, ProfileConfig, Stats, count_flops, profile, runner, without_attention
-from ecacli.profiling.breakdown import breakdown
+from ecacli.profiling.breakdown import attention_ranges, breakdown
 from ecacli.profiling.device import CudaEventTimer, resolve_device
 from ecacli.profiling.report import prepare
 from ecacli.spec import ResNetSpec
@@ -92,7 +92,7 @@ def test_overhead_is_the_per_round_ratio(train_report):
     assert ratio.min == pytest.approx(expected[0]) and ratio.max == pytest.approx(expected[-1])
 
 
-def _conv_linear_flops(model: nn.Module, inputs: torch.Tensor) -> int:
+def _conv_linear_flops(model: nn.Module, inputs: torch.Tensor, kinds: tuple[type, ...] = (nn.Conv1d, nn.Conv2d, nn.Linear)) -> int:
     """2 x multiply-adds of every conv and linear layer, from the output shapes (independent of FlopCounterMode)."""
     total = 0
 
@@ -100,7 +100,7 @@ def _conv_linear_flops(model: nn.Module, inputs: torch.Tensor) -> int:
         nonlocal total
         total += 2 * output.numel() * module.weight[0].numel()
 
-    handles = [m.register_forward_hook(count) for m in model.modules() if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Linear))]
+    handles = [m.register_forward_hook(count) for m in model.modules() if isinstance(m, kinds)]
     with torch.no_grad():
         model.eval()(inputs)
     for handle in handles:
@@ -117,7 +117,12 @@ def test_forward_flops_match_layer_shapes(spec):
     # backward: input and weight gradients of every layer (each as costly as its forward),
     # except the input gradient of the stem conv, whose input needs none
     stem = _conv_linear_flops(model.conv1, torch.zeros(2, 3, 40, 40))
-    assert step == 3 * forward - stem
+    plain_rule = 3 * forward - stem
+    # ECA's 1-D convs: their backward (twice their forward) counts only where it runs as a convolution op
+    gates = _conv_linear_flops(model, torch.zeros(2, 3, 40, 40), kinds=(nn.Conv1d,))
+    assert plain_rule - 2 * gates <= step <= plain_rule
+    if spec.attention.type == "none":
+        assert gates == 0 and step == plain_rule
     assert count_flops(spec, ProfileConfig(batch=2, input_size=40, mode="eval")) == (forward, forward)
 
 
@@ -257,6 +262,16 @@ def test_breakdown_separates_attention(impl):
     assert {("forward", "attention"), ("backward", "attention"), ("optimizer", "other")} <= phases
     assert 0 < mine.attention_share < 1 and plain.attention_share == 0
     assert ("fused" in mine.attention_scope) == (impl == "fast")
+
+
+def test_attention_ranges_keep_the_shortcut_out_of_a_fused_tail():
+    model = build_model(TINY)  # "fast" ECA: each block's tail, shortcut call included, runs in the attention module
+    with attention_ranges(model), torch.profiler.profile() as prof:
+        model(torch.zeros(2, 3, 32, 32))
+    names = [e.name for e in prof.events()]
+    assert names.count("ecacli.attention") == 4 and names.count("ecacli.shortcut") == 3  # stages 2-4 project
+    assert not any(hasattr(m, "_forward_hooks") and m._forward_hooks for m in model.modules())
+    assert all("residual_tail" not in vars(m) for m in model.modules())
 
 
 # --- the command ------------------------------------------------------------------------------

@@ -3,7 +3,7 @@
 Every phase of the step runs in a `record_function` range, and so does the forward work of
 every attention module: a module called as a module gets forward hooks; one that fuses its
 block's tail (BN, gate, add, ReLU; ECA's "fast" impl) runs inside `residual_tail`, which is
-wrapped for the while. Backward work belongs to attention when it evaluates an autograd node
+wrapped for the while, with the block's shortcut projection (run by that call) kept out. Backward work belongs to attention when it evaluates an autograd node
 created inside an attention range (matched by the profiler's sequence numbers). Each
 operator's self time is summed per phase, in and out of attention. Times are the operators' CPU
 time on CPU and the CUDA kernel time they launch on CUDA; the profiler adds overhead, so read
@@ -21,12 +21,15 @@ from typing import Any, Callable, Iterator
 from torch import nn
 from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile, record_function
+from torch.utils.hooks import RemovableHandle
 
 from ecacli.profiling.device import make_timer, native_stderr_silenced
 from ecacli.profiling.runner import ProfileConfig, Workload, run_step
 
 RANGE_PREFIX = "ecacli."
 ATTENTION = "attention"
+SHORTCUT = "shortcut"
+PHASES = ("forward", "backward", "optimizer")
 OTHER = "other"
 OUTSIDE = "outside the phases"
 BACKWARD_NODE = "autograd::engine::evaluate_function: "
@@ -88,21 +91,25 @@ def fuses_residual(module: nn.Module) -> bool:
 
 @contextmanager
 def attention_ranges(model: nn.Module) -> Iterator[None]:
-    """Wrap every attention module's forward work in a profiler range, for the length of the block.
+    """Wrap every attention module's forward work in a profiler range while the context is open.
 
-    A module called as a module gets forward hooks; one that fuses its block's tail runs inside
-    `residual_tail`, which is wrapped on the instance for the while (and unwrapped after).
+    A module called as a module gets forward hooks. One that fuses its block's tail runs inside
+    `residual_tail`, wrapped on the instance for the while; the block's shortcut projection,
+    which that call also runs, gets a range of its own so it is not counted as attention.
     """
     handles = []
     fused = []
-    for module in attention_modules(model):
+    for block in model.modules():
+        module = getattr(block, "attention", None)
+        if not isinstance(module, nn.Module):
+            continue
         if fuses_residual(module):
             module.residual_tail = _in_range(module.residual_tail)
             fused.append(module)
-            continue
-        scopes: list[record_function] = []
-        handles.append(module.register_forward_pre_hook(lambda *_, scopes=scopes: scopes.append(_open_range(ATTENTION))))
-        handles.append(module.register_forward_hook(lambda *_, scopes=scopes: scopes.pop().__exit__(None, None, None)))
+            if isinstance(getattr(block, "downsample", None), nn.Module):
+                handles += _hook_range(block.downsample, SHORTCUT)
+        else:
+            handles += _hook_range(module, ATTENTION)
     try:
         yield
     finally:
@@ -112,10 +119,19 @@ def attention_ranges(model: nn.Module) -> Iterator[None]:
             del module.residual_tail
 
 
-def _open_range(name: str) -> record_function:
-    scope = record_function(RANGE_PREFIX + name)
-    scope.__enter__()
-    return scope
+def _hook_range(module: nn.Module, name: str) -> list[RemovableHandle]:
+    """Forward hooks that open a profiler range before `module` runs and close it after."""
+    scopes: list[record_function] = []
+
+    def enter(*_: Any) -> None:
+        scope = record_function(RANGE_PREFIX + name)
+        scope.__enter__()
+        scopes.append(scope)
+
+    def leave(*_: Any) -> None:
+        scopes.pop().__exit__(None, None, None)
+
+    return [module.register_forward_pre_hook(enter), module.register_forward_hook(leave)]
 
 
 def _in_range(method: Callable[..., Any]) -> Callable[..., Any]:
@@ -137,20 +153,27 @@ def _within(intervals: list[tuple[int, int]], start: int) -> bool:
 def _classify(events: list[Any]) -> Iterator[tuple[Any, str, bool]]:
     """(event, phase, in attention) for every operator event.
 
-    Forward: inside an attention range. Backward: inside an autograd node evaluation whose
+    Forward: inside an attention range and not in a shortcut range within it. Backward: inside an autograd node evaluation whose
     sequence number belongs to a node created inside an attention range in the forward.
     Ranges are matched by time, not thread, since CUDA runs the backward on its own thread
     while the calling thread waits.
     """
-    phases = [(e.time_range.start, e.time_range.end, e.name[len(RANGE_PREFIX):]) for e in events if e.name.startswith(RANGE_PREFIX) and e.name != RANGE_PREFIX + ATTENTION]
-    forward = [(e.time_range.start, e.time_range.end) for e in events if e.name == RANGE_PREFIX + ATTENTION]
+    def spans(name: str) -> list[tuple[int, int]]:
+        return [(e.time_range.start, e.time_range.end) for e in events if e.name == RANGE_PREFIX + name]
+
+    phases = [(low, high, phase) for phase in PHASES for low, high in spans(phase)]
+    attention, shortcut = spans(ATTENTION), spans(SHORTCUT)
     operators = [e for e in events if not e.name.startswith(RANGE_PREFIX)]
-    created = {e.sequence_nr for e in operators if e.sequence_nr >= 0 and _within(forward, e.time_range.start)}
+
+    def in_forward_attention(start: int) -> bool:
+        return _within(attention, start) and not _within(shortcut, start)
+
+    created = {e.sequence_nr for e in operators if e.sequence_nr >= 0 and in_forward_attention(e.time_range.start)}
     backward = [(e.time_range.start, e.time_range.end) for e in operators if e.name.startswith(BACKWARD_NODE) and e.sequence_nr in created]
     for e in operators:
         start = e.time_range.start
         phase = next((name for low, high, name in phases if low <= start < high), OUTSIDE)
-        yield e, phase, _within(forward, start) or _within(backward, start)
+        yield e, phase, in_forward_attention(start) or _within(backward, start)
 
 
 def breakdown(w: Workload, config: ProfileConfig, steps: int = BREAKDOWN_STEPS, top: int = 15) -> Breakdown:
@@ -183,5 +206,5 @@ def breakdown(w: Workload, config: ProfileConfig, steps: int = BREAKDOWN_STEPS, 
     ]
     clock = "CUDA kernel time per operator" if use_device else "CPU self time per operator"
     fused = any(fuses_residual(m) for m in attention_modules(w.model))
-    scope = "attention modules, each fused with its block's BN, residual add and ReLU" if fused else "attention modules"
+    scope = "attention modules, each fused with its block's last BN, residual add and ReLU (shortcut projection excluded)" if fused else "attention modules"
     return Breakdown(w.label, steps, clock, scope, total / steps / 1e3, groups, ops)
