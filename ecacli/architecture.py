@@ -28,6 +28,7 @@ class Layer:
     params: int = 0
     macs: int = 0
     eca_k: int | None = None
+    is_attention: bool = False
     children: list[Layer] = field(default_factory=list)
 
     def walk(self, depth: int = 0) -> Iterator[tuple[int, Layer]]:
@@ -51,6 +52,11 @@ class Layer:
     def activation_bytes(self) -> int:
         """torchinfo's forward/backward estimate: outputs of layers with parameters, counted twice."""
         return sum(2 * FLOAT32_BYTES * _numel(leaf.output_shape) for leaf in self.leaves() if leaf.params)
+
+    @property
+    def attention_params(self) -> int:
+        """Parameters inside the attention modules of this subtree."""
+        return sum(layer.total_params for _, layer in self.walk() if layer.is_attention)
 
     @property
     def eca_kernels(self) -> list[int]:
@@ -78,10 +84,10 @@ class _Builder:
     def __init__(self, batch: int) -> None:
         self.batch = batch
 
-    def conv(self, name: str, shape: list[int], out_ch: int, kernel: int, stride: int = 1, padding: int = 0) -> Layer:
+    def conv(self, name: str, shape: list[int], out_ch: int, kernel: int, stride: int = 1, padding: int = 0, bias: bool = False) -> Layer:
         n, c, h, w = shape
         out = [n, out_ch, _out_side(h, kernel, stride, padding), _out_side(w, kernel, stride, padding)]
-        params = c * out_ch * kernel * kernel
+        params = c * out_ch * kernel * kernel + (out_ch if bias else 0)
         return Layer(name, "Conv2d", out, params, params * n * out[2] * out[3])
 
     def bn(self, name: str, shape: list[int]) -> Layer:
@@ -92,10 +98,30 @@ class _Builder:
         n, c, h, w = shape
         return Layer(name, type_, [n, c, _out_side(h, kernel, stride, padding, ceil_mode), _out_side(w, kernel, stride, padding, ceil_mode)])
 
-    def eca(self, name: str, shape: list[int], k: int) -> Layer:
+    def attention(self, name: str, shape: list[int], spec: ResNetSpec, stage: int) -> Layer | None:
+        """The block's attention module as the registry in ecacli.layers builds it, or None."""
+        attention = spec.attention
         n, c = shape[0], shape[1]
-        conv = Layer(f"{name}.conv", "Conv1d", [n, 1, c], k, k * n * c)
-        return Layer(name, "EcaModule", list(shape), eca_k=k, children=[conv])
+        if attention.type in ("eca", "ceca"):
+            k = spec.stage_kernel_sizes[stage]  # type: ignore[index]
+            conv = Layer(f"{name}.conv", "Conv1d", [n, 1, c], k, k * n * c)
+            return Layer(name, "EcaModule", list(shape), eca_k=k, is_attention=True, children=[conv])
+        if attention.type == "se":
+            hidden = attention.hidden(c)
+            fc1 = self.conv(f"{name}.fc1", [n, c, 1, 1], hidden, 1, bias=True)
+            fc2 = self.conv(f"{name}.fc2", fc1.output_shape, c, 1, bias=True)
+            return Layer(name, "SeModule", list(shape), is_attention=True, children=[fc1, Layer(f"{name}.relu", "ReLU", fc1.output_shape), fc2])
+        if attention.type == "cbam":
+            hidden = attention.hidden(c)
+            fc1 = self.conv(f"{name}.channel.fc1", [2 * n, c, 1, 1], hidden, 1, bias=attention.mlp_bias)
+            fc2 = self.conv(f"{name}.channel.fc2", fc1.output_shape, c, 1, bias=attention.mlp_bias)
+            relu = Layer(f"{name}.channel.relu", "ReLU", fc1.output_shape)
+            channel = Layer(f"{name}.channel", "ChannelGate", list(shape), children=[fc1, relu, fc2])
+            k = attention.spatial_kernel
+            conv = self.conv(f"{name}.spatial.conv", [n, 2, shape[2], shape[3]], 1, k, 1, k // 2)
+            spatial = Layer(f"{name}.spatial", "SpatialGate", list(shape), children=[conv, self.bn(f"{name}.spatial.bn", conv.output_shape)])
+            return Layer(name, "CbamModule", list(shape), is_attention=True, children=[channel, spatial])
+        return None
 
 
 def _stem(spec: ResNetSpec, b: _Builder, shape: list[int]) -> list[Layer]:
@@ -132,7 +158,7 @@ def _downsample(spec: ResNetSpec, b: _Builder, name: str, shape: list[int], out_
     return Layer(name, "Sequential", parts[-1].output_shape, children=parts)
 
 
-def _block(spec: ResNetSpec, b: _Builder, name: str, shape: list[int], planes: int, stride: int, k: int | None, project: bool) -> Layer:
+def _block(spec: ResNetSpec, b: _Builder, name: str, shape: list[int], planes: int, stride: int, stage: int, project: bool) -> Layer:
     out_ch = planes * spec.expansion
     if spec.block_type == "bottleneck":
         c1 = b.conv(f"{name}.conv1", shape, planes, 1)
@@ -149,8 +175,9 @@ def _block(spec: ResNetSpec, b: _Builder, name: str, shape: list[int], planes: i
         parts = [c1, b.bn(f"{name}.bn1", c1.output_shape), Layer(f"{name}.relu", "ReLU", c1.output_shape), c2, b.bn(f"{name}.bn2", c2.output_shape)]
         kind = "BasicBlock"
     out_shape = parts[-1].output_shape
-    if k is not None:
-        parts.append(b.eca(f"{name}.eca", out_shape, k))
+    attention = b.attention(f"{name}.{spec.attention.module_name}", out_shape, spec, stage)
+    if attention is not None:
+        parts.append(attention)
     if project:
         parts.append(_downsample(spec, b, f"{name}.downsample", shape, out_ch, stride))
     return Layer(name, kind, out_shape, children=parts)
@@ -163,14 +190,12 @@ def model_layers(spec: ResNetSpec, batch: int = 1, input_size: int | None = None
     shape = [batch, spec.in_chans, side, side]
     children = _stem(spec, b, shape)
     shape = children[-1].output_shape
-    kernels = spec.stage_kernel_sizes
     for stage in range(NUM_STAGES):
         blocks = []
         for i in range(spec.stage_blocks[stage]):
             stride = 2 if stage > 0 and i == 0 else 1
             project = i == 0 and (stride != 1 or shape[1] != spec.stage_outputs[stage])
-            k = kernels[stage] if kernels else None
-            block = _block(spec, b, f"layer{stage + 1}.{i}", shape, spec.stage_planes[stage], stride, k, project)
+            block = _block(spec, b, f"layer{stage + 1}.{i}", shape, spec.stage_planes[stage], stride, stage, project)
             blocks.append(block)
             shape = block.output_shape
         children.append(Layer(f"layer{stage + 1}", "Sequential", shape, children=blocks))

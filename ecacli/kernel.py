@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 DEFAULT_GAMMA = 2.0
 DEFAULT_B = 1.0
+MAX_CHANNELS = 2**32  # float log2 keeps the rule exact far beyond this (checked to 2**48); no layer is wider
 
 
 def _exact_log2(channels: int) -> float:
@@ -22,8 +23,8 @@ def _exact_log2(channels: int) -> float:
 
 
 def _check(channels: int, gamma: float) -> None:
-    if isinstance(channels, bool) or not isinstance(channels, int) or channels < 1:
-        raise ValueError(f"channels must be a positive integer, got {channels!r}")
+    if isinstance(channels, bool) or not isinstance(channels, int) or not 1 <= channels <= MAX_CHANNELS:
+        raise ValueError(f"channels must be a positive integer up to 2**32, got {channels!r}")
     if not gamma > 0:
         raise ValueError(f"gamma must be positive, got {gamma!r}")
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import difflib
 from functools import cached_property
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, ClassVar, Literal, Union
 
 from pydantic import (
     BaseModel,
@@ -87,6 +87,7 @@ def _check_k_size(value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
 class EcaAttention(StrictModel):
     """Efficient Channel Attention: a k-tap 1-D conv across pooled channels, then a sigmoid gate."""
 
+    module_name: ClassVar[str] = "eca"
     type: Literal["eca"] = "eca"
     k_size: Annotated[KSizeValue, Field(description="'adaptive' (eq. 9 of the paper), one odd k, or one odd k per stage")] = "adaptive"
     gamma: Annotated[float, Field(gt=0, le=64, description="gamma of the adaptive rule")] = 2.0
@@ -95,6 +96,10 @@ class EcaAttention(StrictModel):
         Literal["output", "planes"],
         Field(description="width the adaptive rule reads: block output width (timm, the write-up) or bottleneck width"),
     ] = "output"
+    impl: Annotated[
+        Literal["fast", "reference"],
+        Field(description="fast: BN, gate, residual add and ReLU fused in one step (same numbers, less time and memory); reference: the paper's formulation, module by module"),
+    ] = "fast"
 
     _wrap_k = field_validator("k_size", mode="wrap")(_check_k_size)
 
@@ -108,14 +113,71 @@ class EcaAttention(StrictModel):
         return list(self.k_size)
 
 
+class CecaAttention(EcaAttention):
+    """ECA with circular padding across channels (timm's CecaModule): the first and last channels are neighbours."""
+
+    type: Literal["ceca"] = "ceca"
+
+
+def reduced_channels(channels: int, reduction: int, divisor: int) -> int:
+    """Hidden width of an SE/CBAM bottleneck: channels / reduction rounded to the nearest multiple of divisor (at least divisor)."""
+    return max(divisor, int(channels / reduction + divisor / 2) // divisor * divisor)
+
+
+class SeAttention(StrictModel):
+    """Squeeze-and-excitation (Hu et al.): pooled channels through 1x1 conv (bias), ReLU, 1x1 conv (bias), sigmoid gate."""
+
+    module_name: ClassVar[str] = "se"
+    type: Literal["se"]
+    reduction: Annotated[int, Field(ge=1, le=1024, description="channel reduction ratio r")] = 16
+    divisor: Annotated[int, Field(ge=1, le=64, description="hidden width rounded to a multiple of this (timm: 8)")] = 8
+
+    def hidden(self, channels: int) -> int:
+        return reduced_channels(channels, self.reduction, self.divisor)
+
+
+class CbamAttention(StrictModel):
+    """CBAM (Woo et al.): a shared MLP over avg- and max-pooled channels, then a k x k conv + BN over channel-wise mean and max."""
+
+    module_name: ClassVar[str] = "cbam"
+    type: Literal["cbam"]
+    reduction: Annotated[int, Field(ge=1, le=1024, description="channel reduction ratio r of the shared MLP")] = 16
+    divisor: Annotated[int, Field(ge=1, le=64, description="hidden width rounded to a multiple of this (timm: 8)")] = 8
+    spatial_kernel: Annotated[int, Field(ge=1, le=15, description="odd kernel size of the spatial attention conv")] = 7
+    mlp_bias: Annotated[bool, Field(description="biases in the shared MLP (the CBAM paper: yes; timm: no)")] = False
+
+    @field_validator("spatial_kernel")
+    @classmethod
+    def _odd_spatial_kernel(cls, value: int) -> int:
+        if value % 2 == 0:
+            raise PydanticCustomError("odd", "must be odd so the spatial map keeps its size; got {got}.", {"got": value})
+        return value
+
+    def hidden(self, channels: int) -> int:
+        return reduced_channels(channels, self.reduction, self.divisor)
+
+
 class NoAttention(StrictModel):
     """No attention: the model is a plain ResNet with torchvision's exact names and shapes."""
 
+    module_name: ClassVar[str] = ""
     type: Literal["none"]
 
 
-ATTENTION_TYPES = {"eca": EcaAttention, "none": NoAttention}
-AttentionSpec = Annotated[Union[EcaAttention, NoAttention], Field(discriminator="type")]
+ATTENTION_TYPES = {"eca": EcaAttention, "ceca": CecaAttention, "se": SeAttention, "cbam": CbamAttention, "none": NoAttention}
+AttentionSpec = Annotated[
+    Union[EcaAttention, CecaAttention, SeAttention, CbamAttention, NoAttention], Field(discriminator="type")
+]
+
+
+class Reported(StrictModel):
+    """Figures a publication reports for this architecture: always shown labelled "reported", never as measured."""
+
+    source: Annotated[str, Field(min_length=1, max_length=200, description="where the figures come from")]
+    top1: Annotated[float | None, Field(ge=0, le=100, description="reported ImageNet top-1 accuracy, %")] = None
+    top5: Annotated[float | None, Field(ge=0, le=100, description="reported ImageNet top-5 accuracy, %")] = None
+    params_m: Annotated[float | None, Field(gt=0, le=1e6, description="reported parameters, millions (not always the exact count)")] = None
+    gflops: Annotated[float | None, Field(gt=0, le=1e6, description="reported GFLOPs per image")] = None
 
 
 class ResNetSpec(StrictModel):
@@ -152,6 +214,7 @@ class ResNetSpec(StrictModel):
     input_size: Annotated[int, Field(ge=8, le=2048, description="square input side in pixels")] = 224
     zero_init_residual: bool = False
     attention: AttentionSpec = EcaAttention()
+    reported: Reported | None = None
 
     @field_validator("attention", mode="before")
     @classmethod

@@ -33,7 +33,7 @@ def test_summary_table_shows_layers_and_totals(cli):
     assert result.returncode == 0, result.stderr
     assert "layer4.2" in result.stdout and "Bottleneck" in result.stdout
     assert "25,557,112" in result.stdout
-    assert "ECA params:          80" in result.stdout
+    assert "Attention:           eca, 80 params" in result.stdout
 
 
 def test_summary_torchinfo_table_is_torchinfos(cli):

@@ -11,6 +11,7 @@ import sys
 
 import typer
 
+from ecacli.cli.compare import compare
 from ecacli.cli.convert import convert
 from ecacli.cli.export import export
 from ecacli.cli.inspect import inspect
@@ -30,7 +31,7 @@ app = typer.Typer(
     add_completion=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
-for command in (summary, ksize, specs, validate, schema, export, inspect, convert, profile):
+for command in (summary, ksize, specs, validate, schema, compare, export, inspect, convert, profile):
     app.command()(command)
 
 

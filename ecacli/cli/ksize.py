@@ -8,9 +8,8 @@ import typer
 
 from ecacli.cli.common import JsonOption, SetOption, console, fmt_int, load_spec_arg, print_json
 from ecacli.errors import UserError
-from ecacli.kernel import DEFAULT_B, DEFAULT_GAMMA, kernel_intervals, kernel_size, kernel_t, se_params, table_widths
+from ecacli.kernel import DEFAULT_B, DEFAULT_GAMMA, MAX_CHANNELS, kernel_intervals, kernel_size, kernel_t, se_params, table_widths
 
-MAX_CHANNELS = 2**40
 DEFAULT_RANGE = (64, 2048)
 
 

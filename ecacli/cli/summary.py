@@ -77,10 +77,11 @@ def _render(report) -> None:
             f"Input:               {list(report.input_size)} ({fmt_bytes(report.input_bytes)})",
             f"Parameter memory:    {fmt_bytes(report.param_bytes)}",
             f"Activation memory:   {fmt_bytes(report.activation_bytes)} (forward + backward, torchinfo's estimate)",
-            f"ECA params:          {fmt_int(report.eca_params)} ({report.eca_param_share:.5%} of all)",
-            f"ECA k per block:     {kernels or '-'}",
+            f"Attention:           {report.attention_type}, {fmt_int(report.attention_params)} params ({report.attention_params / report.total_params:.5%} of all)",
+            *([f"ECA k per block:     {kernels}"] if kernels else []),
         ]
     )
     out = console()
-    out.print(table)
-    out.print(Panel(totals, title="Totals", expand=False))
+    if report.layers:
+        out.print(table)
+    out.print(Panel(totals, title=f"{report.spec} totals", expand=False))

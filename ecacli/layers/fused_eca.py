@@ -34,10 +34,11 @@ def batch_norm_factor(bn: nn.BatchNorm2d) -> tuple[bool, float]:
 
 
 def sample_channel_sums(grad: torch.Tensor, z: torch.Tensor, mean: torch.Tensor, invstd: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per (sample, channel): sum over H, W of `grad` and of `grad * (z - mean) * invstd`, in one read pass.
+    """Per (sample, channel): sum over H, W of `grad` and of `grad * (z - mean) * invstd`.
 
-    BatchNorm's backward reduction computes exactly these two sums per channel; viewing each
-    (sample, channel) plane as a channel of its own makes it produce them per plane.
+    For NCHW tensors this is one read pass: BatchNorm's backward reduction computes exactly
+    these two sums per channel, and viewing each (sample, channel) plane as a channel of its
+    own makes it produce them per plane. Other layouts take a product and two reductions.
     """
     n, c, h, w = z.shape
     if z.is_contiguous() and grad.is_contiguous():
@@ -46,27 +47,58 @@ def sample_channel_sums(grad: torch.Tensor, z: torch.Tensor, mean: torch.Tensor,
             grad.view(planes), z.view(planes), None, None, None, mean.repeat(n), invstd.repeat(n), True, 0.0, [False, True, True]
         )
         return total.view(n, c), dot.view(n, c)
-    sums = [
-        torch.ops.aten.native_batch_norm_backward(grad[i : i + 1], z[i : i + 1], None, None, None, mean, invstd, True, 0.0, [False, True, True])
-        for i in range(n)
-    ]
-    return torch.stack([s[2] for s in sums]), torch.stack([s[1] for s in sums])
+    acc = accumulation_dtype(z)
+    total = grad.sum(dim=(2, 3), dtype=acc)
+    raw_dot = (grad * z).sum(dim=(2, 3), dtype=acc)
+    return total, (raw_dot - mean * total) * invstd
 
 
 def conv1d_backward(conv: nn.Conv1d, pooled: torch.Tensor, weight: torch.Tensor, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Gradients of the gate's 1-D conv (zero or circular padding) w.r.t. its input [N, 1, C] and weight."""
+    """Gradients of the gate's 1-D conv (zero or circular padding) w.r.t. its input [N, 1, C] and weight [1, 1, k].
+
+    Written with small tensor ops rather than a convolution backward: on CPU the library
+    convolution spends far longer setting up than these few hundred multiply-adds take.
+    """
+    k = weight.shape[-1]
     pad = conv.padding[0]
-    if conv.padding_mode == "zeros":
-        grad_in, grad_w, _ = torch.ops.aten.convolution_backward(grad, pooled, weight, None, [1], [pad], [1], False, [0], 1, [True, True, False])
-        return grad_in, grad_w
-    padded = F.pad(pooled, (pad, pad), mode=conv.padding_mode)
-    grad_padded, grad_w, _ = torch.ops.aten.convolution_backward(grad, padded, weight, None, [1], [0], [1], False, [0], 1, [True, True, False])
     channels = pooled.shape[-1]
-    grad_in = grad_padded[..., pad : pad + channels].clone()
-    if pad:
-        grad_in[..., :pad] += grad_padded[..., pad + channels :]
+    mode = "constant" if conv.padding_mode == "zeros" else conv.padding_mode
+    windows = F.pad(pooled, (pad, pad), mode=mode).unfold(-1, k, 1)  # [N, 1, C, k]: the inputs each output saw
+    grad_weight = (windows * grad[..., None]).sum(dim=(0, 2)).view_as(weight)
+    # Output c took weight[j] * padded[c + j]: send grad[c] * weight[j] back to padded position c + j.
+    contributions = grad[..., None] * weight.view(k)  # [N, 1, C, k]
+    grad_padded = sum(F.pad(contributions[..., j], (j, k - 1 - j)) for j in range(k))
+    grad_in = grad_padded[..., pad : pad + channels]
+    if pad and conv.padding_mode == "circular":
+        grad_in = grad_in.clone()
         grad_in[..., channels - pad :] += grad_padded[..., :pad]
-    return grad_in, grad_w
+        grad_in[..., :pad] += grad_padded[..., pad + channels :]
+    return grad_in, grad_weight
+
+
+def batch_statistics(
+    z: torch.Tensor, running_mean: torch.Tensor | None, running_var: torch.Tensor | None, use_batch_stats: bool, momentum: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-plane means [N, C], and the mean and biased variance [C] BatchNorm normalises with.
+
+    With batch statistics the running ones move as BatchNorm moves them (momentum, unbiased
+    variance). In float32/64 all of it comes from one pass over z: per-plane means and
+    variances, combined by the law of total variance.
+    """
+    acc = accumulation_dtype(z)
+    if not use_batch_stats:
+        return z.mean(dim=(2, 3), dtype=acc), running_mean.clone(), running_var.clone()  # type: ignore[union-attr]
+    if z.dtype != acc:
+        mean, var = torch.batch_norm_update_stats(z, running_mean, running_var, momentum)
+        return z.mean(dim=(2, 3), dtype=acc), mean, var
+    plane_var, plane_mean = torch.var_mean(z, dim=(2, 3), correction=0)
+    mean = plane_mean.mean(0)
+    var = plane_var.mean(0) + (plane_mean - mean).square().mean(0)
+    if running_mean is not None and running_var is not None:
+        count = z.numel() // z.shape[1]
+        running_mean.mul_(1 - momentum).add_(mean, alpha=momentum)
+        running_var.mul_(1 - momentum).add_(var, alpha=momentum * count / (count - 1))
+    return plane_mean, mean, var
 
 
 def accumulation_dtype(t: torch.Tensor) -> torch.dtype:
@@ -97,15 +129,18 @@ class GatedResidual(torch.autograd.Function):
         eps: float,
         conv: nn.Conv1d,
     ) -> torch.Tensor:
-        y, mean, invstd = torch.native_batch_norm(z, bn_weight, bn_bias, running_mean, running_var, use_batch_stats, momentum, eps)
-        if not use_batch_stats:
-            mean, invstd = running_mean.clone(), torch.rsqrt(running_var + eps)  # type: ignore[union-attr, operator]
-        # Mean over H, W of the normalised input; the gate's input is its affine image.
-        centred_mean = (z.mean(dim=(2, 3), dtype=accumulation_dtype(z)) - mean) * invstd
+        plane_mean, mean, var = batch_statistics(z, running_mean, running_var, use_batch_stats, momentum)
+        invstd = torch.rsqrt(var + eps)
+        # The pooled BN output, bn(z) averaged over H, W, is the affine image of the normalised plane means.
+        centred_mean = (plane_mean - mean) * invstd
         pooled = (centred_mean * bn_weight + bn_bias)[:, None, :]
         logits = conv(pooled)
         gate = torch.sigmoid(logits)[:, 0, :]
-        out = torch.addcmul(identity, y, gate.to(y.dtype)[:, :, None, None]).relu_()
+        # bn(z) * gate = z * (scale * gate) + (bn_bias - mean * scale) * gate, per plane: one pass, no BN output.
+        scale = bn_weight * invstd
+        gate_acc = gate.to(scale.dtype)
+        out = torch.addcmul(identity, z, _plane(scale * gate_acc, z.dtype))
+        out.add_(_plane((bn_bias - mean * scale) * gate_acc, z.dtype)).relu_()
         ctx.save_for_backward(z, out, gate, pooled.to(logits.dtype), centred_mean, mean, invstd, bn_weight, bn_bias, conv_weight)
         ctx.use_batch_stats = use_batch_stats
         ctx.conv = conv
@@ -142,6 +177,8 @@ class GatedResidual(torch.autograd.Function):
 
 def gated_residual(bn: nn.BatchNorm2d, conv: nn.Conv1d, z: torch.Tensor, identity: torch.Tensor) -> torch.Tensor:
     """relu(eca(bn(z)) + identity) with BatchNorm's running statistics updated as `bn(z)` would."""
+    if bn.training and z.numel() // z.shape[1] <= 1:
+        raise ValueError(f"Expected more than 1 value per channel when training, got input size {list(z.shape)}")
     use_batch_stats, factor = batch_norm_factor(bn)
     tracked = not bn.training or bn.track_running_stats
     running_mean = bn.running_mean if tracked else None

@@ -6,18 +6,32 @@ from typing import Callable
 
 from torch import nn
 
+from ecacli.layers.cbam import CbamModule
 from ecacli.layers.eca import EcaModule
+from ecacli.layers.se import SeModule
 from ecacli.spec import ResNetSpec
 
 AttentionFactory = Callable[[ResNetSpec, int, int], nn.Module]
 
 
 def _eca(spec: ResNetSpec, stage: int, channels: int) -> nn.Module:
-    return EcaModule(spec.stage_kernel_sizes[stage])  # type: ignore[index]
+    return EcaModule(spec.stage_kernel_sizes[stage], circular=spec.attention.type == "ceca", impl=spec.attention.impl)  # type: ignore[index]
+
+
+def _se(spec: ResNetSpec, stage: int, channels: int) -> nn.Module:
+    return SeModule(channels, spec.attention.hidden(channels))  # type: ignore[union-attr]
+
+
+def _cbam(spec: ResNetSpec, stage: int, channels: int) -> nn.Module:
+    attention = spec.attention
+    return CbamModule(channels, attention.hidden(channels), attention.spatial_kernel, attention.mlp_bias)  # type: ignore[union-attr]
 
 
 ATTENTION_LAYERS: dict[str, AttentionFactory | None] = {
     "eca": _eca,
+    "ceca": _eca,
+    "se": _se,
+    "cbam": _cbam,
     "none": None,
 }
 

@@ -31,20 +31,46 @@ def make_downsample(in_ch: int, out_ch: int, stride: int, kind: str) -> nn.Seque
     return nn.Sequential(pool, conv1x1(in_ch, out_ch), nn.BatchNorm2d(out_ch))
 
 
-class BasicBlock(nn.Module):
+class ResidualBlock(nn.Module):
+    """Base of both block types: holds the attention module under its type's name (`eca`, `se`, `cbam`)."""
+
+    def __init__(self, attention: nn.Module | None, attention_name: str) -> None:
+        super().__init__()
+        self.attention_name = attention_name if attention is not None else ""
+        if attention is not None:
+            self.add_module(attention_name, attention)
+
+    @property
+    def attention(self) -> nn.Module | None:
+        return getattr(self, self.attention_name) if self.attention_name else None
+
+    def shortcut(self, x: torch.Tensor) -> torch.Tensor:
+        return x if self.downsample is None else self.downsample(x)
+
+    def tail(self, z: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """relu(attention(last_bn(z)) + shortcut(x)); one fused call when the attention offers it (`fuses_residual`)."""
+        attention = self.attention
+        if getattr(attention, "fuses_residual", False):
+            return attention.residual_tail(self.last_bn, z, lambda: self.shortcut(x), self.relu)  # type: ignore[union-attr]
+        out = self.last_bn(z)
+        if attention is not None:
+            out = attention(out)
+        return self.relu(out + self.shortcut(x))
+
+
+class BasicBlock(ResidualBlock):
     """Two 3x3 convs; attention after bn2, before the residual add."""
 
     expansion = 1
 
-    def __init__(self, in_ch: int, planes: int, stride: int, downsample: nn.Module | None, attention: nn.Module | None) -> None:
-        super().__init__()
+    def __init__(self, in_ch: int, planes: int, stride: int, downsample: nn.Module | None, attention: nn.Module | None, attention_name: str = "eca") -> None:
+        super().__init__(attention, attention_name)
         self.conv1 = conv3x3(in_ch, planes, stride)
         self.bn1 = nn.BatchNorm2d(planes)
         self.relu = nn.ReLU(inplace=True)
         self.conv2 = conv3x3(planes, planes)
         self.bn2 = nn.BatchNorm2d(planes)
         self.downsample = downsample
-        self.eca = attention
 
     @property
     def last_bn(self) -> nn.BatchNorm2d:
@@ -52,20 +78,16 @@ class BasicBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.relu(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
-        if self.eca is not None:
-            out = self.eca(out)
-        identity = x if self.downsample is None else self.downsample(x)
-        return self.relu(out + identity)
+        return self.tail(self.conv2(out), x)
 
 
-class Bottleneck(nn.Module):
+class Bottleneck(ResidualBlock):
     """1x1 reduce, 3x3 (stride here, as torchvision's v1.5), 1x1 expand; attention after bn3."""
 
     expansion = 4
 
-    def __init__(self, in_ch: int, planes: int, stride: int, downsample: nn.Module | None, attention: nn.Module | None) -> None:
-        super().__init__()
+    def __init__(self, in_ch: int, planes: int, stride: int, downsample: nn.Module | None, attention: nn.Module | None, attention_name: str = "eca") -> None:
+        super().__init__(attention, attention_name)
         out_ch = planes * self.expansion
         self.conv1 = conv1x1(in_ch, planes)
         self.bn1 = nn.BatchNorm2d(planes)
@@ -75,7 +97,6 @@ class Bottleneck(nn.Module):
         self.bn3 = nn.BatchNorm2d(out_ch)
         self.relu = nn.ReLU(inplace=True)
         self.downsample = downsample
-        self.eca = attention
 
     @property
     def last_bn(self) -> nn.BatchNorm2d:
@@ -84,11 +105,7 @@ class Bottleneck(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.relu(self.bn2(self.conv2(out)))
-        out = self.bn3(self.conv3(out))
-        if self.eca is not None:
-            out = self.eca(out)
-        identity = x if self.downsample is None else self.downsample(x)
-        return self.relu(out + identity)
+        return self.tail(self.conv3(out), x)
 
 
 BLOCKS: dict[str, type[BasicBlock] | type[Bottleneck]] = {"basic": BasicBlock, "bottleneck": Bottleneck}
@@ -142,7 +159,7 @@ class ECAResNet(nn.Module):
             needs_projection = i == 0 and (block_stride != 1 or in_ch != out_ch)
             downsample = make_downsample(in_ch, out_ch, block_stride, spec.downsample) if needs_projection else None
             attention = create_attention(spec, stage, out_ch)
-            layers.append(block_cls(in_ch, planes, block_stride, downsample, attention))
+            layers.append(block_cls(in_ch, planes, block_stride, downsample, attention, spec.attention.module_name))
             in_ch = out_ch
         return nn.Sequential(*layers), out_ch
 
@@ -157,7 +174,7 @@ class ECAResNet(nn.Module):
                 nn.init.zeros_(module.bias)
         if zero_init_residual:
             for module in self.modules():
-                if isinstance(module, (BasicBlock, Bottleneck)):
+                if isinstance(module, ResidualBlock):
                     nn.init.zeros_(module.last_bn.weight)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:

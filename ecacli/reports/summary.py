@@ -41,6 +41,8 @@ class SummaryReport:
     param_bytes: int
     activation_bytes: int
     input_bytes: int
+    attention_type: str
+    attention_params: int
     eca_params: int
     eca_param_share: float
     eca_kernel_sizes: list[int]
@@ -75,6 +77,8 @@ def summarize(spec: ResNetSpec, batch: int = 1, input_size: int | None = None, d
         param_bytes=total * FLOAT32_BYTES,
         activation_bytes=model.activation_bytes,
         input_bytes=shape[0] * shape[1] * shape[2] * shape[3] * FLOAT32_BYTES,
+        attention_type=spec.attention.type,
+        attention_params=model.attention_params,
         eca_params=eca_params,
         eca_param_share=eca_params / total,
         eca_kernel_sizes=spec.block_kernel_sizes or [],

@@ -1,0 +1,99 @@
+"""Side-by-side comparison of specs: parameters, attention cost, mult-adds, reported accuracy (torch-free).
+
+The static numbers come from the same torch-free accounting as `ecacli summary`; measured
+timings, when asked for, are attached by the caller from `ecacli.profiling`.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from ecacli.reports.summary import summarize
+from ecacli.spec import ResNetSpec
+
+
+@dataclass
+class CompareRow:
+    """One spec's line in the comparison; deltas are against the first spec."""
+
+    name: str
+    attention: str
+    total_params: int
+    delta_params: int
+    delta_params_pct: float
+    attention_params: int
+    mult_adds: int
+    delta_mult_adds_pct: float
+    param_bytes: int
+    reported: dict[str, Any] | None
+    measured: dict[str, Any] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def compare_specs(specs: list[ResNetSpec], batch: int = 1, input_size: int | None = None) -> list[CompareRow]:
+    """Static comparison rows, one per spec, in the order given."""
+    reports = [summarize(spec, batch, input_size, depth=0) for spec in specs]
+    base = reports[0]
+    return [
+        CompareRow(
+            name=spec.name,
+            attention=spec.attention.type,
+            total_params=r.total_params,
+            delta_params=r.total_params - base.total_params,
+            delta_params_pct=100 * (r.total_params - base.total_params) / base.total_params,
+            attention_params=r.attention_params,
+            mult_adds=r.mult_adds,
+            delta_mult_adds_pct=100 * (r.mult_adds - base.mult_adds) / base.mult_adds,
+            param_bytes=r.param_bytes,
+            reported=spec.reported.model_dump(exclude_none=True) if spec.reported else None,
+        )
+        for spec, r in zip(specs, reports)
+    ]
+
+
+TABLE_COLUMNS = ["name", "attention", "params", "Δ params", "Δ params %", "attention params", "mult-adds (G)", "Δ mult-adds %", "reported top-1"]
+
+
+def table_cells(row: CompareRow) -> list[str]:
+    """The row as display strings, in TABLE_COLUMNS order (reported figures marked as such)."""
+    top1 = row.reported.get("top1") if row.reported else None
+    return [
+        row.name,
+        row.attention,
+        f"{row.total_params:,}",
+        f"{row.delta_params:+,}",
+        f"{row.delta_params_pct:+.3f}",
+        f"{row.attention_params:,}",
+        f"{row.mult_adds / 1e9:.3f}",
+        f"{row.delta_mult_adds_pct:+.3f}",
+        f"{top1:.2f} (reported)" if top1 is not None else "-",
+    ]
+
+
+def to_csv(rows: list[CompareRow]) -> str:
+    """Flat CSV with raw numbers (no thousands separators), one line per spec."""
+    fields = ["name", "attention", "total_params", "delta_params", "delta_params_pct", "attention_params", "mult_adds", "delta_mult_adds_pct", "param_bytes", "reported_top1", "reported_top5", "reported_source"]
+    measured_keys = sorted({k for r in rows if r.measured for k in r.measured})
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(fields + [f"measured_{k}" for k in measured_keys])
+    for r in rows:
+        reported = r.reported or {}
+        base = [r.name, r.attention, r.total_params, r.delta_params, f"{r.delta_params_pct:.4f}", r.attention_params, r.mult_adds, f"{r.delta_mult_adds_pct:.4f}", r.param_bytes, reported.get("top1", ""), reported.get("top5", ""), reported.get("source", "")]
+        writer.writerow(base + [(r.measured or {}).get(k, "") for k in measured_keys])
+    return buffer.getvalue()
+
+
+def to_markdown(rows: list[CompareRow], extra_columns: list[tuple[str, list[str]]] = ()) -> str:
+    """A GitHub-flavoured Markdown table, for papers and READMEs."""
+    headers = TABLE_COLUMNS + [name for name, _ in extra_columns]
+    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
+    for i, row in enumerate(rows):
+        cells = table_cells(row) + [values[i] for _, values in extra_columns]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,53 @@
+"""The paper's params-accuracy picture for the user's own specs (matplotlib, an optional extra)."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+from ecacli.errors import UserError
+from ecacli.reports.compare import CompareRow
+
+Y_AXES = {
+    "top1": ("reported ImageNet top-1 (%)", lambda r: (r.reported or {}).get("top1")),
+    "images_per_s": ("measured training throughput (images/s)", lambda r: (r.measured or {}).get("images_per_s")),
+}
+
+
+def plot_params_vs(rows: list[CompareRow], y: str, path: Path, dpi: int = 100) -> int:
+    """Write a scatter of parameters (M) against `y` to a PNG; returns how many specs had a value."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise UserError("--plot needs matplotlib, which is not installed: pip install 'ecacli[plot]'.") from None
+    label, value_of = Y_AXES[y]
+    points = [(r.name, r.total_params / 1e6, value_of(r)) for r in rows if value_of(r) is not None]
+    if not points:
+        hint = "add a `reported:` block with top1 to the specs, or measure with --time" if y == "top1" else "measure with --time"
+        raise UserError(f"--plot: none of the specs has a {label}; {hint}.")
+    if not path.parent.is_dir():
+        raise UserError(f"--plot {path}: the folder {path.parent} does not exist.")
+    fig, ax = plt.subplots(figsize=(6.4, 4.8))
+    for name, params, value in points:
+        ax.scatter(params, value, s=60)
+        ax.annotate(name, (params, value), textcoords="offset points", xytext=(6, 4))
+    ax.set_xlabel("parameters (M, exact)")
+    ax.set_ylabel(label)
+    ax.set_title("parameters vs " + label.split(" (")[0])
+    ax.grid(alpha=0.3)
+    ax.margins(x=0.2, y=0.15)
+    fig.tight_layout()
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".png")
+    os.close(fd)
+    try:
+        fig.savefig(tmp, dpi=dpi, format="png")
+        os.replace(tmp, path)
+    finally:
+        plt.close(fig)
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return len(points)

@@ -1,0 +1,84 @@
+"""`ecacli compare`: numbers equal summary's, the output formats, the plot."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import struct
+import sys
+
+import pytest
+
+from ecacli.errors import UserError
+from ecacli.reports.compare import compare_specs
+from ecacli.spec_loader import load_spec
+
+SPECS = ["resnet50", "r50_k3557", "se_r50", "cbam_r50", "ceca_r50"]
+
+
+def test_compare_json_agrees_with_summary(cli):
+    result = cli("compare", *SPECS, "--json")
+    assert result.returncode == 0, result.stderr
+    rows = json.loads(result.stdout)
+    assert [r["name"] for r in rows] == SPECS
+    for row in rows:
+        summary = json.loads(cli("summary", row["name"], "--json").stdout)
+        assert row["total_params"] == summary["total_params"]
+        assert row["mult_adds"] == summary["mult_adds"]
+        assert row["attention_params"] == summary["attention_params"]
+    assert [r["delta_params"] for r in rows] == [0, 80, 2_530_992, 2_516_544, 86]
+    assert rows[1]["reported"]["top1"] == 77.48 and rows[0]["reported"] is None
+
+
+def test_compare_csv_and_markdown():
+    rows = compare_specs([load_spec(s) for s in SPECS])
+    from ecacli.reports.compare import to_csv, to_markdown
+
+    parsed = list(csv.DictReader(io.StringIO(to_csv(rows))))
+    assert [int(r["total_params"]) for r in parsed] == [r.total_params for r in rows]
+    assert parsed[1]["reported_top1"] == "77.48"
+    markdown = to_markdown(rows).splitlines()
+    assert len(markdown) == 2 + len(SPECS)
+    assert "| r50_k3557 | eca | 25,557,112 | +80 |" in markdown[3]
+    assert "77.48 (reported)" in markdown[3]
+
+
+def test_compare_table(cli):
+    result = cli("compare", "resnet50", "se_r50")
+    assert result.returncode == 0
+    assert "+2,530,992" in result.stdout and "deltas against resnet50" in result.stdout
+
+
+def test_compare_plot_is_a_png_of_the_expected_size(cli, tmp_path):
+    pytest.importorskip("matplotlib")
+    path = tmp_path / "params.png"
+    result = cli("compare", "resnet50", "r50_k3557", "r101_k3357", "--plot", str(path), "--json")
+    assert result.returncode == 0, result.stderr
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    assert struct.unpack(">II", data[16:24]) == (640, 480)
+    assert "2 of 3 specs had a reported top-1" in result.stderr
+
+
+def test_plot_without_any_reported_figure_is_refused(cli, tmp_path):
+    path = tmp_path / "p.png"
+    result = cli("compare", "resnet50", "se_r50", "--plot", str(path))
+    assert result.returncode == 2
+    assert "none of the specs has a reported ImageNet top-1" in result.stderr
+    assert not path.exists()
+
+
+def test_plot_without_matplotlib_says_how_to_install(tmp_path, monkeypatch):
+    from ecacli.reports.plot import plot_params_vs
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    rows = compare_specs([load_spec("r50_k3557")])
+    with pytest.raises(UserError, match=r"pip install 'ecacli\[plot\]'"):
+        plot_params_vs(rows, "top1", tmp_path / "x.png")
+
+
+def test_only_one_output_format(cli):
+    result = cli("compare", "r50", "--json", "--csv")
+    assert result.returncode == 2
+    assert "choose one of --json, --csv and --markdown" in result.stderr
