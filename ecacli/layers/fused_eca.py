@@ -76,31 +76,6 @@ def conv1d_backward(conv: nn.Conv1d, pooled: torch.Tensor, weight: torch.Tensor,
     return grad_in, grad_weight
 
 
-def batch_statistics(
-    z: torch.Tensor, running_mean: torch.Tensor | None, running_var: torch.Tensor | None, use_batch_stats: bool, momentum: float
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Per-plane means [N, C], and the mean and biased variance [C] BatchNorm normalises with.
-
-    With batch statistics the running ones move as BatchNorm moves them (momentum, unbiased
-    variance). In float32/64 all of it comes from one pass over z: per-plane means and
-    variances, combined by the law of total variance.
-    """
-    acc = accumulation_dtype(z)
-    if not use_batch_stats:
-        return z.mean(dim=(2, 3), dtype=acc), running_mean.clone(), running_var.clone()  # type: ignore[union-attr]
-    if z.dtype != acc:
-        mean, var = torch.batch_norm_update_stats(z, running_mean, running_var, momentum)
-        return z.mean(dim=(2, 3), dtype=acc), mean, var
-    plane_var, plane_mean = torch.var_mean(z, dim=(2, 3), correction=0)
-    mean = plane_mean.mean(0)
-    var = plane_var.mean(0) + (plane_mean - mean).square().mean(0)
-    if running_mean is not None and running_var is not None:
-        count = z.numel() // z.shape[1]
-        running_mean.mul_(1 - momentum).add_(mean, alpha=momentum)
-        running_var.mul_(1 - momentum).add_(var, alpha=momentum * count / (count - 1))
-    return plane_mean, mean, var
-
-
 def accumulation_dtype(t: torch.Tensor) -> torch.dtype:
     """float32 for half-precision activations, else their own dtype."""
     return torch.promote_types(t.dtype, torch.float32)
@@ -129,18 +104,15 @@ class GatedResidual(torch.autograd.Function):
         eps: float,
         conv: nn.Conv1d,
     ) -> torch.Tensor:
-        plane_mean, mean, var = batch_statistics(z, running_mean, running_var, use_batch_stats, momentum)
-        invstd = torch.rsqrt(var + eps)
+        y, mean, invstd = torch.native_batch_norm(z, bn_weight, bn_bias, running_mean, running_var, use_batch_stats, momentum, eps)
+        if not use_batch_stats:
+            mean, invstd = running_mean.clone(), torch.rsqrt(running_var + eps)  # type: ignore[union-attr, operator]
         # The pooled BN output, bn(z) averaged over H, W, is the affine image of the normalised plane means.
-        centred_mean = (plane_mean - mean) * invstd
+        centred_mean = (z.mean(dim=(2, 3), dtype=accumulation_dtype(z)) - mean) * invstd
         pooled = (centred_mean * bn_weight + bn_bias)[:, None, :]
         logits = conv(pooled)
         gate = torch.sigmoid(logits)[:, 0, :]
-        # bn(z) * gate = z * (scale * gate) + (bn_bias - mean * scale) * gate, per plane: one pass, no BN output.
-        scale = bn_weight * invstd
-        gate_acc = gate.to(scale.dtype)
-        out = torch.addcmul(identity, z, _plane(scale * gate_acc, z.dtype))
-        out.add_(_plane((bn_bias - mean * scale) * gate_acc, z.dtype)).relu_()
+        out = torch.addcmul(identity, y, gate.to(y.dtype)[:, :, None, None]).relu_()
         ctx.save_for_backward(z, out, gate, pooled.to(logits.dtype), centred_mean, mean, invstd, bn_weight, bn_bias, conv_weight)
         ctx.use_batch_stats = use_batch_stats
         ctx.conv = conv
