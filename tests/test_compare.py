@@ -41,7 +41,7 @@ def test_compare_csv_and_markdown():
     markdown = to_markdown(rows).splitlines()
     assert len(markdown) == 2 + len(SPECS)
     assert "| r50_k3557 | eca | 25,557,112 | +80 |" in markdown[3]
-    assert "77.48 (reported)" in markdown[3]
+    assert markdown[3].endswith("| 77.48 |") and "top-1 (reported)" in markdown[0]
 
 
 def test_compare_table(cli):
@@ -58,7 +58,7 @@ def test_compare_plot_is_a_png_of_the_expected_size(cli, tmp_path):
     data = path.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n"
     assert struct.unpack(">II", data[16:24]) == (640, 480)
-    assert "2 of 3 specs had a reported top-1" in result.stderr
+    assert "2 of 3 specs plotted" in result.stderr
 
 
 def test_plot_without_any_reported_figure_is_refused(cli, tmp_path):
@@ -82,3 +82,16 @@ def test_only_one_output_format(cli):
     result = cli("compare", "r50", "--json", "--csv")
     assert result.returncode == 2
     assert "choose one of --json, --csv and --markdown" in result.stderr
+
+
+def test_compare_time_measures_every_spec_interleaved(cli):
+    result = cli("compare", "r18", "r18", "--set", "depth=null", "--set", "layers=[1, 1, 1, 1]", "--set", "block=basic", "--set", "width=8",
+                 "--time", "--device", "cpu", "--batch", "2", "--input-size", "32", "--iters", "2", "--warmup", "1", "--json")
+    assert result.returncode == 0, result.stderr
+    rows = json.loads(result.stdout)
+    for row in rows:
+        m = row["measured"]
+        assert m["device"] == "cpu" and m["batch"] == 2
+        assert m["step_ms"] >= m["forward_ms"] > 0
+        assert m["images_per_s"] == pytest.approx(2 / (m["step_ms"] / 1000), rel=1e-6)
+    assert rows[0]["measured"]["step_ratio_to_first"] == 1.0

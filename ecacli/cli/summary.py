@@ -13,7 +13,7 @@ from ecacli.errors import UserError
 def summary(
     spec: SpecArgument,
     depth: Annotated[int, typer.Option(min=0, max=10, help="Module levels to show (1 = stages, 2 = blocks, 3 = layers).")] = 3,
-    input_size: Annotated[int | None, typer.Option(help="Square input side in pixels [default: the spec's].", show_default=False)] = None,
+    input_size: Annotated[int | None, typer.Option(help="Square input side in pixels (default: the spec's).", show_default=False)] = None,
     batch: Annotated[int, typer.Option(min=1, max=65536, help="Batch size of the traced input.")] = 1,
     use_torchinfo: Annotated[bool, typer.Option("--torchinfo", help="Print torchinfo's own table instead.")] = False,
     overrides: SetOption = None,

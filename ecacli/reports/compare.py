@@ -56,7 +56,7 @@ def compare_specs(specs: list[ResNetSpec], batch: int = 1, input_size: int | Non
     ]
 
 
-TABLE_COLUMNS = ["name", "attention", "params", "Δ params", "Δ params %", "attention params", "mult-adds (G)", "Δ mult-adds %", "reported top-1"]
+TABLE_COLUMNS = ["name", "attention", "params", "Δ params", "Δ %", "attn params", "GMACs", "Δ MACs %", "top-1 (reported)"]
 
 
 def table_cells(row: CompareRow) -> list[str]:
@@ -71,8 +71,40 @@ def table_cells(row: CompareRow) -> list[str]:
         f"{row.attention_params:,}",
         f"{row.mult_adds / 1e9:.3f}",
         f"{row.delta_mult_adds_pct:+.3f}",
-        f"{top1:.2f} (reported)" if top1 is not None else "-",
+        f"{top1:.2f}" if top1 is not None else "-",
     ]
+
+
+MEASURED_COLUMNS = ["fwd ms", "step ms", "step / first (p10-p90)", "img/s", "peak MB"]
+
+
+def measured_figures(report: Any, label: str, first_label: str) -> dict[str, Any]:
+    """The figures compare shows from a `ecacli.profiling.ProfileReport`: medians, throughput, peak memory, step ratio to the first spec."""
+    model = report.model(label)
+    ratio = report.ratio(label, first_label)
+    return {
+        "device": report.header.get("device"),
+        "batch": model.input_shape[0],
+        "forward_ms": model.forward_ms.median if model.forward_ms else None,
+        "step_ms": model.step_ms.median if model.step_ms else None,
+        "step_ratio_to_first": ratio.median if ratio else None,
+        "step_ratio_p10": ratio.p10 if ratio else None,
+        "step_ratio_p90": ratio.p90 if ratio else None,
+        "images_per_s": model.images_per_s,
+        "peak_memory_bytes": model.peak_memory_bytes,
+    }
+
+
+def measured_cells(row: CompareRow) -> list[str]:
+    """The measured figures as display strings, in MEASURED_COLUMNS order."""
+    m = row.measured or {}
+
+    def number(key: str, fmt: str) -> str:
+        return format(m[key], fmt) if m.get(key) is not None else "-"
+
+    ratio = f"{m['step_ratio_to_first']:.3f} ({m['step_ratio_p10']:.3f}-{m['step_ratio_p90']:.3f})" if m.get("step_ratio_to_first") is not None else "-"
+    memory = f"{m['peak_memory_bytes'] / 1e6:,.1f}" if m.get("peak_memory_bytes") is not None else "-"
+    return [number("forward_ms", ".1f"), number("step_ms", ".1f"), ratio, number("images_per_s", ",.1f"), memory]
 
 
 def to_csv(rows: list[CompareRow]) -> str:
@@ -89,11 +121,11 @@ def to_csv(rows: list[CompareRow]) -> str:
     return buffer.getvalue()
 
 
-def to_markdown(rows: list[CompareRow], extra_columns: list[tuple[str, list[str]]] = ()) -> str:
+def to_markdown(rows: list[CompareRow], with_measured: bool = False) -> str:
     """A GitHub-flavoured Markdown table, for papers and READMEs."""
-    headers = TABLE_COLUMNS + [name for name, _ in extra_columns]
+    headers = TABLE_COLUMNS + (MEASURED_COLUMNS if with_measured else [])
     lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
-    for i, row in enumerate(rows):
-        cells = table_cells(row) + [values[i] for _, values in extra_columns]
+    for row in rows:
+        cells = table_cells(row) + (measured_cells(row) if with_measured else [])
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
