@@ -12,7 +12,9 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -23,8 +25,12 @@ from ecacli.profiling import distributed
 from ecacli.profiling.distributed import DDPOptions, RankFailed, World, launch, run_rank, start_ranks
 from ecacli.spec import ResNetSpec
 
+from conftest import ECACLI
+
 
 TINY = ResNetSpec(name="tiny", layers=[1, 1, 1, 1], block="basic", width=8, num_classes=10, input_size=32)
+TINY_YAML = "name: tiny\nlayers: [1, 1, 1, 1]\nblock: basic\nwidth: 8\nnum_classes: 10\ninput_size: 32\n"
+STEPS = ("--batch", "2", "--warmup", "1", "--iters", "3", "--device", "cpu")
 FAST = ProfileConfig(device="cpu", batch=2, warmup=1, iters=3, threads=1)
 R18_ECA_PARAMS = 11_689_548
 FAILING_RANK, FAILING_STEP = 1, 4
@@ -43,6 +49,13 @@ def failing_rank(entries, config, options):
 
         distributed.run_step = broken_step
     return run_rank(entries, config, options)
+
+
+def crashing_rank(exit_code):
+    """Rank 1 ends without a word (as a crash would); rank 0 would wait for a minute."""
+    if int(os.environ["RANK"]) == 1:
+        os._exit(exit_code)
+    time.sleep(60)
 
 
 def test_two_ranks_through_the_launcher_report_consistent_figures(cli):
@@ -78,6 +91,14 @@ def test_a_failing_rank_ends_the_job_with_its_own_error():
     assert time.monotonic() - started < 60, "the job waited for a timeout instead of ending with the failure"
 
 
+@pytest.mark.parametrize(("exit_code", "cause"), [(3, "it left no error report"), (130, "interrupted")])
+def test_a_rank_that_exits_without_a_report_is_named(exit_code, cause):
+    started = time.monotonic()
+    with pytest.raises(RankFailed, match=f"^rank 1 of 2 failed \\(exit code {exit_code}\\): {cause}$"):
+        start_ranks(crashing_rank, (exit_code,), 2, timeout_s=60)
+    assert time.monotonic() - started < 50
+
+
 @pytest.mark.parametrize(
     ("config", "options", "message"),
     [
@@ -103,3 +124,69 @@ def test_ddp_needs_torchrun_environment(monkeypatch):
     monkeypatch.setenv("TORCHELASTIC_RUN_ID", "job")
     with pytest.raises(UserError, match="under torchrun use --ddp"):
         launch([("tiny", TINY)], FAST, DDPOptions(), nproc=2)
+
+
+def test_torchrun_ranks_print_one_report_from_rank_0(tmp_path):
+    spec = tmp_path / "tiny.yaml"
+    spec.write_text(TINY_YAML)
+    env = {**os.environ, "COLUMNS": "200", "NO_COLOR": "1", "OMP_NUM_THREADS": "1"}
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
+    result = subprocess.run([*torchrun, "-m", "ecacli", "profile", str(spec), "--ddp", *STEPS, "--static-graph", "--bucket-cap-mb", "1"], capture_output=True, text=True, env=env, timeout=240)
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert out.count("ecacli profile --ddp") == 1
+    assert "world         2 ranks (1 node x 2), gloo, DDP buckets 1 MB, static graph, timeout 300 s" in out
+    for row in ("step (slowest rank)", "images/s, all ranks", "images/s, one process", "scaling efficiency", "communication share"):
+        assert row in out
+    cells = [[cell.strip() for cell in line.strip("│").split("│")] for line in out.splitlines() if line.startswith("│")]
+    assert [(row[1], row[3]) for row in cells if row[0] == "eca"] == [("0", "cpu"), ("1", "cpu")]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("--nproc", "2", "--mode", "eval"), "error: --mode eval: data-parallel profiling times training steps"),
+        (("--bucket-cap-mb", "10", "--static-graph"), "error: --bucket-cap-mb, --static-graph apply only to data-parallel runs"),
+        (("--ddp",), "error: --ddp runs as one rank of a job started by torchrun"),
+        (("--ddp", "--nproc", "2"), "error: --ddp and --nproc"),
+        (("--nproc", "2", "--breakdown"), "error: --breakdown"),
+    ],
+)
+def test_cli_refuses_bad_data_parallel_requests(cli, args, message):
+    result = cli("profile", "r18", "--device", "cpu", *args)
+    assert result.returncode == 2
+    assert result.stderr.startswith(message), result.stderr
+    assert "Traceback" not in result.stderr and result.stdout == ""
+
+
+def _session_processes(session: int) -> list[int]:
+    """Processes of a session (Linux /proc): the launcher and every rank it started."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            fields = (entry / "stat").read_text().rpartition(")")[2].split()
+        except (OSError, ValueError):
+            continue
+        if entry.name.isdigit() and int(fields[3]) == session:
+            found.append(int(entry.name))
+    return found
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc")
+def test_ctrl_c_tears_every_rank_down(tmp_path):
+    spec = tmp_path / "tiny.yaml"
+    spec.write_text(TINY_YAML)
+    launcher = subprocess.Popen([str(ECACLI), "profile", str(spec), "--nproc", "2", "--batch", "2", "--iters", "100000", "--device", "cpu"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    deadline = time.monotonic() + 60
+    while len(_session_processes(launcher.pid)) < 3 and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert len(_session_processes(launcher.pid)) >= 3, "the ranks did not start"
+    time.sleep(3)
+    os.killpg(launcher.pid, signal.SIGINT)
+    _, err = launcher.communicate(timeout=60)
+    assert launcher.returncode == 130, err
+    assert "Traceback" not in err, err
+    deadline = time.monotonic() + 10
+    while _session_processes(launcher.pid) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert _session_processes(launcher.pid) == []

@@ -13,6 +13,7 @@ from ecacli.errors import UserError
 if TYPE_CHECKING:
     from ecacli.profiling import ModelProfile, ProfileReport, Stats
     from ecacli.profiling.breakdown import Breakdown
+    from ecacli.profiling.distributed import DataParallelReport
 
 DEFAULT_SPEC = "r50"
 MODEL_LABEL, BASELINE_LABEL = "model", "plain"
@@ -36,6 +37,13 @@ def profile(
     cudnn_benchmark: Annotated[bool, typer.Option("--cudnn-benchmark", help="CUDA: let cuDNN pick the fastest conv algorithms (torch.backends.cudnn.benchmark).")] = False,
     baseline: Annotated[bool, typer.Option("--baseline", help="Also time the same spec with attention.type none, interleaved, and report the ECA overhead.")] = False,
     show_breakdown: Annotated[bool, typer.Option("--breakdown", help="After timing, a torch.profiler table of where the step's time goes (attention modules apart).")] = False,
+    ddp: Annotated[bool, typer.Option("--ddp", help="Run as one rank of a torchrun job: DistributedDataParallel training steps (NCCL on CUDA, gloo on CPU); rank 0 prints the report.")] = False,
+    nproc: Annotated[int | None, typer.Option(help="Start N ranks on this machine with torch.distributed's launcher and profile DDP training steps.", show_default=False)] = None,
+    bucket_cap_mb: Annotated[float | None, typer.Option(help="DDP gradient bucket size in MB, default DDP's 25 (--ddp, --nproc).", show_default=False)] = None,
+    static_graph: Annotated[bool, typer.Option("--static-graph", help="DDP static_graph=True (--ddp, --nproc).")] = False,
+    gradient_as_bucket_view: Annotated[bool, typer.Option("--gradient-as-bucket-view", help="DDP gradient_as_bucket_view=True: gradients live in the all-reduce buckets (--ddp, --nproc).")] = False,
+    sync_bn: Annotated[bool, typer.Option("--sync-bn", help="BatchNorm as SyncBatchNorm, GPUs only (--ddp, --nproc).")] = False,
+    timeout: Annotated[float | None, typer.Option(help="Seconds a rendezvous or a collective may wait before the job fails, default 300 (--ddp, --nproc).", show_default=False)] = None,
     overrides: SetOption = None,
     as_json: JsonOption = False,
 ) -> None:
@@ -64,6 +72,19 @@ def profile(
         if model_spec.attention.type == "none":
             raise UserError(f"--baseline times the spec again with attention.type none, but '{model_spec.name}' has no attention already; drop --baseline.")
         entries.append((BASELINE_LABEL, without_attention(model_spec)))
+    from ecacli.profiling.distributed import DDPOptions, profile_data_parallel
+
+    given = {"bucket_cap_mb": bucket_cap_mb, "timeout_s": timeout}
+    options = DDPOptions(static_graph=static_graph, gradient_as_bucket_view=gradient_as_bucket_view, sync_bn=sync_bn, **{k: v for k, v in given.items() if v is not None})
+    if ddp or nproc is not None:
+        if show_breakdown:
+            raise UserError("--breakdown profiles one process; drop it with --ddp or --nproc.")
+        ddp_report = profile_data_parallel(entries, config, options, ddp, nproc)
+        if ddp_report is not None:
+            print_json(ddp_json_report(ddp_report, baseline)) if as_json else _render_ddp(ddp_report, baseline)
+        return
+    if options.changed_flags():
+        raise UserError(f"{', '.join(options.changed_flags())} apply only to data-parallel runs; add --nproc N, or --ddp under torchrun.")
     progress = None if as_json else _progress_bar()
     with progress or nullcontext():
         report = run_profile(entries, config, _advance(progress) if progress else None, with_breakdown=show_breakdown)
@@ -208,3 +229,61 @@ def _render_breakdown(b: Breakdown) -> None:
         ops.add_row(o.name, f"{o.ms_per_step:.2f}", f"{o.share:.1%}", f"{o.attention_ms_per_step:.2f}")
     out.print(ops)
     out.print(f"attention = {b.attention_scope}. Profiler overhead inflates these times; read the shares.")
+
+
+def ddp_json_report(report: DataParallelReport, baseline: bool) -> dict[str, Any]:
+    """Like `json_report`: header and the profiled model's figures at the top level, the data-parallel fields beside them."""
+    data: dict[str, Any] = {**report.header, "interrupted": False, **report.profile(MODEL_LABEL).to_dict()}
+    if baseline:
+        data["baseline"] = report.profile(BASELINE_LABEL).to_dict()
+        ratio = report.ratio(MODEL_LABEL, BASELINE_LABEL)
+        data["overhead"] = ratio.to_dict() if ratio else None
+    return data
+
+
+def _render_ddp(report: DataParallelReport, baseline: bool) -> None:
+    from rich.panel import Panel
+    from rich.table import Table
+
+    out = console()
+    h, ddp = report.header, report.header["ddp"]
+    switches = [name for name, on in (("static graph", ddp["static_graph"]), ("gradient as bucket view", ddp["gradient_as_bucket_view"]), ("SyncBatchNorm", ddp["sync_bn"])) if on]
+    world = (
+        f"world         {h['world_size']} ranks ({h['nodes']} node{'s' if h['nodes'] > 1 else ''} x {h['ranks_per_node']}), {h['backend']}, "
+        + ", ".join([f"DDP buckets {ddp['bucket_cap_mb']:g} MB", *switches, f"timeout {ddp['timeout_s']:g} s"])
+    )
+    out.print(Panel(_header_text(report) + "\n" + world, title="ecacli profile --ddp", expand=False))
+    profiles = [report.profile(label) for label in [MODEL_LABEL] + ([BASELINE_LABEL] if baseline else [])]
+    table = Table(title="data-parallel training step, median (p10 - p90)", title_justify="left")
+    table.add_column("")
+    for p in profiles:
+        table.add_column(f"{p.model.spec} ({p.model.attention})", justify="right")
+    rows = {
+        "step (slowest rank)": lambda p: _fmt_ms(p.step_ms),
+        "images/s, all ranks": lambda p: f"{p.images_per_s:,.1f}",
+        "images/s, one process": lambda p: f"{p.single_process.images_per_s:,.1f}",
+        "scaling efficiency": lambda p: f"{p.scaling_efficiency:.1%}",
+        "communication share": lambda p: f"{p.communication_share.median:.1%}  ({p.communication_share.p10:.1%} - {p.communication_share.p90:.1%})",
+        "FLOPs/image": lambda p: _fmt_rate(p.model.flops_per_image, "FLOP"),
+        "achieved, all ranks": lambda p: _fmt_rate(p.achieved_flops_per_s, "FLOP/s"),
+        "peak memory, max rank": lambda p: _fmt_bytes_or_none(max((r.peak_memory_bytes for r in p.ranks), key=lambda b: b or 0)),
+    }
+    for name, cell in rows.items():
+        table.add_row(name, *(cell(p) for p in profiles))
+    if baseline:
+        table.add_row("ECA / plain step, per round", _fmt_ratio(report.ratio(MODEL_LABEL, BASELINE_LABEL)), "", style="bold")
+    out.print(table)
+    ranks = Table(title="per rank, median (p10 - p90)", title_justify="left")
+    for name in ("model", "rank", "host", "device", "DDP step", "no_sync() step", "comm. share", "images/s", "peak memory"):
+        ranks.add_column(name, justify="left" if name in ("model", "host", "device") else "right")
+    for p in profiles:
+        for r in p.ranks:
+            ranks.add_row(p.model.attention, str(r.rank), r.host, r.device, _fmt_ms(r.step_ms), _fmt_ms(r.no_sync_step_ms), f"{r.communication_share:.1%}", f"{r.images_per_s:,.1f}", _fmt_bytes_or_none(r.peak_memory_bytes))
+    out.print(ranks)
+    for key in ("data_parallel_step", "single_process", "communication_share", "peak_memory"):
+        out.print(f"{key.replace('_', ' ').capitalize()}: {h[key + '_definition']}.")
+    out.print("Scaling efficiency = images/s of all ranks / (world size x images/s of one process).")
+
+
+def _fmt_bytes_or_none(value: int | None) -> str:
+    return "not measured" if value is None else fmt_bytes(value)

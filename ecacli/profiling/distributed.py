@@ -24,12 +24,13 @@ import logging
 import os
 import signal
 import socket
+import sys
 import uuid
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from datetime import timedelta
 from functools import partial
-from typing import Any, Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, NoReturn, Sequence
 
 import torch
 import torch.distributed as dist
@@ -42,8 +43,12 @@ from ecacli.profiling.runner import ModelProfile, ProfileConfig, Workload, _rota
 from ecacli.profiling.stats import Stats
 from ecacli.spec import ResNetSpec
 
+if TYPE_CHECKING:
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+
 TORCHRUN_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 DEFAULT_TIMEOUT_S = 300.0
+INTERRUPTED = 130
 DEFAULT_BUCKET_CAP_MB = 25.0
 LAUNCHER_LOGGERS = ("torch.distributed.elastic", "torch.multiprocessing")
 
@@ -387,6 +392,15 @@ def _cause(exc: BaseException) -> str:
     return str(exc) if isinstance(exc, UserError) else f"{type(exc).__name__}: {exc}".rstrip(": ")
 
 
+def _leave_interrupted() -> NoReturn:
+    """End an interrupted rank at once: the launcher stops the whole job (and passes the same Ctrl-C
+    on), so exit handlers and the destructors of a process group cut off mid-collective must not run.
+    """
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(INTERRUPTED)
+
+
 def run_rank(entries: Sequence[tuple[str, ResNetSpec]], config: ProfileConfig, options: DDPOptions) -> DataParallelReport | None:
     """Run this process's rank of the job (torchrun's environment says which); rank 0 returns the report.
 
@@ -406,6 +420,8 @@ def run_rank(entries: Sequence[tuple[str, ResNetSpec]], config: ProfileConfig, o
         gathered: list[_RankResult] | None = [None] * world.world_size if world.rank == 0 else None  # type: ignore[list-item]
         dist.gather_object(result, gathered, dst=0)
         dist.destroy_process_group()
+    except KeyboardInterrupt:
+        _leave_interrupted()
     except dist.DistError as exc:
         raise PeerLost(f"{where} failed: {_cause(exc)}") from exc
     except Exception as exc:
@@ -434,8 +450,12 @@ def _cpu_threads(config: ProfileConfig, nproc: int) -> ProfileConfig:
 
 @contextmanager
 def _quiet_launcher_logs() -> Iterator[None]:
-    """Keep the launcher's logs off the console: a failure is reported as one message."""
-    loggers = [logging.getLogger(name) for name in LAUNCHER_LOGGERS]
+    """Keep the launcher's logs off the console: a failure is reported as one message.
+
+    Its modules set their loggers' levels one by one, so each is raised for the while.
+    """
+    names = [name for name in logging.Logger.manager.loggerDict if name.startswith(LAUNCHER_LOGGERS)]
+    loggers = [logging.getLogger(name) for name in names]
     saved = [logger.level for logger in loggers]
     for logger in loggers:
         logger.setLevel(logging.CRITICAL)
@@ -446,23 +466,22 @@ def _quiet_launcher_logs() -> Iterator[None]:
             logger.setLevel(level)
 
 
-def _launch_failure(exc: Any, nproc: int) -> RankFailed:
+def _launch_failure(exc: ChildFailedError, nproc: int) -> RankFailed:
     """One message for a failed job: the failing rank's own cause, not the ranks that lost it as a peer."""
-    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 
-    assert isinstance(exc, ChildFailedError)
-
-    def text(failure: Any) -> str:
-        message = failure.message
-        return message["message"] if isinstance(message, dict) else message
+    def recorded(failure: Any) -> str | None:
+        """The exception the rank recorded in its error file, or None when it left none."""
+        return failure.message["message"] if isinstance(failure.message, dict) else None
 
     def collateral(item: tuple[int, Any]) -> tuple[bool, int, int]:
         rank, failure = item
-        lost = text(failure).startswith(PeerLost.__name__ + ":") or failure.exitcode < 0
+        lost = (recorded(failure) or "").startswith(PeerLost.__name__ + ":") or failure.exitcode < 0
         return lost, failure.timestamp, rank
 
     rank, failure = min(exc.failures.items(), key=collateral)
-    message = text(failure)
+    message = recorded(failure)
+    if message is None:
+        message = failure.message if failure.exitcode < 0 else "interrupted" if failure.exitcode == INTERRUPTED else "it left no error report"
     for kind in (PeerLost, RankFailed):
         message = message.removeprefix(kind.__name__ + ": ")
     if not message.startswith(f"rank {rank} "):
