@@ -2,17 +2,19 @@
 
 Written naively (`bn(z) * gate + identity`, then ReLU) the tail keeps the BN output alive for
 the backward pass of the gating multiply and spends several extra passes over the block's
-largest tensor. Here the forward writes one output tensor and saves only what the plain
-ResNet tail saves anyway (the BN input and the block output) plus the per-sample gates; the
-backward rebuilds what it needs from them:
+largest tensor. Here the forward runs BatchNorm's own kernel, reads z once more for the
+per-plane means, and gates, adds and rectifies in one pass plus an in-place ReLU; the BN
+output is freed at once. It saves only what the plain ResNet tail saves anyway (the BN input
+and the block output) plus per-sample gates and per-channel statistics. The backward
+rebuilds what it needs from them:
 
 - grad of the ReLU (this is also the shortcut's gradient) -> one pass;
 - per-sample, per-channel sums of that gradient and of it times the normalised input -> one
   read-only pass; they give the gate's gradient and, summed over the batch, BatchNorm's;
-- the input's gradient, with the gate's route back through the pooled mean folded in -> one pass.
+- the input's gradient, with the gate's route back through the pooled mean folded in -> one
+  pass (two ops).
 
-The 1-D conv of the gate is still `conv` called as a module, so hooks (torchinfo) see it.
-"""
+The 1-D conv of the gate is still `conv` called as a module, so its hooks fire."""
 
 from __future__ import annotations
 
@@ -56,23 +58,16 @@ def sample_channel_sums(grad: torch.Tensor, z: torch.Tensor, mean: torch.Tensor,
 def conv1d_backward(conv: nn.Conv1d, pooled: torch.Tensor, weight: torch.Tensor, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Gradients of the gate's 1-D conv (zero or circular padding) w.r.t. its input [N, 1, C] and weight [1, 1, k].
 
-    Written with small tensor ops rather than a convolution backward: on CPU the library
-    convolution spends far longer setting up than these few hundred multiply-adds take.
+    Written with a few small tensor ops rather than a convolution backward: on CPU the library
+    convolution spends far longer setting up than these few hundred multiply-adds take. The
+    input's gradient is the same padded correlation with the kernel flipped.
     """
     k = weight.shape[-1]
     pad = conv.padding[0]
-    channels = pooled.shape[-1]
     mode = "constant" if conv.padding_mode == "zeros" else conv.padding_mode
     windows = F.pad(pooled, (pad, pad), mode=mode).unfold(-1, k, 1)  # [N, 1, C, k]: the inputs each output saw
     grad_weight = (windows * grad[..., None]).sum(dim=(0, 2)).view_as(weight)
-    # Output c took weight[j] * padded[c + j]: send grad[c] * weight[j] back to padded position c + j.
-    contributions = grad[..., None] * weight.view(k)  # [N, 1, C, k]
-    grad_padded = sum(F.pad(contributions[..., j], (j, k - 1 - j)) for j in range(k))
-    grad_in = grad_padded[..., pad : pad + channels]
-    if pad and conv.padding_mode == "circular":
-        grad_in = grad_in.clone()
-        grad_in[..., channels - pad :] += grad_padded[..., :pad]
-        grad_in[..., :pad] += grad_padded[..., pad + channels :]
+    grad_in = (F.pad(grad, (pad, pad), mode=mode).unfold(-1, k, 1) * weight.view(k).flip(0)).sum(-1)
     return grad_in, grad_weight
 
 
