@@ -209,3 +209,22 @@ def test_benchmark_prints_ratio_rows(capsys: pytest.CaptureFixture[str]) -> None
     train = next(line for line in lines if line.startswith("train float32 nchw"))
     infer = next(line for line in lines if line.startswith("infer float32 nchw"))
     assert "MiB" in train and "MiB" not in infer
+
+
+def test_one_value_per_channel_refused_in_training_as_batch_norm_does() -> None:
+    for impl in ("fast", "reference"):
+        block = Bottleneck(16, 4, 1, None, EcaModule(3, impl=impl))
+        with pytest.raises(ValueError, match="more than 1 value per channel"):
+            block(torch.randn(1, 16, 1, 1))
+
+
+def test_gate_conv_runs_as_a_module_in_the_fused_tail() -> None:
+    """Hooks on `eca.conv` (profilers, torchinfo) see the gate's conv with autograd on and off."""
+    block = Bottleneck(16, 4, 1, None, EcaModule(3))
+    shapes: list[tuple[int, ...]] = []
+    block.eca.conv.register_forward_hook(lambda module, args, out: shapes.append(tuple(out.shape)))
+    x = torch.randn(2, 16, 5, 5)
+    block(x.requires_grad_()).sum().backward()
+    with torch.no_grad():
+        block(x)
+    assert shapes == [(2, 1, 16), (2, 1, 16)]

@@ -7,7 +7,7 @@ from typing import Callable, Literal
 import torch
 from torch import nn
 
-from ecacli.layers.fused_eca import gated_residual
+from ecacli.layers.fused_eca import accumulation_dtype, gated_residual
 
 EcaImpl = Literal["fast", "reference"]
 
@@ -37,7 +37,9 @@ class EcaModule(nn.Module):
 
     def gate(self, x: torch.Tensor) -> torch.Tensor:
         """Per-sample, per-channel gates of shape [N, C, 1, 1]."""
-        pooled = x.mean(dim=(2, 3))
+        # Accumulating in float32 explicitly gives the same mean for half-precision x, and on CPU
+        # avoids a bfloat16 reduction kernel that is many times slower than the float32 one.
+        pooled = x.mean(dim=(2, 3), dtype=accumulation_dtype(x)).to(x.dtype)
         logits = self.conv(pooled.unsqueeze(1)).squeeze(1)
         return torch.sigmoid(logits)[:, :, None, None]
 
