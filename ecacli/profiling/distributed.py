@@ -14,7 +14,13 @@ A barrier precedes every timed step, so ranks start together. A round's data-par
 is the slowest rank's; aggregate images/s = world size x batch / its median; scaling efficiency =
 aggregate images/s / (world size x single-process images/s); communication share =
 1 - no-sync step / DDP step, per round: the time the all-reduce adds to the step (the part that
-backward hides is not counted).
+backward hides is not counted). Peak memory per rank adds DDP's gradient buckets to the runner's
+figure (resident tensors + the step's peak).
+
+Faults: a rank's failure is raised as `RankFailed`, naming the rank, host, device and cause; the
+launcher (torchrun, or `start_ranks` here) then stops the other ranks, and `start_ranks` reports
+the failing rank's own error rather than the peers that lost it. The rendezvous and every
+collective give up after `DDPOptions.timeout_s`.
 """
 
 from __future__ import annotations
