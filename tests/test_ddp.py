@@ -149,6 +149,7 @@ def test_torchrun_ranks_print_one_report_from_rank_0(tmp_path):
         (("--bucket-cap-mb", "10", "--static-graph"), "error: --bucket-cap-mb, --static-graph apply only to data-parallel runs"),
         (("--ddp",), "error: --ddp runs as one rank of a job started by torchrun"),
         (("--ddp", "--nproc", "2"), "error: --ddp and --nproc"),
+        (("--nproc", "0"), "error: --nproc must be a positive integer, got 0."),
         (("--nproc", "2", "--breakdown"), "error: --breakdown"),
     ],
 )

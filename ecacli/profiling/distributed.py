@@ -444,7 +444,10 @@ def profile_data_parallel(
     """`run_rank` under torchrun (`ddp`), or `launch` of `nproc` ranks here; the report, or None on ranks but 0."""
     if ddp and nproc is not None:
         raise UserError("--ddp and --nproc: use --ddp when torchrun starts the ranks, --nproc N to start N ranks here; not both.")
-    return run_rank(entries, config, options) if ddp else launch(entries, config, options, nproc or 1)
+    if ddp:
+        return run_rank(entries, config, options)
+    assert nproc is not None, "profile_data_parallel needs ddp or nproc"
+    return launch(entries, config, options, nproc)
 
 
 def _cpu_threads(config: ProfileConfig, nproc: int) -> ProfileConfig:
