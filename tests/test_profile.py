@@ -154,7 +154,7 @@ def test_interleaving_rotates_and_reports_progress():
     calls = []
     report = profile([("a", TINY), ("b", TINY)], ProfileConfig(**FAST), progress=lambda *args: calls.append(args))
     assert calls[-1] == ("timing", 6, 6) and ("warm-up", 2, 2) in calls
-    assert runner._rotated([1, 2, 3], 1) == [2, 3, 1]
+    assert runner.rotated([1, 2, 3], 1) == [2, 3, 1]
     assert report.header["warmup"] == 1 and report.header["order"].startswith("interleaved")
 
 

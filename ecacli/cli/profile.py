@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from contextlib import nullcontext
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from ecacli.cli.common import JsonOption, SetOption, console, fmt_bytes, load_spec_arg, print_json
+from ecacli.cli.common import JsonOption, SetOption, console, fmt_bytes, load_spec_arg, print_json, progress_callback
 from ecacli.errors import UserError
 
 if TYPE_CHECKING:
@@ -85,9 +84,8 @@ def profile(
         return
     if options.changed_flags():
         raise UserError(f"{', '.join(options.changed_flags())} apply only to data-parallel runs; add --nproc N, or --ddp under torchrun.")
-    progress = None if as_json else _progress_bar()
-    with progress or nullcontext():
-        report = run_profile(entries, config, _advance(progress) if progress else None, with_breakdown=show_breakdown)
+    with progress_callback(enabled=not as_json) as progress:
+        report = run_profile(entries, config, progress, with_breakdown=show_breakdown)
     if as_json:
         print_json(json_report(report, baseline))
     else:
@@ -107,28 +105,6 @@ def json_report(report: ProfileReport, baseline: bool) -> dict[str, Any]:
     if report.breakdown is not None:
         data["breakdown"] = report.breakdown.to_dict()
     return data
-
-
-def _progress_bar():
-    """A rich progress bar on stderr, or None when stderr is not a terminal."""
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    err = Console(stderr=True)
-    if not err.is_terminal:
-        return None
-    return Progress(TextColumn("{task.description:<8}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=err, transient=True)
-
-
-def _advance(progress):
-    tasks: dict[str, Any] = {}
-
-    def update(phase: str, done: int, total: int) -> None:
-        if phase not in tasks:
-            tasks[phase] = progress.add_task(phase, total=total)
-        progress.update(tasks[phase], completed=done)
-
-    return update
 
 
 def _fmt_ms(stats: Stats | None) -> str:

@@ -45,7 +45,7 @@ from torch.nn.parallel import DistributedDataParallel
 from ecacli.errors import UserError
 from ecacli.profiling.device import make_timer, resolve_device, step_peak_bytes
 from ecacli.profiling.report import header, out_of_memory_as_error, prepare
-from ecacli.profiling.runner import ModelProfile, ProfileConfig, Workload, _rotated, count_flops, make_workload, run_step, summarize
+from ecacli.profiling.runner import ModelProfile, ProfileConfig, Workload, rotated, count_flops, make_workload, run_step, summarize
 from ecacli.profiling.stats import Stats
 from ecacli.spec import ResNetSpec
 
@@ -276,7 +276,7 @@ def _rounds(runs: list[_Runs], config: ProfileConfig, device: torch.device, coun
     """`count` rounds of every model's step kinds, a barrier before each step."""
     timer = make_timer(device)
     for i in range(count):
-        for r in _rotated(runs, i):
+        for r in rotated(runs, i):
             for w, context in r.kinds():
                 _barrier(device)
                 if w is None:

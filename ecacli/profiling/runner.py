@@ -218,7 +218,8 @@ def run_step(w: Workload, config: ProfileConfig, timer: Any, annotate: Annotate 
     return timer.finish()
 
 
-def _rotated(workloads: list[Workload], round_index: int) -> list[Workload]:
+def rotated(workloads: list[Workload], round_index: int) -> list[Workload]:
+    """The workloads in this round's order: rotated by one each round, so none always runs first."""
     start = round_index % len(workloads)
     return workloads[start:] + workloads[:start]
 
@@ -234,7 +235,7 @@ def measure(workloads: list[Workload], config: ProfileConfig, device: torch.devi
     try:
         total = config.warmup * len(workloads)
         for i in range(config.warmup):
-            for j, w in enumerate(_rotated(workloads, i)):
+            for j, w in enumerate(rotated(workloads, i)):
                 synchronize(device)
                 start = time.perf_counter()
                 run_step(w, config, timer)
@@ -245,7 +246,7 @@ def measure(workloads: list[Workload], config: ProfileConfig, device: torch.devi
             w.step_peak = step_peak_bytes(device, partial(run_step, w, config, timer))
         total = config.iters * len(workloads)
         for i in range(config.iters):
-            for j, w in enumerate(_rotated(workloads, i)):
+            for j, w in enumerate(rotated(workloads, i)):
                 w.samples.append(run_step(w, config, timer))
                 report("timing", i * len(workloads) + j + 1, total)
     except KeyboardInterrupt:
