@@ -58,12 +58,13 @@ class EcaModule(nn.Module):
     def residual_tail(self, bn: nn.BatchNorm2d, z: torch.Tensor, shortcut: Callable[[], torch.Tensor], relu: nn.Module) -> torch.Tensor:
         """relu(self(bn(z)) + shortcut()), equal to the unfused tail.
 
-        With autograd on, one custom Function does it all and saves no BN output (see
-        `fused_eca`; the gate's conv still runs as a module). Without (inference, torchinfo),
-        bn, this module, its conv, the shortcut and relu run as modules in the unfused order,
-        the add folded into the gating pass.
+        In eager mode with autograd on, one custom Function does it all and saves no BN output
+        (see `fused_eca`; the gate's conv still runs as a module). Otherwise (inference,
+        torchinfo, torch.compile, whose compiler fuses these few elementwise ops itself and
+        recomputes rather than saves them) bn, this module, its conv, the shortcut and relu
+        run as modules in the unfused order, the add folded into the gating pass.
         """
-        if torch.is_grad_enabled():
+        if torch.is_grad_enabled() and not torch.compiler.is_compiling():
             return gated_residual(bn, self.conv, z, shortcut())
         return relu(self(bn(z), shortcut))
 

@@ -12,7 +12,7 @@ rebuilds what it needs from them:
 - per-sample, per-channel sums of that gradient and of it times the normalised input -> one
   read-only pass; they give the gate's gradient and, summed over the batch, BatchNorm's;
 - the input's gradient, with the gate's route back through the pooled mean folded in -> one
-  pass (two ops).
+  product and two in-place updates.
 
 The 1-D conv of the gate is still `conv` called as a module, so its hooks fire."""
 
@@ -36,23 +36,23 @@ def batch_norm_factor(bn: nn.BatchNorm2d) -> tuple[bool, float]:
 
 
 def sample_channel_sums(grad: torch.Tensor, z: torch.Tensor, mean: torch.Tensor, invstd: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per (sample, channel): sum over H, W of `grad` and of `grad * (z - mean) * invstd`.
+    """Per (sample, channel): sum over H, W of `grad` and of `grad * (z - mean) * invstd`, in one read pass.
 
-    For NCHW tensors this is one read pass: BatchNorm's backward reduction computes exactly
-    these two sums per channel, and viewing each (sample, channel) plane as a channel of its
-    own makes it produce them per plane. Other layouts take a product and two reductions.
+    BatchNorm's backward reduction computes exactly these two sums per channel. Viewing each
+    (sample, channel) plane of an NCHW tensor as a channel of its own makes one call produce
+    them per plane; a channels_last tensor has no such view, so it takes one call per sample
+    (still far cheaper than a product and two strided reductions).
     """
     n, c, h, w = z.shape
+    mask = [False, True, True]
     if z.is_contiguous() and grad.is_contiguous():
         planes = (1, n * c, h, w)
         _, dot, total = torch.ops.aten.native_batch_norm_backward(
-            grad.view(planes), z.view(planes), None, None, None, mean.repeat(n), invstd.repeat(n), True, 0.0, [False, True, True]
+            grad.view(planes), z.view(planes), None, None, None, mean.repeat(n), invstd.repeat(n), True, 0.0, mask
         )
         return total.view(n, c), dot.view(n, c)
-    acc = accumulation_dtype(z)
-    total = grad.sum(dim=(2, 3), dtype=acc)
-    raw_dot = (grad * z).sum(dim=(2, 3), dtype=acc)
-    return total, (raw_dot - mean * total) * invstd
+    sums = [torch.ops.aten.native_batch_norm_backward(grad[i : i + 1], z[i : i + 1], None, None, None, mean, invstd, True, 0.0, mask) for i in range(n)]
+    return torch.stack([s[2] for s in sums]), torch.stack([s[1] for s in sums])
 
 
 def conv1d_backward(conv: nn.Conv1d, pooled: torch.Tensor, weight: torch.Tensor, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -135,10 +135,11 @@ class GatedResidual(torch.autograd.Function):
             count = n * area
             slope = -scale * invstd * grad_weight / count
             offset = scale * (grad_pooled / area - grad_bias / count) - slope * mean
-            grad_z = torch.addcmul(_plane(offset, z.dtype), z, _plane(slope, z.dtype))
-            grad_z.addcmul_(grad_sum, _plane(grad_scale, z.dtype))
+            # Three ops, each with the small operand second: addcmul with a broadcast first operand is far slower on CPU.
+            grad_z = torch.mul(grad_sum, _plane(grad_scale, z.dtype))
+            grad_z.addcmul_(z, _plane(slope, z.dtype)).add_(_plane(offset, z.dtype))
         else:
-            grad_z = torch.addcmul(_plane(scale * grad_pooled / area, z.dtype), grad_sum, _plane(grad_scale, z.dtype))
+            grad_z = torch.mul(grad_sum, _plane(grad_scale, z.dtype)).add_(_plane(scale * grad_pooled / area, z.dtype))
         return grad_z, grad_sum, grad_weight, grad_bias, grad_conv_weight.to(conv_weight.dtype), None, None, None, None, None, None
 
 
