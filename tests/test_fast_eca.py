@@ -13,7 +13,7 @@ from ecacli.benchmarks.eca_overhead import main as bench_main
 from ecacli.benchmarks.eca_overhead import saved_tensor_bytes, variant_spec
 from ecacli.errors import SpecError
 from ecacli.layers.eca import EcaModule
-from ecacli.layers.fused_eca import gated_residual
+from ecacli.layers.fused_eca import channel_correlation, gated_residual
 from ecacli.models.resnet import BasicBlock, Bottleneck, build_model, make_downsample
 from ecacli.spec import ResNetSpec
 from ecacli.spec_loader import load_spec
@@ -228,3 +228,11 @@ def test_gate_conv_runs_as_a_module_in_the_fused_tail() -> None:
     with torch.no_grad():
         block(x)
     assert shapes == [(2, 1, 16), (2, 1, 16)]
+
+
+@pytest.mark.parametrize("padding_mode", ["zeros", "circular"])
+def test_channel_correlation_is_the_gate_conv(padding_mode: str) -> None:
+    """The form torch.compile sees equals the module's conv (and so the compiled model its eager self)."""
+    conv = nn.Conv1d(1, 1, 5, padding=2, padding_mode=padding_mode, bias=False).double()
+    pooled = torch.randn(3, 12, dtype=torch.float64)
+    assert_close(channel_correlation(pooled, conv), conv(pooled[:, None, :])[:, 0, :], 1e-14, "correlation")

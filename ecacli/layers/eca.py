@@ -7,7 +7,7 @@ from typing import Callable, Literal
 import torch
 from torch import nn
 
-from ecacli.layers.fused_eca import accumulation_dtype, gated_residual
+from ecacli.layers.fused_eca import accumulation_dtype, channel_correlation, gated_residual
 
 EcaImpl = Literal["fast", "reference"]
 
@@ -40,7 +40,12 @@ class EcaModule(nn.Module):
         # Accumulating in float32 explicitly gives the same mean for half-precision x, and on CPU
         # avoids a bfloat16 reduction kernel that is many times slower than the float32 one.
         pooled = x.mean(dim=(2, 3), dtype=accumulation_dtype(x)).to(x.dtype)
-        logits = self.conv(pooled.unsqueeze(1)).squeeze(1)
+        if torch.compiler.is_compiling():
+            # The same k-tap correlation as tensor ops the compiler fuses, instead of three
+            # library convolution calls (forward, two backward) per block.
+            logits = channel_correlation(pooled, self.conv)
+        else:
+            logits = self.conv(pooled.unsqueeze(1)).squeeze(1)
         return torch.sigmoid(logits)[:, :, None, None]
 
     def forward(self, x: torch.Tensor, shortcut: Callable[[], torch.Tensor] | None = None) -> torch.Tensor:

@@ -55,6 +55,14 @@ def sample_channel_sums(grad: torch.Tensor, z: torch.Tensor, mean: torch.Tensor,
     return torch.stack([s[2] for s in sums]), torch.stack([s[1] for s in sums])
 
 
+def channel_correlation(pooled: torch.Tensor, conv: nn.Conv1d) -> torch.Tensor:
+    """conv(pooled[:, None, :])[:, 0, :] for the gate's 1-input, 1-output, bias-free conv, as plain tensor ops."""
+    k = conv.kernel_size[0]
+    pad = conv.padding[0]
+    mode = "constant" if conv.padding_mode == "zeros" else conv.padding_mode
+    return F.pad(pooled[:, None, :], (pad, pad), mode=mode).unfold(-1, k, 1)[:, 0] @ conv.weight.view(k)
+
+
 def conv1d_backward(conv: nn.Conv1d, pooled: torch.Tensor, weight: torch.Tensor, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Gradients of the gate's 1-D conv (zero or circular padding) w.r.t. its input [N, 1, C] and weight [1, 1, k].
 
