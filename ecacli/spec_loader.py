@@ -6,6 +6,7 @@ Everything a user can get wrong in a spec ends here as a `SpecError` naming the 
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -134,8 +135,6 @@ def read_yaml(path: Path) -> tuple[dict[str, Any], dict[tuple, int]]:
 
 def apply_overrides(data: dict[str, Any], overrides: Iterable[str]) -> dict[str, Any]:
     """Apply `key.path=value` overrides (values parsed as YAML) to a copy of the spec data."""
-    import copy
-
     result = copy.deepcopy(data)
     for item in overrides:
         key, sep, value_text = item.partition("=")
