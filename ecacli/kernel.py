@@ -80,6 +80,31 @@ def _end_of_piece(start: int, high: int, gamma: float, b: float) -> int:
     return lo
 
 
+def _start_of_piece(end: int, low: int, gamma: float, b: float) -> int:
+    """The smallest C in [low, end] in the same piece as `end` (the mirror of `_end_of_piece`)."""
+    target = _piece(end, gamma, b)
+    lo, hi = low, end
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if _piece(mid, gamma, b) == target:
+            hi = mid
+        else:
+            lo = mid + 1
+    return lo
+
+
+def kernel_run(channels: int, gamma: float = DEFAULT_GAMMA, b: float = DEFAULT_B) -> KernelInterval:
+    """The whole run of C (within 1 .. MAX_CHANNELS) around `channels` over which k stays the same."""
+    _check(channels, gamma)
+    k = kernel_size(channels, gamma, b)
+    low, high = channels, channels
+    while low > 1 and kernel_size(low - 1, gamma, b) == k:
+        low = _start_of_piece(low - 1, 1, gamma, b)
+    while high < MAX_CHANNELS and kernel_size(high + 1, gamma, b) == k:
+        high = _end_of_piece(high + 1, MAX_CHANNELS, gamma, b)
+    return KernelInterval(low, high, k)
+
+
 def kernel_intervals(
     low: int, high: int, gamma: float = DEFAULT_GAMMA, b: float = DEFAULT_B
 ) -> list[KernelInterval]:

@@ -62,7 +62,8 @@ class StrictModel(BaseModel):
         return data
 
 
-OddKernel = Annotated[int, Field(ge=1, le=63)]
+MAX_KERNEL = 63
+OddKernel = Annotated[int, Field(ge=1, le=MAX_KERNEL)]
 KSizeValue = Union[Literal["adaptive"], OddKernel, Annotated[list[OddKernel], Field(min_length=NUM_STAGES, max_length=NUM_STAGES)]]
 
 
@@ -243,6 +244,13 @@ class ResNetSpec(StrictModel):
             )
         if self.layers is not None and self.block is None:
             raise PydanticCustomError("layout", "'layers' needs 'block' (basic or bottleneck).")
+        kernels = self.stage_kernel_sizes or []
+        if any(k > MAX_KERNEL for k in kernels):
+            raise PydanticCustomError(
+                "layout",
+                "attention: the adaptive rule gives k = {kernels} per stage, above the largest allowed k of {max}; raise gamma or lower b.",
+                {"kernels": kernels, "max": MAX_KERNEL},
+            )
         return self
 
     @cached_property

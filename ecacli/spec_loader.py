@@ -7,6 +7,7 @@ Everything a user can get wrong in a spec ends here as a `SpecError` naming the 
 from __future__ import annotations
 
 import copy
+import re
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -73,6 +74,22 @@ class _NoAliasLoader(yaml.SafeLoader):
                 problem="YAML anchors (&name) are not allowed in specs", problem_mark=event.start_mark
             )
         return super().compose_node(parent, index)
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        """Refuse a key given twice: YAML would silently keep the last one."""
+        first_line: dict = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if key in first_line:
+                raise yaml.MarkedYAMLError(
+                    problem=f"key '{key}' is given twice (first at line {first_line[key]})", problem_mark=key_node.start_mark
+                )
+            first_line[key] = key_node.start_mark.line + 1
+        return super().construct_mapping(node, deep)
+
+
+# YAML 1.2 reads 1e-3 as a number; PyYAML's YAML 1.1 rules would make it the string '1e-3'.
+_NoAliasLoader.add_implicit_resolver("tag:yaml.org,2002:float", re.compile(r"^[-+]?[0-9]+(\.[0-9]*)?[eE][-+]?[0-9]+$"), list("-+0123456789"))
 
 
 def _positions(node: yaml.Node, path: tuple = (), out: dict | None = None) -> dict[tuple, int]:

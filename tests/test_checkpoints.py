@@ -26,6 +26,7 @@ from ecacli.checkpoints import (
 )
 from ecacli.checkpoints.infer import infer_spec, parameter_count
 from ecacli.checkpoints.io import atomic_write, read_checkpoint
+from ecacli.errors import UserError
 from ecacli.models import build_model
 from ecacli.spec import ResNetSpec
 from ecacli.spec_loader import load_spec
@@ -322,7 +323,7 @@ def test_existing_files_are_kept_without_force(tmp_path):
     spec = tiny_spec()
     target = tmp_path / "m.pt"
     (tmp_path / "m.pt.yaml").write_text("mine\n")
-    with pytest.raises(CheckpointError, match="m.pt.yaml: already exists; use --force"):
+    with pytest.raises(UserError, match="m.pt.yaml: already exists; use --force"):
         save_checkpoint(new_model(spec, seed=0).state_dict(), spec, target)
     assert not target.exists()
     assert (tmp_path / "m.pt.yaml").read_text() == "mine\n"

@@ -62,6 +62,7 @@ def test_ksize_channels_range(cli):
     rows = json.loads(result.stdout)
     assert [(r["channels"], r["k"]) for r in rows] == [(64, 3), (128, 5), (256, 5), (512, 5), (1024, 5), (2048, 7)]
     assert rows[1]["k_constant_from"] == 128 and rows[1]["k_constant_to"] == 2047
+    assert (rows[0]["k_constant_from"], rows[-1]["k_constant_to"]) == (8, 32767)  # whole runs, not clipped to the range
     assert rows[0]["se_params_r16"] == 512 and rows[0]["eca_params"] == 3
 
 
@@ -87,7 +88,14 @@ def test_ksize_for_a_spec_shows_every_convention(cli):
 
 @pytest.mark.parametrize(
     ("args", "fragment"),
-    [(["0"], "between 1 and"), (["--channels", "100", "10"], "LOW <= HIGH"), (["64", "--gamma", "0"], "--gamma must be positive"), (["abc"], "Invalid value")],
+    [
+        (["0"], "between 1 and"),
+        (["--channels", "100", "10"], "LOW <= HIGH"),
+        (["64", "--gamma", "0"], "--gamma must be a finite number of at least 0.05"),
+        (["64", "--b", "nan"], "--b must be a finite number"),
+        (["64", "--gamma", "inf"], "--gamma must be a finite number"),
+        (["abc"], "Invalid value"),
+    ],
 )
 def test_ksize_bad_input_exits_2(cli, args, fragment):
     result = cli("ksize", *args)

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ecacli.kernel import _exact_log2, kernel_intervals, kernel_size, kernel_t, odd_up, se_params, table_widths
+from ecacli.kernel import _exact_log2, kernel_intervals, kernel_run, kernel_size, kernel_t, odd_up, se_params, table_widths
 
 # REFERENCE.md: k per run of C with gamma = 2, b = 1.
 PAPER_TABLE = [(1, 7, 1), (8, 127, 3), (128, 2047, 5), (2048, 32767, 7), (32768, 524287, 9)]
@@ -101,3 +101,20 @@ def test_rejects_non_positive_gamma():
 def test_se_params_are_two_fc_layers_at_r16():
     assert se_params(64) == 512
     assert se_params(2048) == 2 * 2048 * 2048 // 16
+
+
+@pytest.mark.parametrize(("channels", "run"), [(64, (8, 127)), (2048, (2048, 32767)), (1, (1, 7)), (524287, (32768, 524287))])
+def test_run_around_a_width_is_the_whole_reference_row(channels, run):
+    found = kernel_run(channels)
+    assert (found.low, found.high) == run
+
+
+@given(st.integers(1, 4000), st.floats(0.5, 8, allow_nan=False), st.floats(-6, 6, allow_nan=False))
+@settings(max_examples=80, deadline=None)
+def test_run_is_maximal_and_constant(channels, gamma, b):
+    run = kernel_run(channels, gamma, b)
+    assert run.low <= channels <= run.high and run.k == kernel_size(channels, gamma, b)
+    assert run.low == 1 or kernel_size(run.low - 1, gamma, b) != run.k
+    assert kernel_size(run.high + 1, gamma, b) != run.k
+    inside = range(run.low, min(run.high, run.low + 5000) + 1)
+    assert all(kernel_size(c, gamma, b) == run.k for c in inside)

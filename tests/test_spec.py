@@ -59,6 +59,10 @@ def test_custom_layers_and_gamma_b():
     assert spec.stage_kernel_sizes == [7, 7, 9, 9]
 
 
+def test_overrides_read_exponent_floats_as_numbers():
+    assert load_spec("r50", ["attention.gamma=2e0", "attention.b=1.0e0"]).stage_kernel_sizes == [5, 5, 5, 7]
+
+
 def test_override_of_type_drops_options_the_new_type_lacks():
     assert load_spec("r50", ["attention.type=none"]).attention.type == "none"
 
@@ -115,6 +119,8 @@ BAD_SPECS = {
     "empty": ("", ["the file is empty"]),
     "not_a_mapping": ("- 1\n- 2\n", ["must be a YAML mapping", "not a list"]),
     "yaml_syntax": ("name: x\n  depth: [\n", ["YAML error at line 2, column 8"]),
+    "duplicate_key": ("name: a\nname: b\ndepth: 50\n", ["YAML error at line 2, column 1: key 'name' is given twice (first at line 1)"]),
+    "adaptive_k_too_large": ("name: x\ndepth: 50\nattention:\n  gamma: 0.01\n", ["the adaptive rule gives k = [", "above the largest allowed k of 63"]),
     "alias_bomb": ("a: &a [lol, lol]\nb: &b [*a, *a]\nc: [*b, *b]\n", ["anchors (&name) are not allowed"]),
 }
 

@@ -20,6 +20,7 @@ def compare(
     warmup: Annotated[int, typer.Option(help="With --time: untimed steps per spec.")] = 3,
     iters: Annotated[int, typer.Option(help="With --time: timed steps per spec.")] = 10,
     threads: Annotated[int | None, typer.Option(help="With --time: CPU threads (default: torch's choice).", show_default=False)] = None,
+    force: Annotated[bool, typer.Option("--force", help="Overwrite an existing --plot file.")] = False,
     overrides: SetOption = None,
     as_json: JsonOption = False,
     as_csv: Annotated[bool, typer.Option("--csv", help="Print CSV.")] = False,
@@ -30,6 +31,10 @@ def compare(
     if sum([as_json, as_csv, as_markdown]) > 1:
         raise UserError("choose one of --json, --csv and --markdown.")
     loaded = [load_spec_arg(s, overrides) for s in specs]
+    if plot is not None:
+        from ecacli.atomic import check_writable
+
+        check_writable([plot], force)
     from ecacli.reports.compare import MEASURED_COLUMNS, TABLE_COLUMNS, compare_specs, measured_cells, table_cells, to_csv, to_markdown
 
     rows = compare_specs(loaded, batch, input_size)
@@ -39,7 +44,7 @@ def compare(
         from ecacli.reports.plot import plot_params_vs
 
         y = "images_per_s" if time else "top1"
-        plotted = plot_params_vs(rows, y, plot)
+        plotted = plot_params_vs(rows, y, plot, force)
         typer.echo(f"wrote {plot} ({plotted} of {len(rows)} specs plotted)", err=True)
     if as_json:
         print_json([row.to_dict() for row in rows])
@@ -50,7 +55,7 @@ def compare(
     else:
         from rich.table import Table
 
-        table = Table(title=f"{len(rows)} specs, deltas against {rows[0].name}", caption="reported = cited in the spec's `reported:` block, not measured" + (f"; measured: {rows[0].measured['device']}, batch {rows[0].measured['batch']}, training steps interleaved" if time else ""))
+        table = Table(title=f"{len(rows)} spec{'s' if len(rows) > 1 else ''}, deltas against {rows[0].name}", caption="reported = cited in the spec's `reported:` block, not measured" + (f"; measured: {rows[0].measured['device']}, batch {rows[0].measured['batch']}, training steps interleaved" if time else ""))
         for i, name in enumerate(TABLE_COLUMNS):
             table.add_column(name, justify="left" if i < 2 else "right", no_wrap=True)
         for name in MEASURED_COLUMNS if time else ():

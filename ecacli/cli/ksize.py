@@ -2,35 +2,38 @@
 
 from __future__ import annotations
 
+import math
 from typing import Annotated
 
 import typer
 
 from ecacli.cli.common import JsonOption, SetOption, console, fmt_int, load_spec_arg, print_json
 from ecacli.errors import UserError
-from ecacli.kernel import DEFAULT_B, DEFAULT_GAMMA, MAX_CHANNELS, kernel_intervals, kernel_size, kernel_t, se_params, table_widths
+from ecacli.kernel import DEFAULT_B, DEFAULT_GAMMA, MAX_CHANNELS, kernel_intervals, kernel_run, kernel_t, se_params, table_widths
 
 DEFAULT_RANGE = (64, 2048)
+MIN_GAMMA = 0.05  # below this nearly every width gets its own k: tables of millions of runs
 
 
-def width_row(channels: int, gamma: float, b: float, low: int = 1, high: int = MAX_CHANNELS) -> dict[str, int]:
-    """One table row: the rule's t and k, the ECA and SE parameter counts, and k's run around C."""
-    run = next(i for i in kernel_intervals(max(low, 1), high, gamma, b) if i.low <= channels <= i.high)
-    k = kernel_size(channels, gamma, b)
+def width_row(channels: int, gamma: float, b: float) -> dict[str, int]:
+    """One table row: the rule's t and k, the ECA and SE parameter counts, and the whole run of C with this k."""
+    run = kernel_run(channels, gamma, b)
     return {
         "channels": channels,
         "t": kernel_t(channels, gamma, b),
-        "k": k,
-        "eca_params": k,
+        "k": run.k,
+        "eca_params": run.k,
         "se_params_r16": se_params(channels),
         "k_constant_from": run.low,
         "k_constant_to": run.high,
     }
 
 
-def _check_inputs(widths: list[int], channels: tuple[int, int] | None, gamma: float) -> None:
-    if not gamma > 0:
-        raise UserError(f"--gamma must be positive, got {gamma}.")
+def _check_inputs(widths: list[int], channels: tuple[int, int] | None, gamma: float, b: float) -> None:
+    if not math.isfinite(b):
+        raise UserError(f"--b must be a finite number, got {b}.")
+    if not (math.isfinite(gamma) and MIN_GAMMA <= gamma):
+        raise UserError(f"--gamma must be a finite number of at least {MIN_GAMMA}, got {gamma}.")
     for c in [*widths, *(channels or ())]:
         if not 1 <= c <= MAX_CHANNELS:
             raise UserError(f"channel widths must be between 1 and {MAX_CHANNELS:,}, got {c}.")
@@ -49,14 +52,13 @@ def ksize(
 ) -> None:
     """ECA kernel size k = odd(|(log2 C + b) / gamma|) per channel width, with ECA and SE costs."""
     widths = widths or []
-    _check_inputs(widths, channels, gamma)
+    _check_inputs(widths, channels, gamma, b)
     if spec is not None:
         _spec_table(spec, overrides, as_json)
         return
     low, high = channels if channels else (min(widths), max(widths)) if widths else DEFAULT_RANGE
     shown = widths if widths and not channels else table_widths(low, high)
-    bounds = (low, high) if channels or not widths else (1, MAX_CHANNELS)
-    rows = [width_row(c, gamma, b, *bounds) for c in shown]
+    rows = [width_row(c, gamma, b) for c in shown]
     intervals = kernel_intervals(low, high, gamma, b) if channels or not widths else []
     if as_json:
         print_json(rows)

@@ -67,10 +67,10 @@ def table_cells(row: CompareRow) -> list[str]:
         row.attention,
         f"{row.total_params:,}",
         f"{row.delta_params:+,}",
-        f"{row.delta_params_pct:+.3f}",
+        f"{row.delta_params_pct:+.4f}",
         f"{row.attention_params:,}",
         f"{row.mult_adds / 1e9:.3f}",
-        f"{row.delta_mult_adds_pct:+.3f}",
+        f"{row.delta_mult_adds_pct:+.4f}",
         f"{top1:.2f}" if top1 is not None else "-",
     ]
 

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
+from ecacli.atomic import atomic_write, check_writable
 from ecacli.errors import UserError
 from ecacli.reports.compare import CompareRow
 
@@ -15,8 +14,8 @@ Y_AXES = {
 }
 
 
-def plot_params_vs(rows: list[CompareRow], y: str, path: Path, dpi: int = 100) -> int:
-    """Write a scatter of parameters (M) against `y` to a PNG; returns how many specs had a value."""
+def plot_params_vs(rows: list[CompareRow], y: str, path: Path, force: bool = False, dpi: int = 100) -> int:
+    """Write a scatter of parameters (M) against `y` to a PNG (atomically); returns how many specs had a value."""
     try:
         import matplotlib
 
@@ -29,8 +28,7 @@ def plot_params_vs(rows: list[CompareRow], y: str, path: Path, dpi: int = 100) -
     if not points:
         hint = "add a `reported:` block with top1 to the specs, or measure with --time" if y == "top1" else "measure with --time"
         raise UserError(f"--plot: none of the specs has a {label}; {hint}.")
-    if not path.parent.is_dir():
-        raise UserError(f"--plot {path}: the folder {path.parent} does not exist.")
+    check_writable([path], force)
     fig, ax = plt.subplots(figsize=(6.4, 4.8))
     for name, params, value in points:
         ax.scatter(params, value, s=60)
@@ -41,13 +39,8 @@ def plot_params_vs(rows: list[CompareRow], y: str, path: Path, dpi: int = 100) -
     ax.grid(alpha=0.3)
     ax.margins(x=0.2, y=0.15)
     fig.tight_layout()
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".png")
-    os.close(fd)
     try:
-        fig.savefig(tmp, dpi=dpi, format="png")
-        os.replace(tmp, path)
+        atomic_write({path: lambda handle: fig.savefig(handle, dpi=dpi, format="png")}, force)
     finally:
         plt.close(fig)
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return len(points)
