@@ -49,7 +49,10 @@ def test_summary_set_overrides(cli):
     assert data["eca_params"] == 48
 
 
-@pytest.mark.parametrize(("args", "fragment"), [(["--input-size", "4"], "--input-size"), (["--batch", "0"], "--batch")])
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [(["--input-size", "4"], "--input-size"), (["--batch", "0"], "--batch"), (["--torchinfo", "--json"], "drop --torchinfo")],
+)
 def test_summary_bad_options_exit_2(cli, args, fragment):
     result = cli("summary", "r50", *args)
     assert result.returncode == 2
@@ -95,6 +98,9 @@ def test_ksize_for_a_spec_shows_every_convention(cli):
         (["64", "--b", "nan"], "--b must be a finite number"),
         (["64", "--gamma", "inf"], "--gamma must be a finite number"),
         (["abc"], "Invalid value"),
+        (["64", "--channels", "8", "16"], "not both"),
+        (["--spec", "r18", "--gamma", "3"], "--spec takes the widths, gamma and b from the spec"),
+        (["64", "--set", "attention.b=2"], "--set changes a spec; it needs --spec"),
     ],
 )
 def test_ksize_bad_input_exits_2(cli, args, fragment):

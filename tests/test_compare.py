@@ -95,3 +95,9 @@ def test_compare_time_measures_every_spec_interleaved(cli):
         assert m["step_ms"] >= m["forward_ms"] > 0
         assert m["images_per_s"] == pytest.approx(2 / (m["step_ms"] / 1000), rel=1e-6)
     assert rows[0]["measured"]["step_ratio_to_first"] == 1.0
+
+
+def test_timing_options_without_time_are_refused(cli):
+    result = cli("compare", "r18", "--iters", "5")
+    assert result.returncode == 2
+    assert "--iters only apply to measured timings; add --time." in result.stderr

@@ -30,6 +30,9 @@ def compare(
     """Compare specs: params, Δ params, attention params, mult-adds, reported top-1 (labelled reported)."""
     if sum([as_json, as_csv, as_markdown]) > 1:
         raise UserError("choose one of --json, --csv and --markdown.")
+    timing_options = {"--device": device != "auto", "--warmup": warmup != 3, "--iters": iters != 10, "--threads": threads is not None}
+    if not time and any(timing_options.values()):
+        raise UserError(f"{', '.join(k for k, v in timing_options.items() if v)} only apply to measured timings; add --time.")
     loaded = [load_spec_arg(s, overrides) for s in specs]
     if plot is not None:
         from ecacli.atomic import check_writable

@@ -53,13 +53,19 @@ def ksize(
     """ECA kernel size k = odd(|(log2 C + b) / gamma|) per channel width, with ECA and SE costs."""
     widths = widths or []
     _check_inputs(widths, channels, gamma, b)
+    if widths and channels:
+        raise UserError("give widths or --channels LOW HIGH, not both.")
+    if spec is not None and (widths or channels or gamma != DEFAULT_GAMMA or b != DEFAULT_B):
+        raise UserError("--spec takes the widths, gamma and b from the spec; drop the widths, --channels, --gamma and --b (or change the spec with --set).")
+    if spec is None and overrides:
+        raise UserError("--set changes a spec; it needs --spec.")
     if spec is not None:
         _spec_table(spec, overrides, as_json)
         return
-    low, high = channels if channels else (min(widths), max(widths)) if widths else DEFAULT_RANGE
-    shown = widths if widths and not channels else table_widths(low, high)
+    low, high = channels or DEFAULT_RANGE
+    shown = widths or table_widths(low, high)
     rows = [width_row(c, gamma, b) for c in shown]
-    intervals = kernel_intervals(low, high, gamma, b) if channels or not widths else []
+    intervals = [] if widths else kernel_intervals(low, high, gamma, b)
     if as_json:
         print_json(rows)
         return

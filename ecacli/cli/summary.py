@@ -25,6 +25,8 @@ def summary(
     model_spec = load_spec_arg(spec, overrides)
     from ecacli.reports.summary import summarize, torchinfo_table
 
+    if use_torchinfo and as_json:
+        raise UserError("--torchinfo prints torchinfo's text table; for JSON drop --torchinfo (the numbers are the same).")
     if use_torchinfo:
         typer.echo(torchinfo_table(model_spec, batch, input_size, depth))
         return
