@@ -22,9 +22,11 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from ecacli.errors import UserError
 from ecacli.kernel import kernel_size
 
 NUM_STAGES = 4
+MIN_INPUT_SIZE, MAX_INPUT_SIZE = 8, 2048
 DEPTHS: dict[int, tuple[str, tuple[int, int, int, int]]] = {
     18: ("basic", (2, 2, 2, 2)),
     34: ("basic", (3, 4, 6, 3)),
@@ -212,7 +214,7 @@ class ResNetSpec(StrictModel):
     width: Annotated[int, Field(ge=8, le=256, description="first-stage width; stages are width x 1, 2, 4, 8")] = 64
     num_classes: Annotated[int, Field(ge=1, le=100_000)] = 1000
     in_chans: Annotated[int, Field(ge=1, le=64)] = 3
-    input_size: Annotated[int, Field(ge=8, le=2048, description="square input side in pixels")] = 224
+    input_size: Annotated[int, Field(ge=MIN_INPUT_SIZE, le=MAX_INPUT_SIZE, description="square input side in pixels")] = 224
     zero_init_residual: bool = False
     attention: AttentionSpec = EcaAttention()
     reported: Reported | None = None
@@ -298,6 +300,11 @@ class ResNetSpec(StrictModel):
             return None
         return [k for k, n in zip(self.stage_kernel_sizes, self.stage_blocks) for _ in range(n)]
 
+    def input_shape(self, batch: int = 1, input_size: int | None = None) -> list[int]:
+        """[N, C, H, W] of a batch of square inputs, at `input_size` or the spec's own size."""
+        side = input_size or self.input_size
+        return [batch, self.in_chans, side, side]
+
     def kernel_conventions(self) -> list[dict[str, int | None]]:
         """Per stage: its widths and k under each convention in the wild, beside this spec's own."""
         attention = self.attention if isinstance(self.attention, EcaAttention) else EcaAttention()
@@ -318,6 +325,12 @@ class ResNetSpec(StrictModel):
     def to_yaml_dict(self) -> dict[str, Any]:
         """The spec as plain data, without defaults that were left unset, for writing back to YAML."""
         return self.model_dump(mode="json", exclude_unset=True)
+
+
+def check_input_size(side: int) -> None:
+    """The `--input-size` option's bounds are the spec's `input_size` bounds."""
+    if not MIN_INPUT_SIZE <= side <= MAX_INPUT_SIZE:
+        raise UserError(f"--input-size must be between {MIN_INPUT_SIZE} and {MAX_INPUT_SIZE} pixels, got {side}.")
 
 
 def json_schema() -> dict[str, Any]:

@@ -10,6 +10,8 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from ecacli.errors import UserError
+
 if TYPE_CHECKING:
     from rich.console import Console
 
@@ -27,6 +29,15 @@ def load_spec_arg(spec: str, overrides: list[str] | None) -> ResNetSpec:
     from ecacli.spec_loader import load_spec
 
     return load_spec(spec, overrides or ())
+
+
+def load_optional_spec_arg(spec: str | None, overrides: list[str] | None) -> ResNetSpec | None:
+    """The spec of an optional `--spec` option, or None; `--set` without `--spec` is a mistake."""
+    if spec is None:
+        if overrides:
+            raise UserError("--set changes a spec; it needs --spec.")
+        return None
+    return load_spec_arg(spec, overrides)
 
 
 def print_json(data: Any) -> None:

@@ -9,11 +9,12 @@ import typer
 
 from ecacli.cli.common import JsonOption, SetOption, console, load_spec_arg, print_json
 from ecacli.errors import UserError
+from ecacli.spec import check_input_size
 
 
 def compare(
     specs: Annotated[list[str], typer.Argument(help="Spec files or preset names; deltas are against the first.", show_default=False)],
-    input_size: Annotated[int | None, typer.Option(min=8, max=2048, help="Square input side in pixels (default: each spec's).", show_default=False)] = None,
+    input_size: Annotated[int | None, typer.Option(help="Square input side in pixels (default: each spec's).", show_default=False)] = None,
     batch: Annotated[int, typer.Option(min=1, max=65536, help="Batch size for mult-adds and, with --time, for the timed steps.")] = 1,
     time: Annotated[bool, typer.Option("--time", help="Also measure forward and training-step time and peak memory, interleaved across the specs (as `ecacli profile`).")] = False,
     device: Annotated[str, typer.Option(help="With --time: cpu, cuda, cuda:N, mps, or auto.")] = "auto",
@@ -28,6 +29,8 @@ def compare(
     plot: Annotated[Path | None, typer.Option(help="Write a PNG of params vs reported top-1 (with --time: vs measured images/s); needs the `plot` extra.", show_default=False)] = None,
 ) -> None:
     """Compare specs: params, Δ params, attention params, mult-adds, reported top-1 (labelled reported)."""
+    if input_size is not None:
+        check_input_size(input_size)
     if sum([as_json, as_csv, as_markdown]) > 1:
         raise UserError("choose one of --json, --csv and --markdown.")
     timing_options = {"--device": device != "auto", "--warmup": warmup != 3, "--iters": iters != 10, "--threads": threads is not None}

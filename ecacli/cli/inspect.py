@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from ecacli.cli.common import JsonOption, SetOption, fmt_bytes, fmt_int, load_spec_arg, print_json
+from ecacli.cli.common import JsonOption, SetOption, fmt_bytes, fmt_int, load_optional_spec_arg, print_json
 from ecacli.errors import UserError
 
 
@@ -19,9 +19,7 @@ def inspect(
     as_json: JsonOption = False,
 ) -> None:
     """Show a checkpoint's source, spec, parameter count and dtypes, and whether it loads strictly (with the exact mismatches)."""
-    given = load_spec_arg(spec, overrides) if spec else None
-    if overrides and not spec:
-        raise UserError("--set needs --spec: it overrides values of the spec given there.")
+    given = load_optional_spec_arg(spec, overrides)
     from ecacli.checkpoints import check_against, open_checkpoint, parameter_count, spec_for, spec_yaml
 
     checkpoint = open_checkpoint(file)

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import math
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from ecacli.cli.common import JsonOption, SetOption, console, fmt_int, load_spec_arg, print_json
+from ecacli.cli.common import JsonOption, SetOption, console, fmt_int, load_optional_spec_arg, print_json
 from ecacli.errors import UserError
 from ecacli.kernel import DEFAULT_B, DEFAULT_GAMMA, MAX_CHANNELS, kernel_intervals, kernel_run, kernel_t, se_params, table_widths
+
+if TYPE_CHECKING:
+    from ecacli.spec import ResNetSpec
 
 DEFAULT_RANGE = (64, 2048)
 MIN_GAMMA = 0.05  # below this nearly every width gets its own k: tables of millions of runs
@@ -57,10 +60,9 @@ def ksize(
         raise UserError("give widths or --channels LOW HIGH, not both.")
     if spec is not None and (widths or channels or gamma != DEFAULT_GAMMA or b != DEFAULT_B):
         raise UserError("--spec takes the widths, gamma and b from the spec; drop the widths, --channels, --gamma and --b (or change the spec with --set).")
-    if spec is None and overrides:
-        raise UserError("--set changes a spec; it needs --spec.")
-    if spec is not None:
-        _spec_table(spec, overrides, as_json)
+    model_spec = load_optional_spec_arg(spec, overrides)
+    if model_spec is not None:
+        _spec_table(model_spec, as_json)
         return
     low, high = channels or DEFAULT_RANGE
     shown = widths or table_widths(low, high)
@@ -94,8 +96,7 @@ def _render_rows(rows: list[dict[str, int]], intervals: list, gamma: float, b: f
         out.print(runs)
 
 
-def _spec_table(spec_arg: str, overrides: list[str] | None, as_json: bool) -> None:
-    spec = load_spec_arg(spec_arg, overrides)
+def _spec_table(spec: ResNetSpec, as_json: bool) -> None:
     rows = [{"channels": r["output"], "k": r["k_spec"], **r} for r in spec.kernel_conventions()]
     if as_json:
         print_json(rows)

@@ -8,6 +8,7 @@ import typer
 
 from ecacli.cli.common import JsonOption, SetOption, SpecArgument, console, fmt_bytes, fmt_int, load_spec_arg, print_json
 from ecacli.errors import UserError
+from ecacli.spec import check_input_size
 
 
 def summary(
@@ -20,8 +21,8 @@ def summary(
     as_json: JsonOption = False,
 ) -> None:
     """Rich summary of the model a spec builds, computed on the meta device (no memory for weights or activations)."""
-    if input_size is not None and not 8 <= input_size <= 2048:
-        raise UserError(f"--input-size must be between 8 and 2048 pixels, got {input_size}.")
+    if input_size is not None:
+        check_input_size(input_size)
     model_spec = load_spec_arg(spec, overrides)
     from ecacli.reports.summary import summarize, torchinfo_table
 

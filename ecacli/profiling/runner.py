@@ -31,11 +31,10 @@ from ecacli.errors import UserError
 from ecacli.models import build_model
 from ecacli.profiling.device import make_timer, step_peak_bytes, synchronize
 from ecacli.profiling.stats import Stats
-from ecacli.spec import ResNetSpec
+from ecacli.spec import ResNetSpec, check_input_size
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 MODES = ("train", "eval")
-MIN_INPUT, MAX_INPUT = 8, 2048
 SGD_LR, SGD_MOMENTUM = 0.01, 0.9
 
 ProgressCallback = Callable[[str, int, int], None]
@@ -67,8 +66,8 @@ class ProfileConfig:
                 raise UserError(f"{option} must be a positive integer, got {value}.")
         if self.threads is not None and self.threads <= 0:
             raise UserError(f"--threads must be a positive integer, got {self.threads}.")
-        if self.input_size is not None and not MIN_INPUT <= self.input_size <= MAX_INPUT:
-            raise UserError(f"--input-size must be between {MIN_INPUT} and {MAX_INPUT} pixels, got {self.input_size}.")
+        if self.input_size is not None:
+            check_input_size(self.input_size)
         if self.dtype not in DTYPES:
             raise UserError(f"--dtype '{self.dtype}' is not supported; use {', '.join(DTYPES)}.")
         if self.mode not in MODES:
@@ -85,7 +84,7 @@ class ProfileConfig:
         return self.input_size or spec.input_size
 
     def input_shape(self, spec: ResNetSpec) -> list[int]:
-        return [self.batch, spec.in_chans, self.side(spec), self.side(spec)]
+        return spec.input_shape(self.batch, self.input_size)
 
     def step_definition(self) -> str:
         if not self.train:

@@ -6,6 +6,7 @@ Numbers come from `ecacli.architecture` (pure Python, equal to torchinfo's by te
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -52,11 +53,6 @@ class SummaryReport:
         return asdict(self)
 
 
-def input_shape(spec: ResNetSpec, batch: int = 1, input_size: int | None = None) -> list[int]:
-    side = input_size or spec.input_size
-    return [batch, spec.in_chans, side, side]
-
-
 def summarize(spec: ResNetSpec, batch: int = 1, input_size: int | None = None, depth: int = 3) -> SummaryReport:
     """Summary statistics, with one row per module down to `depth` levels below the model."""
     model = model_layers(spec, batch, input_size)
@@ -66,8 +62,9 @@ def summarize(spec: ResNetSpec, batch: int = 1, input_size: int | None = None, d
         if 1 <= d <= depth
     ]
     total = model.total_params
-    eca_params = sum(layer.total_params for _, layer in model.walk() if layer.eca_k is not None)
-    shape = input_shape(spec, batch, input_size)
+    attention_params = model.attention_params
+    eca_params = attention_params if spec.stage_kernel_sizes else 0
+    shape = spec.input_shape(batch, input_size)
     return SummaryReport(
         spec=spec.name,
         input_size=shape,
@@ -76,9 +73,9 @@ def summarize(spec: ResNetSpec, batch: int = 1, input_size: int | None = None, d
         mult_adds=model.total_macs,
         param_bytes=total * FLOAT32_BYTES,
         activation_bytes=model.activation_bytes,
-        input_bytes=shape[0] * shape[1] * shape[2] * shape[3] * FLOAT32_BYTES,
+        input_bytes=math.prod(shape) * FLOAT32_BYTES,
         attention_type=spec.attention.type,
-        attention_params=model.attention_params,
+        attention_params=attention_params,
         eca_params=eca_params,
         eca_param_share=eca_params / total,
         eca_kernel_sizes=spec.block_kernel_sizes or [],
@@ -95,7 +92,7 @@ def run_torchinfo(spec: ResNetSpec, batch: int = 1, input_size: int | None = Non
 
     with torch.device("meta"):
         model = build_model(spec)
-    return torchinfo.summary(model, input_size=input_shape(spec, batch, input_size), device="meta", depth=depth, verbose=0, **kwargs)
+    return torchinfo.summary(model, input_size=spec.input_shape(batch, input_size), device="meta", depth=depth, verbose=0, **kwargs)
 
 
 def torchinfo_table(spec: ResNetSpec, batch: int = 1, input_size: int | None = None, depth: int = 3) -> str:
