@@ -55,12 +55,16 @@ def sample_channel_sums(grad: torch.Tensor, z: torch.Tensor, mean: torch.Tensor,
     return torch.stack([s[2] for s in sums]), torch.stack([s[1] for s in sums])
 
 
-def channel_correlation(pooled: torch.Tensor, conv: nn.Conv1d) -> torch.Tensor:
-    """conv(pooled[:, None, :])[:, 0, :] for the gate's 1-input, 1-output, bias-free conv, as plain tensor ops."""
-    k = conv.kernel_size[0]
+def channel_windows(x: torch.Tensor, conv: nn.Conv1d) -> torch.Tensor:
+    """[N, 1, C] -> [N, 1, C, k]: the k inputs each output position of the gate's conv sees, padded as the conv pads."""
     pad = conv.padding[0]
     mode = "constant" if conv.padding_mode == "zeros" else conv.padding_mode
-    return F.pad(pooled[:, None, :], (pad, pad), mode=mode).unfold(-1, k, 1)[:, 0] @ conv.weight.view(k)
+    return F.pad(x, (pad, pad), mode=mode).unfold(-1, conv.kernel_size[0], 1)
+
+
+def channel_correlation(pooled: torch.Tensor, conv: nn.Conv1d) -> torch.Tensor:
+    """conv(pooled[:, None, :])[:, 0, :] for the gate's 1-input, 1-output, bias-free conv, as plain tensor ops."""
+    return channel_windows(pooled[:, None, :], conv)[:, 0] @ conv.weight.view(-1)
 
 
 def conv1d_backward(conv: nn.Conv1d, pooled: torch.Tensor, weight: torch.Tensor, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -70,12 +74,9 @@ def conv1d_backward(conv: nn.Conv1d, pooled: torch.Tensor, weight: torch.Tensor,
     convolution spends far longer setting up than these few hundred multiply-adds take. The
     input's gradient is the same padded correlation with the kernel flipped.
     """
-    k = weight.shape[-1]
-    pad = conv.padding[0]
-    mode = "constant" if conv.padding_mode == "zeros" else conv.padding_mode
-    windows = F.pad(pooled, (pad, pad), mode=mode).unfold(-1, k, 1)  # [N, 1, C, k]: the inputs each output saw
+    windows = channel_windows(pooled, conv)  # [N, 1, C, k]: the inputs each output saw
     grad_weight = (windows * grad[..., None]).sum(dim=(0, 2)).view_as(weight)
-    grad_in = (F.pad(grad, (pad, pad), mode=mode).unfold(-1, k, 1) * weight.view(k).flip(0)).sum(-1)
+    grad_in = (channel_windows(grad, conv) * weight.view(-1).flip(0)).sum(-1)
     return grad_in, grad_weight
 
 
