@@ -98,7 +98,7 @@ def _attention(name: str, shape: list[int], spec: ResNetSpec, stage: int) -> Lay
     n, c = shape[0], shape[1]
     if attention.type in ("eca", "ceca"):
         k = spec.stage_kernel_sizes[stage]  # type: ignore[index]
-        conv = Layer(f"{name}.conv", "Conv1d", [n, 1, c], k, k * n * c)
+        conv = Layer(f"{name}.conv", "ChannelConv", [n, 1, c], k, k * n * c)
         return Layer(name, "EcaModule", list(shape), eca_k=k, is_attention=True, children=[conv])
     if attention.type == "se":
         hidden = attention.hidden(c)

@@ -7,7 +7,8 @@ from typing import Callable, Literal
 import torch
 from torch import nn
 
-from ecacli.layers.fused_eca import accumulation_dtype, channel_correlation, gated_residual
+from ecacli.layers.channel_conv import ChannelConv
+from ecacli.layers.fused_eca import folded_residual, gated_residual, observed, plane_means
 
 EcaImpl = Literal["fast", "reference"]
 
@@ -32,46 +33,54 @@ class EcaModule(nn.Module):
         self.kernel_size = kernel_size
         self.circular = circular
         self.impl = impl
-        padding_mode = "circular" if circular else "zeros"
-        self.conv = nn.Conv1d(1, 1, kernel_size, padding=(kernel_size - 1) // 2, padding_mode=padding_mode, bias=False)
+        self.conv = ChannelConv(kernel_size, padding_mode="circular" if circular else "zeros")
 
     def gate(self, x: torch.Tensor) -> torch.Tensor:
-        """Per-sample, per-channel gates of shape [N, C, 1, 1]."""
-        # Accumulating in float32 explicitly gives the same mean for half-precision x, and on CPU
-        # avoids a bfloat16 reduction kernel that is many times slower than the float32 one.
-        pooled = x.mean(dim=(2, 3), dtype=accumulation_dtype(x)).to(x.dtype)
-        if torch.compiler.is_compiling():
-            # The same k-tap correlation as tensor ops the compiler fuses, instead of three
-            # library convolution calls (forward, two backward) per block.
-            logits = channel_correlation(pooled, self.conv)
-        else:
-            logits = self.conv(pooled.unsqueeze(1)).squeeze(1)
-        return torch.sigmoid(logits)[:, :, None, None]
+        """Per-sample, per-channel gates of shape [N, C, 1, 1] in x's dtype (computed in float32 for half-precision x)."""
+        logits = self.conv(plane_means(x)[:, None, :])
+        return torch.sigmoid(logits)[:, 0, :, None, None].to(x.dtype)
 
     def forward(self, x: torch.Tensor, shortcut: Callable[[], torch.Tensor] | None = None) -> torch.Tensor:
-        """x * gate(x); given a block's `shortcut`, x * gate(x) + shortcut() in one pass."""
+        """x * gate(x); given a block's `shortcut`, x * gate(x) + shortcut() in one pass.
+
+        With a shortcut (a block's tail, where x is the BN output, a temporary of the block)
+        and no autograd graph being recorded, the sum is written over x, as torchvision adds
+        the shortcut in place; with autograd on, x is kept for the gate's gradient.
+        """
         gate = self.gate(x)
         if shortcut is None:
             return x * gate
-        return torch.addcmul(shortcut(), x, gate)
+        return torch.addcmul(shortcut(), x, gate, out=None if torch.is_grad_enabled() else x)
 
     @property
     def fuses_residual(self) -> bool:
         """Whether a block should hand its tail to `residual_tail` instead of calling this module."""
         return self.impl == "fast"
 
-    def residual_tail(self, bn: nn.BatchNorm2d, z: torch.Tensor, shortcut: Callable[[], torch.Tensor], relu: nn.Module) -> torch.Tensor:
+    def residual_tail(
+        self,
+        bn: nn.BatchNorm2d,
+        z: torch.Tensor,
+        shortcut: Callable[[], torch.Tensor],
+        relu: nn.Module,
+        z_means: Callable[[], torch.Tensor | None] | None = None,
+    ) -> torch.Tensor:
         """relu(self(bn(z)) + shortcut()), equal to the unfused tail.
 
-        In eager mode with autograd on, one custom Function does it all and saves no BN output
-        (see `fused_eca`; the gate's conv still runs as a module). Otherwise (inference,
-        torchinfo, torch.compile, whose compiler fuses these few elementwise ops itself and
-        recomputes rather than saves them) bn, this module, its conv, the shortcut and relu
-        run as modules in the unfused order, the add folded into the gating pass.
+        `z_means`, if given, returns z's plane means more cheaply than a pass over z would (or None).
+        With autograd on (or BN in training mode), one custom Function does it all and saves no
+        BN output; in eval mode without autograd, BN and the gate fold into one affine pass (see
+        `fused_eca`). Under torch.compile, whose compiler fuses these few elementwise ops itself
+        and recomputes rather than saves them, or while hooks watch this module or `bn`
+        (torchinfo, profilers), bn, this module, its conv, the shortcut and relu run as modules
+        in the unfused order, the add folded into the gating pass.
         """
-        if torch.is_grad_enabled() and not torch.compiler.is_compiling():
-            return gated_residual(bn, self.conv, z, shortcut())
-        return relu(self(bn(z), shortcut))
+        if torch.compiler.is_compiling() or observed(self) or observed(bn):
+            return relu(self(bn(z), shortcut))
+        means = None if z_means is None else z_means()
+        if torch.is_grad_enabled() or bn.training or bn.running_mean is None:
+            return gated_residual(bn, self.conv, z, shortcut(), means)
+        return folded_residual(bn, self.conv, z, shortcut(), means)
 
     def extra_repr(self) -> str:
         return f"k={self.kernel_size}, circular={self.circular}, impl={self.impl}"

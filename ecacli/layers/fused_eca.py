@@ -3,26 +3,30 @@
 Written naively (`bn(z) * gate + identity`, then ReLU) the tail keeps the BN output alive for
 the backward pass of the gating multiply and spends several extra passes over the block's
 largest tensor. Here the forward runs BatchNorm's own kernel, reads z once more for the
-per-plane means, and gates, adds and rectifies in one pass plus an in-place ReLU; the BN
-output is freed at once. It saves only what the plain ResNet tail saves anyway (the BN input
-and the block output) plus per-sample gates and per-channel statistics. The backward
-rebuilds what it needs from them:
+per-plane sums, then gates and adds the shortcut in place over the BN output (a temporary of
+this call, as torchvision's in-place `+= identity` treats it) and rectifies in place. It saves
+only what the plain ResNet tail saves (the BN input and the block output) plus per-sample
+gates and per-channel statistics. The backward rebuilds what it needs from them:
 
 - grad of the ReLU (this is also the shortcut's gradient) -> one pass;
 - per-sample, per-channel sums of that gradient and of it times the normalised input -> one
   read-only pass; they give the gate's gradient and, summed over the batch, BatchNorm's;
-- the input's gradient, with the gate's route back through the pooled mean folded in -> one
-  product and two in-place updates.
+- the input's gradient, with the gate's route back through the pooled mean folded in -> a
+  per-plane affine map of the ReLU gradient plus a per-channel multiple of z, two passes.
 
-The 1-D conv of the gate is still `conv` called as a module, so its hooks fire."""
+All [N, C]-sized arithmetic (pooled means, the gate's conv, its gradient) runs in float32 or
+wider whatever the activations' dtype; the gate's conv is called as a module, so its hooks fire.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
+from torch.nn.modules import module as module_hooks
+
+from ecacli.layers.channel_conv import conv1d_backward
 
 
 def batch_norm_factor(bn: nn.BatchNorm2d) -> tuple[bool, float]:
@@ -33,6 +37,56 @@ def batch_norm_factor(bn: nn.BatchNorm2d) -> tuple[bool, float]:
         factor = 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else bn.momentum
     use_batch_stats = bn.training or (bn.running_mean is None and bn.running_var is None)
     return use_batch_stats, factor
+
+
+def observed(module: nn.Module) -> bool:
+    """Whether a call of `module` would run hooks: its own forward or backward hooks, or global ones.
+
+    torchinfo, profilers and feature extractors observe modules this way; a fused tail that
+    skips a module's call would hide it from them, so they get the module-by-module tail.
+    """
+    return bool(
+        module._forward_hooks
+        or module._forward_pre_hooks
+        or module._backward_hooks
+        or module._backward_pre_hooks
+        or module_hooks._global_forward_hooks
+        or module_hooks._global_forward_pre_hooks
+        or module_hooks._global_backward_hooks
+        or module_hooks._global_backward_pre_hooks
+    )
+
+
+def accumulation_dtype(t: torch.Tensor) -> torch.dtype:
+    """float32 for half-precision activations, else their own dtype."""
+    return torch.promote_types(t.dtype, torch.float32)
+
+
+def plane_means(t: torch.Tensor) -> torch.Tensor:
+    """Mean over H, W of each (sample, channel) plane, [N, C], as float32 for half-precision t.
+
+    The sum runs in t's dtype (CPU and CUDA accumulate half precision in float32 and round the
+    result once, as the reference's `mean` does): asking for a float32 result instead makes
+    the CPU convert the whole tensor first, a copy several times dearer than the sum.
+    """
+    return t.sum(dim=(2, 3)).to(accumulation_dtype(t)) / (t.shape[2] * t.shape[3])
+
+
+def pointwise_conv_means(u: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor | None:
+    """Plane means of conv(u) for a bias-free 1x1, stride-1 conv, computed from u; None where summing conv(u) is cheaper.
+
+    A mean over H, W commutes with a 1x1 conv's channel mixing, so the means of conv(u) are the
+    conv's [C_out, C_in] matrix times u's means. In a bottleneck u has a quarter of the output's
+    channels: on CPU, where the pass over conv(u) costs what it reads, this reads a quarter as
+    much, paying C_out x C_in multiply-adds per sample instead of (C_out - C_in) x H x W adds.
+    """
+    c_out, c_in = conv.weight.shape[:2]
+    if u.device.type != "cpu" or c_in * c_out >= 2 * (c_out - c_in) * u.shape[2] * u.shape[3]:
+        return None
+    means = plane_means(u.detach())
+    weight = conv.weight.detach().to(u.dtype).to(means.dtype).flatten(1)  # as the conv ran: autocast casts it to u's dtype
+    with torch.autocast("cpu", enabled=False):
+        return means @ weight.T
 
 
 def sample_channel_sums(grad: torch.Tensor, z: torch.Tensor, mean: torch.Tensor, invstd: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -47,47 +101,33 @@ def sample_channel_sums(grad: torch.Tensor, z: torch.Tensor, mean: torch.Tensor,
     mask = [False, True, True]
     if z.is_contiguous() and grad.is_contiguous():
         planes = (1, n * c, h, w)
+        per_plane = (n, c)
         _, dot, total = torch.ops.aten.native_batch_norm_backward(
-            grad.view(planes), z.view(planes), None, None, None, mean.repeat(n), invstd.repeat(n), True, 0.0, mask
+            grad.view(planes), z.view(planes), None, None, None, mean.expand(per_plane).reshape(-1), invstd.expand(per_plane).reshape(-1), True, 0.0, mask
         )
-        return total.view(n, c), dot.view(n, c)
+        return total.view(per_plane), dot.view(per_plane)
     sums = [torch.ops.aten.native_batch_norm_backward(grad[i : i + 1], z[i : i + 1], None, None, None, mean, invstd, True, 0.0, mask) for i in range(n)]
     return torch.stack([s[2] for s in sums]), torch.stack([s[1] for s in sums])
-
-
-def channel_windows(x: torch.Tensor, conv: nn.Conv1d) -> torch.Tensor:
-    """[N, 1, C] -> [N, 1, C, k]: the k inputs each output position of the gate's conv sees, padded as the conv pads."""
-    pad = conv.padding[0]
-    mode = "constant" if conv.padding_mode == "zeros" else conv.padding_mode
-    return F.pad(x, (pad, pad), mode=mode).unfold(-1, conv.kernel_size[0], 1)
-
-
-def channel_correlation(pooled: torch.Tensor, conv: nn.Conv1d) -> torch.Tensor:
-    """conv(pooled[:, None, :])[:, 0, :] for the gate's 1-input, 1-output, bias-free conv, as plain tensor ops."""
-    return channel_windows(pooled[:, None, :], conv)[:, 0] @ conv.weight.view(-1)
-
-
-def conv1d_backward(conv: nn.Conv1d, pooled: torch.Tensor, weight: torch.Tensor, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Gradients of the gate's 1-D conv (zero or circular padding) w.r.t. its input [N, 1, C] and weight [1, 1, k].
-
-    Written with a few small tensor ops rather than a convolution backward: on CPU the library
-    convolution spends far longer setting up than these few hundred multiply-adds take. The
-    input's gradient is the same padded correlation with the kernel flipped.
-    """
-    windows = channel_windows(pooled, conv)  # [N, 1, C, k]: the inputs each output saw
-    grad_weight = (windows * grad[..., None]).sum(dim=(0, 2)).view_as(weight)
-    grad_in = (channel_windows(grad, conv) * weight.view(-1).flip(0)).sum(-1)
-    return grad_in, grad_weight
-
-
-def accumulation_dtype(t: torch.Tensor) -> torch.dtype:
-    """float32 for half-precision activations, else their own dtype."""
-    return torch.promote_types(t.dtype, torch.float32)
 
 
 def _plane(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """[N, C] or [C] coefficients as a broadcastable [N|1, C, 1, 1] tensor of the activation dtype."""
     return (t if t.dim() == 2 else t[None]).to(dtype)[:, :, None, None]
+
+
+def plane_affine(t: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """t * scale + shift with one coefficient pair per (sample, channel) plane ([N, C] each), in one pass over t.
+
+    For NCHW, each plane is viewed as a channel of its own and run through eval-mode batch
+    norm with unit statistics, whose kernel is exactly this map and far faster on CPU than a
+    broadcast multiply-add over small planes; other layouts take one broadcast addcmul.
+    """
+    n, c, h, w = t.shape
+    if t.is_contiguous():
+        unit = torch.ones(n * c, dtype=scale.dtype, device=scale.device)
+        out = torch.native_batch_norm(t.view(1, n * c, h, w), scale.reshape(-1), shift.reshape(-1), unit.new_zeros(n * c), unit, False, 0.0, 0.0)[0]
+        return out.view(n, c, h, w)
+    return torch.addcmul(_plane(shift, t.dtype), t, _plane(scale, t.dtype))
 
 
 class GatedResidual(torch.autograd.Function):
@@ -107,17 +147,17 @@ class GatedResidual(torch.autograd.Function):
         momentum: float,
         eps: float,
         conv: nn.Conv1d,
+        z_means: torch.Tensor,
     ) -> torch.Tensor:
         y, mean, invstd = torch.native_batch_norm(z, bn_weight, bn_bias, running_mean, running_var, use_batch_stats, momentum, eps)
         if not use_batch_stats:
             mean, invstd = running_mean.clone(), torch.rsqrt(running_var + eps)  # type: ignore[union-attr, operator]
         # The pooled BN output, bn(z) averaged over H, W, is the affine image of the normalised plane means.
-        centred_mean = (z.mean(dim=(2, 3), dtype=accumulation_dtype(z)) - mean) * invstd
-        pooled = (centred_mean * bn_weight + bn_bias)[:, None, :]
-        logits = conv(pooled)
-        gate = torch.sigmoid(logits)[:, 0, :]
-        out = torch.addcmul(identity, y, gate.to(y.dtype)[:, :, None, None]).relu_()
-        ctx.save_for_backward(z, out, gate, pooled.to(logits.dtype), centred_mean, mean, invstd, bn_weight, bn_bias, conv_weight)
+        centred_mean = (z_means - mean) * invstd
+        pooled = torch.addcmul(bn_bias, centred_mean, bn_weight)[:, None, :]
+        gate = torch.sigmoid(conv(pooled))[:, 0, :]
+        out = torch.addcmul(identity, y, _plane(gate, y.dtype), out=y).relu_()
+        ctx.save_for_backward(z, out, gate, pooled, centred_mean, mean, invstd, bn_weight, bn_bias, conv_weight)
         ctx.use_batch_stats = use_batch_stats
         ctx.conv = conv
         return out
@@ -129,35 +169,52 @@ class GatedResidual(torch.autograd.Function):
         area = h * w
         grad_sum = torch.ops.aten.threshold_backward(grad_out, out, 0)  # d(out)/d(sum before the ReLU) = d identity
         plane_sum, plane_dot = sample_channel_sums(grad_sum, z, mean, invstd)
-        gate_acc = gate.to(plane_sum.dtype)
         # bn(z) = bn_weight * xhat + bn_bias, so sum_hw(grad * bn(z)) = bn_weight * plane_dot + bn_bias * plane_sum.
-        grad_gate = bn_weight * plane_dot + bn_bias * plane_sum
-        grad_logits = (grad_gate * gate_acc * (1 - gate_acc))[:, None, :].to(pooled.dtype)
+        grad_gate = torch.addcmul(bn_bias * plane_sum, bn_weight, plane_dot)
+        grad_logits = (grad_gate * gate * (1 - gate))[:, None, :]
         grad_pooled, grad_conv_weight = conv1d_backward(ctx.conv, pooled, conv_weight.to(pooled.dtype), grad_logits)
-        grad_pooled = grad_pooled[:, 0, :].to(plane_sum.dtype)
+        grad_pooled = grad_pooled[:, 0, :]
         # d(loss)/d(bn output) = grad_sum * gate + grad_pooled / area (the pooled mean's share), per plane.
-        grad_bias = (gate_acc * plane_sum + grad_pooled).sum(0)
-        grad_weight = (gate_acc * plane_dot + grad_pooled * centred_mean).sum(0)
+        grad_bias = torch.addcmul(grad_pooled, gate, plane_sum).sum(0)
+        grad_weight = torch.addcmul(grad_pooled * centred_mean, gate, plane_dot).sum(0)
         scale = bn_weight * invstd
-        grad_scale = scale * gate_acc
+        grad_scale = scale * gate
         if ctx.use_batch_stats:
             count = n * area
-            slope = -scale * invstd * grad_weight / count
+            slope = scale * invstd * grad_weight / -count
             offset = scale * (grad_pooled / area - grad_bias / count) - slope * mean
-            # Three ops, each with the small operand second: addcmul with a broadcast first operand is far slower on CPU.
-            grad_z = torch.mul(grad_sum, _plane(grad_scale, z.dtype))
-            grad_z.addcmul_(z, _plane(slope, z.dtype)).add_(_plane(offset, z.dtype))
+            grad_z = plane_affine(grad_sum, grad_scale, offset).addcmul_(z, _plane(slope, z.dtype))
         else:
-            grad_z = torch.mul(grad_sum, _plane(grad_scale, z.dtype)).add_(_plane(scale * grad_pooled / area, z.dtype))
-        return grad_z, grad_sum, grad_weight, grad_bias, grad_conv_weight.to(conv_weight.dtype), None, None, None, None, None, None
+            grad_z = plane_affine(grad_sum, grad_scale, scale * grad_pooled / area)
+        return grad_z, grad_sum, grad_weight, grad_bias, grad_conv_weight.to(conv_weight.dtype), None, None, None, None, None, None, None
 
 
-def gated_residual(bn: nn.BatchNorm2d, conv: nn.Conv1d, z: torch.Tensor, identity: torch.Tensor) -> torch.Tensor:
-    """relu(eca(bn(z)) + identity) with BatchNorm's running statistics updated as `bn(z)` would."""
+def gated_residual(bn: nn.BatchNorm2d, conv: nn.Conv1d, z: torch.Tensor, identity: torch.Tensor, z_means: torch.Tensor | None = None) -> torch.Tensor:
+    """relu(eca(bn(z)) + identity) with BatchNorm's running statistics updated as `bn(z)` would.
+
+    `z_means` are z's plane means ([N, C], float32 or wider) when the caller has them cheaper than a pass over z.
+    """
     if bn.training and z.numel() // z.shape[1] <= 1:
         raise ValueError(f"Expected more than 1 value per channel when training, got input size {list(z.shape)}")
     use_batch_stats, factor = batch_norm_factor(bn)
     tracked = not bn.training or bn.track_running_stats
     running_mean = bn.running_mean if tracked else None
     running_var = bn.running_var if tracked else None
-    return GatedResidual.apply(z, identity, bn.weight, bn.bias, conv.weight, running_mean, running_var, use_batch_stats, factor, bn.eps, conv)
+    means = plane_means(z.detach()) if z_means is None else z_means
+    return GatedResidual.apply(z, identity, bn.weight, bn.bias, conv.weight, running_mean, running_var, use_batch_stats, factor, bn.eps, conv, means)
+
+
+def folded_residual(bn: nn.BatchNorm2d, conv: nn.Conv1d, z: torch.Tensor, identity: torch.Tensor, z_means: torch.Tensor | None = None) -> torch.Tensor:
+    """relu(eca(bn(z)) + identity) for an eval-mode BN without autograd: BN and gate folded into one affine map.
+
+    Eval-mode BN is `z * scale + shift` per channel, so the gated output is `z * (scale * gate)
+    + shift * gate` per plane and the pooled BN output is `mean_hw(z) * scale + shift`: one
+    pass writes the gated BN output, where BN, then gating, would take two.
+    """
+    scale = bn.weight * torch.rsqrt(bn.running_var + bn.eps)  # type: ignore[operator]
+    shift = bn.bias - bn.running_mean * scale  # type: ignore[operator]
+    means = plane_means(z) if z_means is None else z_means
+    gate = torch.sigmoid(conv(torch.addcmul(shift, means, scale)[:, None, :]))[:, 0, :]
+    out = plane_affine(z, scale * gate, shift * gate)
+    out += identity
+    return out.relu_()
