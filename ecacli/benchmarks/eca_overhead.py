@@ -3,12 +3,18 @@
 Run: `python -m ecacli.benchmarks.eca_overhead` (see `--help`). All three models come from the
 same builder and run interleaved in one process, each repetition in a rotated order, so load
 from other processes hits all of them alike; ratios are reported as the median over
-repetitions with their min-max spread. Saved-activation bytes are exact (no timing involved).
+repetitions with their interquartile range. Saved-activation bytes are exact (no timing involved).
+
+By default glibc is asked to keep freed memory in the process (`--no-keep-heap` leaves its
+defaults): otherwise its trimming heuristics hand big blocks back to the kernel at moments that
+depend on the heap's layout, and each step pays anywhere from none to ~15,000 page faults
+(seen here from run to run for the same model), noise larger than the effects measured.
 """
 
 from __future__ import annotations
 
 import argparse
+import ctypes
 import statistics
 import time
 from contextlib import nullcontext
@@ -99,6 +105,17 @@ def sync(device: str) -> None:
 CLOCKS: dict[str, Callable[[], float]] = {"wall": time.perf_counter, "cpu": time.thread_time}
 
 
+def keep_heap() -> bool:
+    """Ask glibc not to return freed memory to the kernel (no trimming, no mmap below 32 MiB); False where that is not glibc."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return False
+    m_trim_threshold, m_top_pad, m_mmap_threshold = -1, -2, -3  # malloc.h
+    settings = ((m_mmap_threshold, 32 << 20), (m_trim_threshold, 2**31 - 1), (m_top_pad, 256 << 20))
+    return all(libc.mallopt(option, value) == 1 for option, value in settings)
+
+
 def interleaved_times(steps: dict[str, Callable[[], torch.Tensor]], repeats: int, warmup: int, device: str, clock: str = "wall") -> dict[str, list[float]]:
     """Seconds per step of each variant, `repeats` rounds, the order rotated every round.
 
@@ -127,17 +144,17 @@ def ratios(times: dict[str, list[float]], variant: str) -> list[float]:
 
 
 def spread(values: list[float]) -> str:
-    return f"{statistics.median(values):.3f} ({min(values):.3f}-{max(values):.3f})"
+    """Median and interquartile range: on a shared machine the extremes are other processes, not the code."""
+    p25, _, p75 = statistics.quantiles(values, n=4) if len(values) > 1 else values * 3
+    return f"{statistics.median(values):.3f} [{p25:.3f}-{p75:.3f}]"
 
 
 def rows_for(args: argparse.Namespace) -> Iterator[Row]:
-    for mode in args.modes:
-        for dtype in args.dtypes:
-            for layout in args.layouts:
-                yield Row(mode, dtype, layout)
-    if args.compile:
-        for layout in args.layouts:
-            yield Row("train", "float32", layout, compiled=True)
+    for compiled in (False, True) if args.compile else (False,):
+        for mode in args.modes:
+            for dtype in args.dtypes:
+                for layout in args.layouts:
+                    yield Row(mode, dtype, layout, compiled)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -153,12 +170,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--modes", nargs="+", default=["train", "infer"], choices=["train", "infer"])
     parser.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"], choices=["float32", "bfloat16"])
     parser.add_argument("--layouts", nargs="+", default=["nchw", "channels_last"], choices=["nchw", "channels_last"])
-    parser.add_argument("--compile", action="store_true", help="also time torch.compile'd training steps (float32)")
+    parser.add_argument("--compile", action="store_true", help="also time every row under torch.compile")
+    parser.add_argument("--keep-heap", action=argparse.BooleanOptionalAction, default=True, help="keep freed memory in the process (glibc), so steps pay no page faults that vary with the heap's layout")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
+    heap = "kept" if args.keep_heap and keep_heap() else "allocator defaults"
     spec = ResNetSpec(name=f"resnet{args.depth}", depth=args.depth, input_size=args.size)
-    print(f"ResNet-{args.depth}, batch {args.batch}, {args.size}x{args.size}, {args.device}, {torch.get_num_threads()} threads, {args.clock} clock, torch {torch.__version__}")
-    print(f"time ratio to plain: median (min-max) of {args.repeats} interleaved rounds; best-of = fastest fast / fastest plain; saved = activation bytes autograd keeps for backward (parameters excluded)")
+    print(f"ResNet-{args.depth}, batch {args.batch}, {args.size}x{args.size}, {args.device}, {torch.get_num_threads()} threads, {args.clock} clock, heap {heap}, torch {torch.__version__}")
+    print(f"time ratio to plain: median [p25-p75] of {args.repeats} interleaved rounds; best-of = fastest fast / fastest plain; saved = activation bytes autograd keeps for backward (parameters excluded)")
     print(f"{'row':<36} {'plain ms':>9} {'fast/plain':>22} {'best-of':>9} {'reference/plain':>22} {'fast/reference':>22} {'saved fast/plain':>17} {'saved ref/plain':>16}")
     for row in rows_for(args):
         steps, models, _ = build_variants(spec, row, args.batch, args.size, args.device)

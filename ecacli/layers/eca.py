@@ -50,7 +50,8 @@ class EcaModule(nn.Module):
         gate = self.gate(x)
         if shortcut is None:
             return x * gate
-        return torch.addcmul(shortcut(), x, gate, out=None if torch.is_grad_enabled() else x)
+        overwrite = not torch.is_grad_enabled() and not torch.compiler.is_compiling()  # the compiler plans its own buffers
+        return torch.addcmul(shortcut(), x, gate, out=x if overwrite else None)
 
     @property
     def fuses_residual(self) -> bool:
