@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import copy
 
 import pytest
@@ -10,7 +11,7 @@ import torchinfo
 from torch import nn
 
 from ecacli.benchmarks.eca_overhead import main as bench_main
-from ecacli.benchmarks.eca_overhead import saved_tensor_bytes, variant_spec
+from ecacli.benchmarks.eca_overhead import rows_for, saved_tensor_bytes, variant_spec
 from ecacli.errors import SpecError
 from ecacli.layers.eca import EcaModule
 from ecacli.layers.channel_conv import ChannelConv, channel_correlation, conv1d_backward
@@ -323,3 +324,21 @@ def test_plain_block_adds_the_shortcut_in_place_as_torchvision() -> None:
     with torch.no_grad():
         out = block(x)
     assert seen == [out.data_ptr()]
+
+
+@pytest.mark.parametrize("padding_mode", ["zeros", "circular"])
+def test_gate_conv_backward_off_cpu_uses_the_library_kernel(padding_mode: str) -> None:
+    """Off the CPU (here the meta device, as FLOP counting runs it) the gate conv's backward takes the library path, same shapes."""
+    conv = ChannelConv(5, padding_mode).to("meta")
+    pooled, grad = torch.empty(3, 1, 12, device="meta"), torch.empty(3, 1, 12, device="meta")
+    grad_input, grad_weight = conv1d_backward(conv, pooled, conv.weight, grad)
+    assert (grad_input.shape, grad_weight.shape) == ((3, 1, 12), (1, 1, 5))
+    assert conv(pooled).shape == (3, 1, 12)
+
+
+def test_benchmark_compile_option_selects_rows() -> None:
+    args = argparse.Namespace(modes=["train", "infer"], dtypes=["float32"], layouts=["nchw"])
+    labels = {mode: [row.label for row in rows_for(argparse.Namespace(**vars(args), compile=mode))] for mode in ("no", "also", "only")}
+    assert labels["no"] == ["train float32 nchw", "infer float32 nchw"]
+    assert labels["only"] == ["train float32 nchw compiled", "infer float32 nchw compiled"]
+    assert labels["also"] == labels["no"] + labels["only"]

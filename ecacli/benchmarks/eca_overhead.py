@@ -150,7 +150,7 @@ def spread(values: list[float]) -> str:
 
 
 def rows_for(args: argparse.Namespace) -> Iterator[Row]:
-    for compiled in (False, True) if args.compile else (False,):
+    for compiled in {"no": (False,), "also": (False, True), "only": (True,)}[args.compile]:
         for mode in args.modes:
             for dtype in args.dtypes:
                 for layout in args.layouts:
@@ -170,7 +170,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--modes", nargs="+", default=["train", "infer"], choices=["train", "infer"])
     parser.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"], choices=["float32", "bfloat16"])
     parser.add_argument("--layouts", nargs="+", default=["nchw", "channels_last"], choices=["nchw", "channels_last"])
-    parser.add_argument("--compile", action="store_true", help="also time every row under torch.compile")
+    parser.add_argument("--compile", nargs="?", const="also", default="no", choices=["no", "also", "only"], help="time every row under torch.compile too (also, the default with no value) or only")
     parser.add_argument("--keep-heap", action=argparse.BooleanOptionalAction, default=True, help="keep freed memory in the process (glibc), so steps pay no page faults that vary with the heap's layout")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -180,6 +180,8 @@ def main(argv: list[str] | None = None) -> None:
     print(f"time ratio to plain: median [p25-p75] of {args.repeats} interleaved rounds; best-of = fastest fast / fastest plain; saved = activation bytes autograd keeps for backward (parameters excluded)")
     print(f"{'row':<36} {'plain ms':>9} {'fast/plain':>22} {'best-of':>9} {'reference/plain':>22} {'fast/reference':>22} {'saved fast/plain':>17} {'saved ref/plain':>16}")
     for row in rows_for(args):
+        if row.compiled:
+            torch.compiler.reset()  # each row's three models get the compiler's whole recompilation budget
         steps, models, _ = build_variants(spec, row, args.batch, args.size, args.device)
         times = interleaved_times(steps, args.repeats, args.warmup, args.device, args.clock)
         fast_ref = [f / r for f, r in zip(times["fast"], times["reference"])]

@@ -14,8 +14,11 @@ gates and per-channel statistics. The backward rebuilds what it needs from them:
 - the input's gradient, with the gate's route back through the pooled mean folded in -> a
   per-plane affine map of the ReLU gradient plus a per-channel multiple of z, two passes.
 
-All [N, C]-sized arithmetic (pooled means, the gate's conv, its gradient) runs in float32 or
-wider whatever the activations' dtype; the gate's conv is called as a module, so its hooks fire.
+In eval mode without autograd, `folded_residual` folds BN into the gate instead (one affine
+pass). Either path takes z's plane means from the caller when it has them cheaper: a bottleneck
+computes them from conv3's input (`pointwise_conv_means`). All [N, C]-sized arithmetic (pooled
+means, the gate's conv, its gradient) runs in float32 or wider whatever the activations' dtype;
+the gate's conv is called as a module, so its hooks fire.
 """
 
 from __future__ import annotations
