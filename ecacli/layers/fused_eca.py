@@ -81,7 +81,9 @@ def pointwise_conv_means(u: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor | Non
     A mean over H, W commutes with a 1x1 conv's channel mixing, so the means of conv(u) are the
     conv's [C_out, C_in] matrix times u's means. In a bottleneck u has a quarter of the output's
     channels: on CPU, where the pass over conv(u) costs what it reads, this reads a quarter as
-    much, paying C_out x C_in multiply-adds per sample instead of (C_out - C_in) x H x W adds.
+    much and adds C_out x C_in multiply-adds per sample, worth it while they number fewer than
+    twice the (C_out - C_in) x H x W additions saved (measured here: layers 1-2 of a ResNet-50
+    at 160-224 px, 2-8x cheaper; layer 4 3-8x dearer).
     """
     c_out, c_in = conv.weight.shape[:2]
     if u.device.type != "cpu" or c_in * c_out >= 2 * (c_out - c_in) * u.shape[2] * u.shape[3]:
