@@ -15,7 +15,7 @@ from ecacli.benchmarks.eca_overhead import rows_for, saved_tensor_bytes, variant
 from ecacli.errors import SpecError
 from ecacli.layers.eca import EcaModule
 from ecacli.layers.channel_conv import ChannelConv, channel_correlation, conv1d_backward
-from ecacli.layers.fused_eca import gated_residual, pointwise_conv_means
+from ecacli.layers.fused_eca import gated_residual, plane_means, pointwise_conv_means
 from ecacli.models.resnet import BasicBlock, Bottleneck, build_model, make_downsample
 from ecacli.spec import ResNetSpec
 from ecacli.spec_loader import load_spec
@@ -240,11 +240,12 @@ def test_bfloat16_autocast_as_exact_as_reference(kind: str, channels_last: bool)
 
 
 def test_benchmark_prints_ratio_rows(capsys: pytest.CaptureFixture[str]) -> None:
-    bench_main(["--depth", "18", "--batch", "2", "--size", "32", "--repeats", "2", "--warmup", "0", "--dtypes", "float32", "--layouts", "nchw"])
+    bench_main(["--depth", "18", "--batch", "2", "--size", "32", "--repeats", "2", "--warmup", "0", "--dtypes", "float32", "--layouts", "nchw", "--no-keep-heap"])
     lines = capsys.readouterr().out.splitlines()
     train = next(line for line in lines if line.startswith("train float32 nchw"))
     infer = next(line for line in lines if line.startswith("infer float32 nchw"))
     assert "MiB" in train and "MiB" not in infer
+    assert "heap not kept" in lines[0]
 
 
 def test_one_value_per_channel_refused_in_training_as_batch_norm_does() -> None:
@@ -313,6 +314,11 @@ def test_pointwise_conv_means_are_the_means_of_the_conv_output() -> None:
     assert_close(pointwise_conv_means(u, conv), conv(u).mean(dim=(2, 3)), 1e-13, "means from u")
     assert pointwise_conv_means(u[:, :, :2, :2], conv) is None  # 4 values per plane: summing conv(u) is cheaper
     assert pointwise_conv_means(u.to("meta"), conv.to("meta")) is None  # CPU only
+    handle = conv.register_forward_hook(lambda module, args, out: out + 1)
+    assert pointwise_conv_means(u, conv) is None  # a hook may change the conv's output
+    handle.remove()
+    biased = nn.Conv2d(16, 64, 1).double()
+    assert pointwise_conv_means(u, biased) is None
 
 
 def test_plain_block_adds_the_shortcut_in_place_as_torchvision() -> None:
@@ -342,3 +348,54 @@ def test_benchmark_compile_option_selects_rows() -> None:
     assert labels["no"] == ["train float32 nchw", "infer float32 nchw"]
     assert labels["only"] == ["train float32 nchw compiled", "infer float32 nchw compiled"]
     assert labels["also"] == labels["no"] + labels["only"]
+
+
+def test_float16_plane_means_do_not_overflow() -> None:
+    """A 56x56 float16 plane of mean 30 sums past float16's 65504; its mean must not."""
+    x = torch.full((1, 2, 56, 56), 30.0, dtype=torch.float16)
+    assert plane_means(x).tolist() == [[30.0, 30.0]]
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_model_trains_like_reference(dtype: torch.dtype) -> None:
+    """A model cast to half precision (no autocast), small planes included: no dtype clash, gradients as exact as the reference's."""
+    torch.manual_seed(13)
+    reference, fast = block_pair("bottleneck", None, False, torch.float32)
+    exact = copy.deepcopy(reference).double()
+    reference, fast = reference.to(dtype), fast.to(dtype)
+    x = torch.randn(4, 32, 6, 6, generator=torch.Generator().manual_seed(14)).abs() + 8
+    grad = torch.randn(4, 32, 6, 6, generator=torch.Generator().manual_seed(15))
+    _, grads_ref = run(reference, x.to(dtype), grad.to(dtype))
+    _, grads_fast = run(fast, x.to(dtype), grad.to(dtype))
+    _, grads_exact = run(exact, x.double(), grad.double())
+    for name, expected in grads_exact.items():
+        fast_error, reference_error = ((g[name].double() - expected).abs().max() for g in (grads_fast, grads_ref))
+        assert fast_error <= 1.5 * reference_error + 2**-8 * expected.abs().max(), name
+
+
+def test_hooks_on_the_gate_conv_select_the_module_path() -> None:
+    """Backward hooks on eca.conv fire, and a forward hook that changes its output changes gradients as it does in the reference."""
+    reference, fast = block_pair("bottleneck", "conv", False, torch.float64)
+    fired: list[str] = []
+    for name, model in (("reference", reference), ("fast", fast)):
+        model.eca.conv.register_forward_hook(lambda module, args, out: 2 * out)
+        model.eca.conv.register_full_backward_hook(lambda module, grad_in, grad_out, name=name: fired.append(name))
+    compare_models(reference, fast, torch.randn(2, 16, 6, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(16)), out_rel=1e-12, grad_rel=1e-11)
+    assert fired.count("fast") == fired.count("reference") > 0
+
+
+def test_batch_norm_without_affine_parameters() -> None:
+    reference, fast = block_pair("bottleneck", "conv", False, torch.float64)
+    for model in (reference, fast):
+        model.bn3 = nn.BatchNorm2d(32, affine=False).double()
+    compare_models(reference, fast, torch.randn(2, 16, 6, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(17)), out_rel=1e-12, grad_rel=1e-11)
+
+
+def test_higher_order_gradients_are_refused_with_a_way_out() -> None:
+    """create_graph=True would silently drop the fused backward's own derivatives: it is refused, naming the reference impl."""
+    _, fast = block_pair("bottleneck", None, False, torch.float64)
+    x = torch.randn(2, 32, 5, 5, dtype=torch.float64, requires_grad=True)
+    with pytest.raises(RuntimeError, match="first-order gradients only.*attention.impl: reference"):
+        torch.autograd.grad(fast(x).sum(), x, create_graph=True)
+    (grad,) = torch.autograd.grad(fast(x).sum(), x)
+    assert grad.shape == x.shape

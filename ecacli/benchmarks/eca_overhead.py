@@ -8,7 +8,8 @@ repetitions with their interquartile range. Saved-activation bytes are exact (no
 By default glibc is asked to keep freed memory in the process (`--no-keep-heap` leaves its
 defaults): otherwise its trimming heuristics hand big blocks back to the kernel at moments that
 depend on the heap's layout, and each step pays anywhere from none to ~15,000 page faults
-(seen here from run to run for the same model), noise larger than the effects measured.
+(seen here from run to run for the same model), noise larger than the effects measured. Blocks
+of 32 MiB or more (glibc's limit for heap blocks) are still mapped and unmapped every step.
 """
 
 from __future__ import annotations
@@ -106,14 +107,18 @@ CLOCKS: dict[str, Callable[[], float]] = {"wall": time.perf_counter, "cpu": time
 
 
 def keep_heap() -> bool:
-    """Ask glibc not to return freed memory to the kernel (no trimming, no mmap below 32 MiB); False where that is not glibc."""
+    """Ask glibc not to return freed memory to the kernel (no trimming; blocks under 32 MiB from the heap).
+
+    False where that is not glibc or a setting was refused (32-bit glibc caps the second).
+    """
     try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:
+        mallopt = ctypes.CDLL("libc.so.6").mallopt
+    except (OSError, AttributeError):
         return False
     m_trim_threshold, m_top_pad, m_mmap_threshold = -1, -2, -3  # malloc.h
-    settings = ((m_mmap_threshold, 32 << 20), (m_trim_threshold, 2**31 - 1), (m_top_pad, 256 << 20))
-    return all(libc.mallopt(option, value) == 1 for option, value in settings)
+    settings = ((m_trim_threshold, 2**31 - 1), (m_mmap_threshold, 32 << 20), (m_top_pad, 256 << 20))
+    accepted = [mallopt(option, value) == 1 for option, value in settings]
+    return all(accepted)
 
 
 def interleaved_times(steps: dict[str, Callable[[], torch.Tensor]], repeats: int, warmup: int, device: str, clock: str = "wall") -> dict[str, list[float]]:
@@ -145,7 +150,7 @@ def ratios(times: dict[str, list[float]], variant: str) -> list[float]:
 
 def spread(values: list[float]) -> str:
     """Median and interquartile range: on a shared machine the extremes are other processes, not the code."""
-    p25, _, p75 = statistics.quantiles(values, n=4) if len(values) > 1 else values * 3
+    p25, _, p75 = statistics.quantiles(values, n=4, method="inclusive") if len(values) > 1 else values * 3
     return f"{statistics.median(values):.3f} [{p25:.3f}-{p75:.3f}]"
 
 
@@ -174,7 +179,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--keep-heap", action=argparse.BooleanOptionalAction, default=True, help="keep freed memory in the process (glibc), so steps pay no page faults that vary with the heap's layout")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    heap = "kept" if args.keep_heap and keep_heap() else "allocator defaults"
+    heap = "kept" if args.keep_heap and keep_heap() else "not kept"
     spec = ResNetSpec(name=f"resnet{args.depth}", depth=args.depth, input_size=args.size)
     print(f"ResNet-{args.depth}, batch {args.batch}, {args.size}x{args.size}, {args.device}, {torch.get_num_threads()} threads, {args.clock} clock, heap {heap}, torch {torch.__version__}")
     print(f"time ratio to plain: median [p25-p75] of {args.repeats} interleaved rounds; best-of = fastest fast / fastest plain; saved = activation bytes autograd keeps for backward (parameters excluded)")

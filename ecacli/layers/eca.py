@@ -41,17 +41,11 @@ class EcaModule(nn.Module):
         return torch.sigmoid(logits)[:, 0, :, None, None].to(x.dtype)
 
     def forward(self, x: torch.Tensor, shortcut: Callable[[], torch.Tensor] | None = None) -> torch.Tensor:
-        """x * gate(x); given a block's `shortcut`, x * gate(x) + shortcut() in one pass.
-
-        With a shortcut (a block's tail, where x is the BN output, a temporary of the block)
-        and no autograd graph being recorded, the sum is written over x, as torchvision adds
-        the shortcut in place; with autograd on, x is kept for the gate's gradient.
-        """
+        """x * gate(x); given a block's `shortcut`, x * gate(x) + shortcut() in one pass."""
         gate = self.gate(x)
         if shortcut is None:
             return x * gate
-        overwrite = not torch.is_grad_enabled() and not torch.compiler.is_compiling()  # the compiler plans its own buffers
-        return torch.addcmul(shortcut(), x, gate, out=x if overwrite else None)
+        return torch.addcmul(shortcut(), x, gate)
 
     @property
     def fuses_residual(self) -> bool:
@@ -72,11 +66,12 @@ class EcaModule(nn.Module):
         With autograd on (or BN in training mode), one custom Function does it all and saves no
         BN output; in eval mode without autograd, BN and the gate fold into one affine pass (see
         `fused_eca`). Under torch.compile, whose compiler fuses these few elementwise ops itself
-        and recomputes rather than saves them, or while hooks watch this module or `bn`
-        (torchinfo, profilers), bn, this module, its conv, the shortcut and relu run as modules
-        in the unfused order, the add folded into the gating pass.
+        and recomputes rather than saves them, while hooks watch this module, its conv or `bn`
+        (torchinfo, profilers, feature extractors), or for a BN without affine parameters, bn,
+        this module, its conv, the shortcut and relu run as modules in the unfused order, the
+        add folded into the gating pass.
         """
-        if torch.compiler.is_compiling() or observed(self) or observed(bn):
+        if torch.compiler.is_compiling() or not bn.affine or any(observed(m) for m in (self, self.conv, bn)):
             return relu(self(bn(z), shortcut))
         means = None if z_means is None else z_means()
         if torch.is_grad_enabled() or bn.training or bn.running_mean is None:

@@ -16,9 +16,10 @@ gates and per-channel statistics. The backward rebuilds what it needs from them:
 
 In eval mode without autograd, `folded_residual` folds BN into the gate instead (one affine
 pass). Either path takes z's plane means from the caller when it has them cheaper: a bottleneck
-computes them from conv3's input (`pointwise_conv_means`). All [N, C]-sized arithmetic (pooled
-means, the gate's conv, its gradient) runs in float32 or wider whatever the activations' dtype;
-the gate's conv is called as a module, so its hooks fire.
+computes them from conv3's input (`pointwise_conv_means`). Under autocast the [N, C]-sized
+arithmetic (pooled means, the gate's conv, its gradient) runs in float32 whatever the
+activations' dtype (a model cast to half precision keeps its own). A hook on bn, the ECA
+module or its conv sends the block down the module-by-module tail instead (see `observed`).
 """
 
 from __future__ import annotations
@@ -68,10 +69,13 @@ def accumulation_dtype(t: torch.Tensor) -> torch.dtype:
 def plane_means(t: torch.Tensor) -> torch.Tensor:
     """Mean over H, W of each (sample, channel) plane, [N, C], as float32 for half-precision t.
 
-    The sum runs in t's dtype (CPU and CUDA accumulate half precision in float32 and round the
-    result once, as the reference's `mean` does): asking for a float32 result instead makes
-    the CPU convert the whole tensor first, a copy several times dearer than the sum.
+    For bfloat16 the sum runs in t's dtype (accumulated in float32, rounded once; bfloat16 has
+    float32's range): asking for a float32 result instead makes the CPU convert the whole
+    tensor first, a copy several times dearer than the sum. A float16 sum can overflow (65504
+    is a 56x56 plane of mean 21), so float16 takes the float32 mean.
     """
+    if t.dtype == torch.float16:
+        return t.mean(dim=(2, 3), dtype=torch.float32)
     return t.sum(dim=(2, 3)).to(accumulation_dtype(t)) / (t.shape[2] * t.shape[3])
 
 
@@ -86,8 +90,9 @@ def pointwise_conv_means(u: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor | Non
     at 160-224 px, 2-8x cheaper; layer 4 3-8x dearer).
     """
     c_out, c_in = conv.weight.shape[:2]
-    if u.device.type != "cpu" or c_in * c_out >= 2 * (c_out - c_in) * u.shape[2] * u.shape[3]:
-        return None
+    pointwise = conv.kernel_size == (1, 1) and conv.stride == (1, 1) and conv.padding == (0, 0) and conv.groups == 1 and conv.bias is None
+    if not pointwise or observed(conv) or u.device.type != "cpu" or c_in * c_out >= 2 * (c_out - c_in) * u.shape[2] * u.shape[3]:
+        return None  # a hook on the conv may change its output: then only the output's own means are right
     means = plane_means(u.detach())
     weight = conv.weight.detach().to(u.dtype).to(means.dtype).flatten(1)  # as the conv ran: autocast casts it to u's dtype
     with torch.autocast("cpu", enabled=False):
@@ -107,7 +112,7 @@ def sample_channel_sums(grad: torch.Tensor, z: torch.Tensor, mean: torch.Tensor,
     if z.is_contiguous() and grad.is_contiguous():
         if h * w < 256 and z.element_size() < 4 and z.device.type == "cpu":
             # The CPU's half-precision kernel pays ~100 ns per plane: under 256 values a plane, float32 copies are cheaper.
-            grad, z = grad.float(), z.float()
+            grad, z, mean, invstd = grad.float(), z.float(), mean.float(), invstd.float()
         planes = (1, n * c, h, w)
         _, dot, total = torch.ops.aten.native_batch_norm_backward(
             grad.view(planes), z.view(planes), None, None, None, mean.expand(n, c).reshape(-1), invstd.expand(n, c).reshape(-1), True, 0.0, mask
@@ -171,6 +176,8 @@ class GatedResidual(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[torch.Tensor | None, ...]:  # type: ignore[override]
+        if torch.is_grad_enabled():  # autograd runs backward with grad mode on only for create_graph=True
+            raise RuntimeError("the fused ECA tail has first-order gradients only (create_graph=True asks for more); build the model with attention.impl: reference for higher-order gradients")
         z, out, gate, pooled, centred_mean, mean, invstd, bn_weight, bn_bias, conv_weight = ctx.saved_tensors
         n, _, h, w = z.shape
         area = h * w
