@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
+import subprocess
+import sys
+from pathlib import Path
 import copy
 
 import pytest
@@ -399,3 +403,10 @@ def test_higher_order_gradients_are_refused_with_a_way_out() -> None:
         torch.autograd.grad(fast(x).sum(), x, create_graph=True)
     (grad,) = torch.autograd.grad(fast(x).sum(), x)
     assert grad.shape == x.shape
+
+
+@pytest.mark.skipif(importlib.util.find_spec("timm") is not None, reason="timm installed: the comparison would run")
+def test_timm_comparison_explains_its_missing_dependency() -> None:
+    script = Path(__file__).parents[1] / "benchmarks" / "eca_vs_timm.py"
+    result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and "needs timm" in result.stderr and "Traceback" not in result.stderr
