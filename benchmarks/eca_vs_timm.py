@@ -10,19 +10,13 @@ then `/tmp/tvenv/bin/python benchmarks/eca_vs_timm.py --repeats 15`.
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 
 import torch
 
-from ecacli.benchmarks.eca_overhead import Row, interleaved_times, keep_heap, make_step, saved_tensor_bytes, variant_spec
+from ecacli.benchmarks.eca_overhead import Row, interleaved_times, keep_heap, make_step, saved_tensor_bytes, spread, variant_spec
 from ecacli.models import build_model
 from ecacli.spec import ResNetSpec
-
-
-def quartiles(values: list[float]) -> str:
-    low, _, high = statistics.quantiles(values, n=4, method="inclusive")
-    return f"{statistics.median(values):.3f} [{low:.3f}-{high:.3f}]"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -60,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
                 times = interleaved_times(steps, args.repeats, 2, "cpu", "cpu")
 
                 def ratio(a: str, b: str) -> str:
-                    return quartiles([x / y for x, y in zip(times[a], times[b])])
+                    return spread([x / y for x, y in zip(times[a], times[b])])
 
                 line = f"{row.label:<30} ours fast/plain {ratio('ours_fast', 'ours_plain')}  timm eca/plain {ratio('timm_eca', 'timm_plain')}"
                 line += f"  ours fast/timm eca {ratio('ours_fast', 'timm_eca')}  ours plain/timm plain {ratio('ours_plain', 'timm_plain')}"

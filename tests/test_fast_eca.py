@@ -66,6 +66,13 @@ def run(model: nn.Module, x: torch.Tensor, grad: torch.Tensor) -> tuple[torch.Te
     return out, grads
 
 
+def assert_half_as_exact_as_reference(fast: torch.Tensor, reference: torch.Tensor, exact: torch.Tensor, what: str) -> None:
+    """A half-precision result against the float64 one: no further than 1.5x the reference's own error + 2**-8 of scale."""
+    scale = exact.abs().max()
+    fast_error, reference_error = ((t.double() - exact).abs().max() for t in (fast, reference))
+    assert fast_error <= 1.5 * reference_error + 2**-8 * scale, f"{what}: error {fast_error:.3e}, reference's {reference_error:.3e}, scale {scale:.3e}"
+
+
 def assert_close(actual: torch.Tensor, expected: torch.Tensor, rel: float, what: str) -> None:
     """|actual - expected| <= rel * max|expected| elementwise (scale-aware: sums of many terms)."""
     scale = expected.abs().max().clamp_min(1e-30)
@@ -236,11 +243,9 @@ def test_bfloat16_autocast_as_exact_as_reference(kind: str, channels_last: bool)
         out_fast, grads_fast = run(fast, x, grad)
     out_exact, grads_exact = run(exact, x.double(), grad.double())
     assert out_fast.dtype == out_ref.dtype == torch.bfloat16 and (out_exact > 0).all()
-    for name, expected in ({"output": out_exact} | grads_exact).items():
-        actual, ref = (out_fast, out_ref) if name == "output" else (grads_fast[name], grads_ref[name])
-        scale = expected.abs().max()
-        fast_error, reference_error = ((t.double() - expected).abs().max() for t in (actual, ref))
-        assert fast_error <= 1.5 * reference_error + 2**-8 * scale, f"{name}: error {fast_error:.3e}, reference's {reference_error:.3e}, scale {scale:.3e}"
+    assert_half_as_exact_as_reference(out_fast, out_ref, out_exact, "output")
+    for name, expected in grads_exact.items():
+        assert_half_as_exact_as_reference(grads_fast[name], grads_ref[name], expected, f"grad of {name}")
 
 
 def test_benchmark_prints_ratio_rows(capsys: pytest.CaptureFixture[str]) -> None:
@@ -373,8 +378,7 @@ def test_half_precision_model_trains_like_reference(dtype: torch.dtype) -> None:
     _, grads_fast = run(fast, x.to(dtype), grad.to(dtype))
     _, grads_exact = run(exact, x.double(), grad.double())
     for name, expected in grads_exact.items():
-        fast_error, reference_error = ((g[name].double() - expected).abs().max() for g in (grads_fast, grads_ref))
-        assert fast_error <= 1.5 * reference_error + 2**-8 * expected.abs().max(), name
+        assert_half_as_exact_as_reference(grads_fast[name], grads_ref[name], expected, f"grad of {name}")
 
 
 def test_hooks_on_the_gate_conv_select_the_module_path() -> None:

@@ -34,11 +34,10 @@ def _direct_operands(x: torch.Tensor, conv: nn.Conv1d) -> tuple[torch.Tensor, in
     return x.unsqueeze(2), pad
 
 
-def direct_conv1d(x: torch.Tensor, weight: torch.Tensor, conv: nn.Conv1d) -> torch.Tensor:
+def direct_conv1d(x: torch.Tensor, conv: nn.Conv1d) -> torch.Tensor:
     """conv(x) for a [N, 1, C] CPU input through the direct convolution, with autograd."""
     image, pad = _direct_operands(x, conv)
-    k = weight.shape[-1]
-    return torch.ops.aten.thnn_conv2d(image, weight.to(x.dtype).unsqueeze(2), [1, k], None, [1, 1], [0, pad]).squeeze(2)
+    return torch.ops.aten.thnn_conv2d(image, conv.weight.to(x.dtype).unsqueeze(2), [1, conv.kernel_size[0]], None, [1, 1], [0, pad]).squeeze(2)
 
 
 def conv1d_backward(conv: nn.Conv1d, x: torch.Tensor, weight: torch.Tensor, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -81,5 +80,5 @@ class ChannelConv(nn.Conv1d):
         if torch.compiler.is_compiling():
             return channel_correlation(x[:, 0, :], self)[:, None, :]
         if x.device.type == "cpu":
-            return direct_conv1d(x, self.weight, self)
+            return direct_conv1d(x, self)
         return super().forward(x)
