@@ -414,3 +414,95 @@ def test_timm_comparison_explains_its_missing_dependency() -> None:
     script = Path(__file__).parents[1] / "benchmarks" / "eca_vs_timm.py"
     result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
     assert result.returncode == 2 and "needs timm" in result.stderr and "Traceback" not in result.stderr
+
+
+def last_conv_biases(block: nn.Module) -> list[bool]:
+    """Record, per call of the block's last conv, whether it ran with a bias (the eval fold gives it BN's shift)."""
+    conv = block.last_conv
+    calls: list[bool] = []
+    run_conv = conv._conv_forward
+
+    def spy(u: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        calls.append(bias is not None)
+        return run_conv(u, weight, bias)
+
+    conv._conv_forward = spy
+    return calls
+
+
+@pytest.mark.parametrize("kind", ["basic", "bottleneck"])
+def test_eval_tail_folds_batch_norm_into_the_last_conv(kind: str) -> None:
+    """Inference on CPU runs the last conv once with BN's shift as its bias; autograd or training mode runs it bias-free."""
+    reference, fast = block_pair(kind, "conv", False, torch.float64)
+    reference.eval()
+    fast.eval()
+    calls = last_conv_biases(fast)
+    x = torch.randn(2, 16, 8, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(18))
+    with torch.inference_mode():
+        assert_close(fast(x), reference(x), 1e-12, "folded output")
+    fast(x.requires_grad_())
+    fast.train()(x)
+    assert calls == [True, False, False]
+
+
+@pytest.mark.parametrize("case", ["zero scale", "float16 autocast"])
+def test_eval_fold_refused_where_batch_norm_has_no_such_form(case: str) -> None:
+    """A zero BN scale (a pruned channel), or a shift / scale beyond float16's range under float16 autocast, runs conv and BN as they are."""
+    dtype = torch.float64 if case == "zero scale" else torch.float32
+    reference, fast = block_pair("bottleneck", None, False, dtype)
+    exact = copy.deepcopy(reference).double()
+    for model in (reference, fast, exact):
+        model.eval()
+        with torch.no_grad():
+            model.bn3.weight[0] = 0.0 if case == "zero scale" else 1e-3
+            model.bn3.bias[0] = 0.5 if case == "zero scale" else 100.0  # 100 / 1e-3 is past float16's 65504
+    calls = last_conv_biases(fast)
+    x = torch.randn(2, 32, 6, 6, generator=torch.Generator().manual_seed(19)).abs() + 8
+    with torch.no_grad():
+        out_exact = exact(x.double())
+        with torch.autocast("cpu", dtype=torch.float16, enabled=case != "zero scale"):
+            out_fast, out_ref = fast(x.to(dtype)), reference(x.to(dtype))
+    assert calls == [False] and torch.isfinite(out_fast).all()
+    if case == "zero scale":
+        assert_close(out_fast, out_ref, 1e-12, "output")
+    else:
+        assert out_fast.dtype == torch.float16
+        assert_half_as_exact_as_reference(out_fast, out_ref, out_exact, "output")
+
+
+@pytest.mark.parametrize("kind", ["basic", "bottleneck"])
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])
+@pytest.mark.parametrize("size", [12, 4], ids=["planes of 144", "planes of 16"])
+def test_bfloat16_inference_as_exact_as_reference(kind: str, channels_last: bool, size: int) -> None:
+    """bfloat16 autocast inference (the fold, small planes' two-pass gating included): no worse than 1.5x the reference's error + 2**-8."""
+    reference, fast = block_pair(kind, None, False, torch.float32)
+    exact = copy.deepcopy(reference).double()
+    for model in (reference, fast, exact):
+        model.eval()
+    calls = last_conv_biases(fast)
+    x = torch.randn(4, reference.conv1.in_channels, size, size, generator=torch.Generator().manual_seed(20)).abs() + 8
+    if channels_last:
+        reference, fast, exact, x = (t.to(memory_format=torch.channels_last) for t in (reference, fast, exact, x))
+    with torch.inference_mode():
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out_fast, out_ref = fast(x), reference(x)
+        out_exact = exact(x.double())
+    assert calls == [True] and out_fast.dtype == torch.bfloat16
+    assert out_fast.is_contiguous(memory_format=torch.channels_last) == channels_last
+    assert_half_as_exact_as_reference(out_fast, out_ref, out_exact, "output")
+
+
+def test_hooks_on_the_last_conv_see_its_own_output() -> None:
+    """A hook on conv3 sees conv3's output, not the eval fold's biased one, and the result is unchanged."""
+    reference, fast = block_pair("bottleneck", "conv", False, torch.float64)
+    reference.eval()
+    fast.eval()
+    x = torch.randn(2, 16, 6, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(21))
+    seen: list[torch.Tensor] = []
+    fast.conv3.register_forward_hook(lambda module, args, out: seen.append(out.clone()))
+    with torch.no_grad():
+        out = fast(x)
+        expected_conv3 = reference.conv3(reference.relu(reference.bn2(reference.conv2(reference.relu(reference.bn1(reference.conv1(x)))))))
+        assert_close(out, reference(x), 1e-12, "output")
+    assert len(seen) == 1
+    assert_close(seen[0], expected_conv3, 1e-12, "conv3 output seen by the hook")

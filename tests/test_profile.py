@@ -264,14 +264,16 @@ def test_breakdown_separates_attention(impl):
     assert ("fused" in mine.attention_scope) == (impl == "fast")
 
 
-def test_attention_ranges_keep_the_shortcut_out_of_a_fused_tail():
-    model = build_model(TINY)  # "fast" ECA: each block's tail, shortcut call included, runs in the attention module
-    with attention_ranges(model), torch.profiler.profile() as prof:
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+def test_attention_ranges_keep_the_shortcut_and_last_conv_out_of_a_fused_tail(training):
+    model = build_model(TINY).train(training)  # "fast" ECA: each block's tail, last conv and shortcut call included, runs in the attention module
+    with attention_ranges(model), torch.profiler.profile() as prof, torch.set_grad_enabled(training):
         model(torch.zeros(2, 3, 32, 32))
     names = [e.name for e in prof.events()]
     assert names.count("ecacli.attention") == 4 and names.count("ecacli.shortcut") == 3  # stages 2-4 project
+    assert names.count("ecacli.last_conv") == 4  # the eval tail's biased conv goes through the same method
     assert not any(hasattr(m, "_forward_hooks") and m._forward_hooks for m in model.modules())
-    assert all("residual_tail" not in vars(m) for m in model.modules())
+    assert all("residual_tail" not in vars(m) and "_conv_forward" not in vars(m) for m in model.modules())
 
 
 # --- the command ------------------------------------------------------------------------------

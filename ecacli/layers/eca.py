@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from ecacli.layers.channel_conv import ChannelConv
-from ecacli.layers.fused_eca import folded_residual, gated_residual, observed, plane_means
+from ecacli.layers.fused_eca import folded_residual, gated_residual, observed, plane_means, pointwise_conv_means
 
 EcaImpl = Literal["fast", "reference"]
 
@@ -54,29 +54,31 @@ class EcaModule(nn.Module):
 
     def residual_tail(
         self,
+        conv: nn.Conv2d,
         bn: nn.BatchNorm2d,
-        z: torch.Tensor,
+        u: torch.Tensor,
         shortcut: Callable[[], torch.Tensor],
         relu: nn.Module,
-        z_means: Callable[[], torch.Tensor | None] | None = None,
     ) -> torch.Tensor:
-        """relu(self(bn(z)) + shortcut()), equal to the unfused tail.
+        """relu(self(bn(conv(u))) + shortcut()), equal to the unfused tail.
 
-        `z_means`, if given, returns z's plane means more cheaply than a pass over z would (or None).
-        With autograd on (or BN in training mode), one custom Function does it all and saves no
-        BN output; in eval mode without autograd, BN and the gate fold into one affine pass (see
-        `fused_eca`). Under torch.compile, whose compiler fuses these few elementwise ops itself
-        and recomputes rather than saves them, while hooks watch this module, its conv or `bn`
-        (torchinfo, profilers, feature extractors), or for a BN without affine parameters, bn,
-        this module, its conv, the shortcut and relu run as modules in the unfused order, the
-        add folded into the gating pass.
+        With autograd on (or BN in training mode), one custom Function does BN, gate, add and
+        ReLU and saves no BN output; in eval mode on CPU without autograd, BN's shift rides in
+        the conv's bias and its scale in the gating pass (see `fused_eca`). A bottleneck's
+        pooled means come from conv's input where that is cheaper. Under torch.compile, whose
+        compiler fuses these few elementwise ops itself and recomputes rather than saves them,
+        while hooks watch this module, its conv or `bn` (torchinfo, profilers, feature
+        extractors), or for a BN without affine parameters, the modules run in the unfused
+        order, the add folded into the gating pass.
         """
         if torch.compiler.is_compiling() or not bn.affine or any(observed(m) for m in (self, self.conv, bn)):
-            return relu(self(bn(z), shortcut))
-        means = None if z_means is None else z_means()
-        if torch.is_grad_enabled() or bn.training or bn.running_mean is None:
-            return gated_residual(bn, self.conv, z, shortcut(), means)
-        return folded_residual(bn, self.conv, z, shortcut(), means)
+            return relu(self(bn(conv(u)), shortcut))
+        if not (torch.is_grad_enabled() or bn.training or bn.running_mean is None) and u.device.type == "cpu" and not observed(conv):
+            out = folded_residual(conv, bn, self.conv, u, shortcut)
+            if out is not None:
+                return out
+        z = conv(u)
+        return gated_residual(bn, self.conv, z, shortcut(), pointwise_conv_means(u, conv))
 
     def extra_repr(self) -> str:
         return f"k={self.kernel_size}, circular={self.circular}, impl={self.impl}"

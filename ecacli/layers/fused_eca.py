@@ -14,9 +14,10 @@ gates and per-channel statistics. The backward rebuilds what it needs from them:
 - the input's gradient, with the gate's route back through the pooled mean folded in -> a
   per-plane affine map of the ReLU gradient plus a per-channel multiple of z, two passes.
 
-In eval mode without autograd, `folded_residual` folds BN into the gate instead (one affine
-pass). Either path takes z's plane means from the caller when it has them cheaper: a bottleneck
-computes them from conv3's input (`pointwise_conv_means`). Under autocast the [N, C]-sized
+In eval mode on CPU without autograd, `folded_residual` folds BN into the block's last conv
+and the gate instead: the conv carries BN's shift as its bias, and one pass applies BN's scale
+times the gate and adds the shortcut. Both paths take a bottleneck's plane means from conv3's
+input where that is cheaper than a pass over its output (`pointwise_conv_means`). Under autocast the [N, C]-sized
 arithmetic (pooled means, the gate's conv, its gradient) runs in float32 whatever the
 activations' dtype (a model cast to half precision keeps its own). A hook on bn, the ECA
 module or its conv sends the block down the module-by-module tail instead (see `observed`).
@@ -24,7 +25,7 @@ module or its conv sends the block down the module-by-module tail instead (see `
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -79,8 +80,8 @@ def plane_means(t: torch.Tensor) -> torch.Tensor:
     return t.sum(dim=(2, 3)).to(accumulation_dtype(t)) / (t.shape[2] * t.shape[3])
 
 
-def pointwise_conv_means(u: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor | None:
-    """Plane means of conv(u) for a bias-free 1x1, stride-1 conv, computed from u; None where summing conv(u) is cheaper.
+def pointwise_conv_means(u: torch.Tensor, conv: nn.Conv2d, bias: torch.Tensor | None = None) -> torch.Tensor | None:
+    """Plane means of conv(u) (+ bias per channel) for a bias-free 1x1, stride-1 conv, computed from u; None where summing conv(u) is cheaper.
 
     A mean over H, W commutes with a 1x1 conv's channel mixing, so the means of conv(u) are the
     conv's [C_out, C_in] matrix times u's means. In a bottleneck u has a quarter of the output's
@@ -96,7 +97,7 @@ def pointwise_conv_means(u: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor | Non
     means = plane_means(u.detach())
     weight = conv.weight.detach().to(u.dtype).to(means.dtype).flatten(1)  # as the conv ran: autocast casts it to u's dtype
     with torch.autocast("cpu", enabled=False):
-        return means @ weight.T
+        return means @ weight.T if bias is None else torch.addmm(bias.to(means.dtype), means, weight.T)
 
 
 def sample_channel_sums(grad: torch.Tensor, z: torch.Tensor, mean: torch.Tensor, invstd: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -218,17 +219,43 @@ def gated_residual(bn: nn.BatchNorm2d, conv: nn.Conv1d, z: torch.Tensor, identit
     return GatedResidual.apply(z, identity, bn.weight, bn.bias, conv.weight, running_mean, running_var, use_batch_stats, factor, bn.eps, conv, means)
 
 
-def folded_residual(bn: nn.BatchNorm2d, conv: nn.Conv1d, z: torch.Tensor, identity: torch.Tensor, z_means: torch.Tensor | None = None) -> torch.Tensor:
-    """relu(eca(bn(z)) + identity) for an eval-mode BN without autograd: BN and gate folded into one affine map.
+def compute_dtype(u: torch.Tensor) -> torch.dtype:
+    """The dtype a conv of u computes in: autocast's where it is on for u's device, else u's own."""
+    device = u.device.type
+    return torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else u.dtype
 
-    Eval-mode BN is `z * scale + shift` per channel, so the gated output is `z * (scale * gate)
-    + shift * gate` per plane and the pooled BN output is `mean_hw(z) * scale + shift`: one
-    pass writes the gated BN output, where BN, then gating, would take two.
+
+def gated_sum(z: torch.Tensor, gate: torch.Tensor, identity: torch.Tensor) -> torch.Tensor:
+    """z * gate + identity with one gate per (sample, channel) plane ([N, C]), written over z in one pass.
+
+    CPU's half-precision broadcast kernels fall back to scalar code on planes shorter than a
+    vector (measured here: 3x slower than the two-pass form for 5x5 bfloat16 NCHW planes), so
+    those planes take a per-plane affine pass and then the add.
+    """
+    if z.is_contiguous() and z.element_size() < 4 and z.shape[2] * z.shape[3] < 32:
+        return plane_affine(z, gate, torch.zeros_like(gate)).add_(identity)
+    return torch.addcmul(identity, z, _plane(gate, z.dtype), out=z)
+
+
+def folded_residual(conv: nn.Conv2d, bn: nn.BatchNorm2d, gate_conv: nn.Conv1d, u: torch.Tensor, identity: Callable[[], torch.Tensor]) -> torch.Tensor | None:
+    """relu(eca(bn(conv(u))) + identity()) for an eval-mode BN without autograd, BN folded into the conv and the gate; None where it cannot fold.
+
+    Eval-mode BN is `scale * (z + shift / scale)` per channel: the conv adds `shift / scale` as
+    its bias (free in its output stage) and the gating multiply applies `scale * gate`, so the
+    tail is one pass for gate and shortcut together plus the ReLU, where BN, the add and the
+    ReLU take three. The pooled BN output is `scale` times the biased conv's plane means. A
+    zero scale (or a `shift / scale` beyond the conv's dtype) has no such form: None, and the
+    caller runs conv and BN as they are. Rounding: the biased conv output carries BN's shift as
+    the BN output does, so its error, scaled back by `scale`, is the BN output's own.
     """
     scale = bn.weight * torch.rsqrt(bn.running_var + bn.eps)  # type: ignore[operator]
-    shift = bn.bias - bn.running_mean * scale  # type: ignore[operator]
-    means = plane_means(z) if z_means is None else z_means
-    gate = torch.sigmoid(conv(torch.addcmul(shift, means, scale)[:, None, :]))[:, 0, :]
-    out = plane_affine(z, scale * gate, shift * gate)
-    out += identity
-    return out.relu_()
+    bias = bn.bias / scale - bn.running_mean  # type: ignore[operator]
+    if conv.bias is not None:
+        bias = bias + conv.bias
+    if not float(bias.abs().max()) < torch.finfo(compute_dtype(u)).max:  # also refuses NaN
+        return None
+    z = conv._conv_forward(u, conv.weight, bias)  # what nn.Conv2d.forward runs, BN's shift as the bias
+    means = pointwise_conv_means(u, conv, bias)
+    means = plane_means(z) if means is None else means
+    gate = torch.sigmoid(gate_conv((means * scale)[:, None, :]))[:, 0, :]
+    return gated_sum(z, scale * gate, identity()).relu_()

@@ -6,13 +6,10 @@ with ECA each block gains `eca.conv.weight` [1, 1, k], as in the paper's release
 
 from __future__ import annotations
 
-from typing import Callable
-
 import torch
 from torch import nn
 
 from ecacli.layers import create_attention
-from ecacli.layers.fused_eca import pointwise_conv_means
 from ecacli.spec import ResNetSpec
 
 
@@ -50,15 +47,12 @@ class ResidualBlock(nn.Module):
     def shortcut(self, x: torch.Tensor) -> torch.Tensor:
         return x if self.downsample is None else self.downsample(x)
 
-    def tail(self, z: torch.Tensor, x: torch.Tensor, z_means: Callable[[], torch.Tensor | None] | None = None) -> torch.Tensor:
-        """relu(attention(last_bn(z)) + shortcut(x)); one fused call when the attention offers it (`fuses_residual`).
-
-        `z_means` may offer z's plane means more cheaply than a pass over z (None where it cannot).
-        """
+    def tail(self, u: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """relu(attention(last_bn(last_conv(u))) + shortcut(x)); one fused call when the attention offers it (`fuses_residual`)."""
         attention = self.attention
         if getattr(attention, "fuses_residual", False):
-            return attention.residual_tail(self.last_bn, z, lambda: self.shortcut(x), self.relu, z_means)  # type: ignore[union-attr]
-        out = self.last_bn(z)
+            return attention.residual_tail(self.last_conv, self.last_bn, u, lambda: self.shortcut(x), self.relu)  # type: ignore[union-attr]
+        out = self.last_bn(self.last_conv(u))
         if attention is not None:
             out = attention(out)
         # In place, as torchvision's blocks add: the BN output (or the gated tensor) is this block's own temporary.
@@ -81,12 +75,15 @@ class BasicBlock(ResidualBlock):
         self.downsample = downsample
 
     @property
+    def last_conv(self) -> nn.Conv2d:
+        return self.conv2
+
+    @property
     def last_bn(self) -> nn.BatchNorm2d:
         return self.bn2
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.relu(self.bn1(self.conv1(x)))
-        return self.tail(self.conv2(out), x)
+        return self.tail(self.relu(self.bn1(self.conv1(x))), x)
 
 
 class Bottleneck(ResidualBlock):
@@ -107,13 +104,16 @@ class Bottleneck(ResidualBlock):
         self.downsample = downsample
 
     @property
+    def last_conv(self) -> nn.Conv2d:
+        return self.conv3
+
+    @property
     def last_bn(self) -> nn.BatchNorm2d:
         return self.bn3
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.relu(self.bn1(self.conv1(x)))
-        out = self.relu(self.bn2(self.conv2(out)))
-        return self.tail(self.conv3(out), x, lambda: pointwise_conv_means(out, self.conv3))
+        return self.tail(self.relu(self.bn2(self.conv2(out))), x)
 
 
 BLOCKS: dict[str, type[BasicBlock] | type[Bottleneck]] = {"basic": BasicBlock, "bottleneck": Bottleneck}

@@ -2,8 +2,9 @@
 
 Every phase of the step runs in a `record_function` range, and so does the forward work of
 every attention module: a module called as a module gets forward hooks; one that fuses its
-block's tail (BN, gate, add, ReLU; ECA's "fast" impl) runs inside `residual_tail`, which is
-wrapped for the while, with the block's shortcut projection (run by that call) kept out. Backward work belongs to attention when it evaluates an autograd node
+block's tail (its last conv, BN, gate, add, ReLU; ECA's "fast" impl) runs inside
+`residual_tail`, which is wrapped for the while, with the block's last conv and shortcut
+projection (run by that call) kept out. Backward work belongs to attention when it evaluates an autograd node
 created inside an attention range (matched by the profiler's sequence numbers). Each
 operator's self time is summed per phase, in and out of attention. Times are the operators' CPU
 time on CPU and the CUDA kernel time they launch on CUDA; the profiler adds overhead, so read
@@ -29,6 +30,7 @@ from ecacli.profiling.runner import ProfileConfig, Workload, run_step
 RANGE_PREFIX = "ecacli."
 ATTENTION = "attention"
 SHORTCUT = "shortcut"
+LAST_CONV = "last_conv"
 PHASES = ("forward", "backward", "optimizer")
 OTHER = "other"
 OUTSIDE = "outside the phases"
@@ -94,18 +96,21 @@ def attention_ranges(model: nn.Module) -> Iterator[None]:
     """Wrap every attention module's forward work in a profiler range while the context is open.
 
     A module called as a module gets forward hooks. One that fuses its block's tail runs inside
-    `residual_tail`, wrapped on the instance for the while; the block's shortcut projection,
-    which that call also runs, gets a range of its own so it is not counted as attention.
+    `residual_tail`, wrapped on the instance for the while; the block's shortcut projection and
+    last conv, which that call also runs, get ranges of their own so they are not counted as
+    attention: a hook on the projection, and the conv's `_conv_forward` wrapped (a hook on the
+    conv would change the path the tail takes).
     """
     handles = []
-    fused = []
+    wrapped: list[tuple[nn.Module, str]] = []
     for block in model.modules():
         module = getattr(block, "attention", None)
         if not isinstance(module, nn.Module):
             continue
         if fuses_residual(module):
-            module.residual_tail = _in_range(module.residual_tail)
-            fused.append(module)
+            module.residual_tail = _in_range(module.residual_tail, ATTENTION)
+            block.last_conv._conv_forward = _in_range(block.last_conv._conv_forward, LAST_CONV)
+            wrapped += [(module, "residual_tail"), (block.last_conv, "_conv_forward")]
             if isinstance(getattr(block, "downsample", None), nn.Module):
                 handles += _hook_range(block.downsample, SHORTCUT)
         else:
@@ -115,8 +120,8 @@ def attention_ranges(model: nn.Module) -> Iterator[None]:
     finally:
         for handle in handles:
             handle.remove()
-        for module in fused:
-            del module.residual_tail
+        for owner, name in wrapped:
+            delattr(owner, name)
 
 
 def _hook_range(module: nn.Module, name: str) -> list[RemovableHandle]:
@@ -134,9 +139,9 @@ def _hook_range(module: nn.Module, name: str) -> list[RemovableHandle]:
     return [module.register_forward_pre_hook(enter), module.register_forward_hook(leave)]
 
 
-def _in_range(method: Callable[..., Any]) -> Callable[..., Any]:
+def _in_range(method: Callable[..., Any], name: str) -> Callable[..., Any]:
     def wrapped(*args: Any, **kwargs: Any) -> Any:
-        with record_function(RANGE_PREFIX + ATTENTION):
+        with record_function(RANGE_PREFIX + name):
             return method(*args, **kwargs)
 
     return wrapped
@@ -153,7 +158,7 @@ def _within(intervals: list[tuple[int, int]], start: int) -> bool:
 def _classify(events: list[Any]) -> Iterator[tuple[Any, str, bool]]:
     """(event, phase, in attention) for every operator event.
 
-    Forward: inside an attention range and not in a shortcut range within it. Backward: inside an autograd node evaluation whose
+    Forward: inside an attention range and not in a shortcut or last-conv range within it. Backward: inside an autograd node evaluation whose
     sequence number belongs to a node created inside an attention range in the forward.
     Ranges are matched by time, not thread, since CUDA runs the backward on its own thread
     while the calling thread waits.
@@ -162,11 +167,11 @@ def _classify(events: list[Any]) -> Iterator[tuple[Any, str, bool]]:
         return [(e.time_range.start, e.time_range.end) for e in events if e.name == RANGE_PREFIX + name]
 
     phases = [(low, high, phase) for phase in PHASES for low, high in spans(phase)]
-    attention, shortcut = spans(ATTENTION), spans(SHORTCUT)
+    attention, excluded = spans(ATTENTION), spans(SHORTCUT) + spans(LAST_CONV)
     operators = [e for e in events if not e.name.startswith(RANGE_PREFIX)]
 
     def in_forward_attention(start: int) -> bool:
-        return _within(attention, start) and not _within(shortcut, start)
+        return _within(attention, start) and not _within(excluded, start)
 
     created = {e.sequence_nr for e in operators if e.sequence_nr >= 0 and in_forward_attention(e.time_range.start)}
     backward = [(e.time_range.start, e.time_range.end) for e in operators if e.name.startswith(BACKWARD_NODE) and e.sequence_nr in created]
@@ -206,5 +211,5 @@ def breakdown(w: Workload, config: ProfileConfig, steps: int = BREAKDOWN_STEPS, 
     ]
     clock = "CUDA kernel time per operator" if use_device else "CPU self time per operator"
     fused = any(fuses_residual(m) for m in attention_modules(w.model))
-    scope = "attention modules, each fused with its block's last BN, residual add and ReLU (shortcut projection excluded)" if fused else "attention modules"
+    scope = "attention modules, each fused with its block's last BN, residual add and ReLU (last conv and shortcut projection excluded)" if fused else "attention modules"
     return Breakdown(w.label, steps, clock, scope, total / steps / 1e3, groups, ops)
