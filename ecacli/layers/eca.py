@@ -77,8 +77,8 @@ class EcaModule(nn.Module):
             out = folded_residual(conv, bn, self.conv, u, shortcut)
             if out is not None:
                 return out
-        z = conv(u)
-        return gated_residual(bn, self.conv, z, shortcut(), pointwise_conv_means(u, conv))
+        means = pointwise_conv_means(u, conv)  # before the conv runs, while u is still in cache
+        return gated_residual(bn, self.conv, conv(u), shortcut(), means)
 
     def extra_repr(self) -> str:
         return f"k={self.kernel_size}, circular={self.circular}, impl={self.impl}"

@@ -95,7 +95,7 @@ def pointwise_conv_means(u: torch.Tensor, conv: nn.Conv2d, bias: torch.Tensor | 
     if not pointwise or observed(conv) or u.device.type != "cpu" or c_in * c_out >= 2 * (c_out - c_in) * u.shape[2] * u.shape[3]:
         return None  # a hook on the conv may change its output: then only the output's own means are right
     means = plane_means(u.detach())
-    weight = conv.weight.detach().to(u.dtype).to(means.dtype).flatten(1)  # as the conv ran: autocast casts it to u's dtype
+    weight = conv.weight.detach().flatten(1).to(means.dtype)  # under autocast the conv rounds it to u's dtype: a difference below that rounding of its output
     with torch.autocast("cpu", enabled=False):
         return means @ weight.T if bias is None else torch.addmm(bias.to(means.dtype), means, weight.T)
 
@@ -237,6 +237,11 @@ def gated_sum(z: torch.Tensor, gate: torch.Tensor, identity: torch.Tensor) -> to
     return torch.addcmul(identity, z, _plane(gate, z.dtype), out=z)
 
 
+def gate_times_scale(gate_conv: nn.Conv1d, means: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """scale * sigmoid(gate_conv(scale * means)): the ECA gate of an eval-mode BN output `scale * (z + bias)`, whose plane means `means` are, times BN's scale."""
+    return torch.sigmoid(gate_conv((means * scale)[:, None, :]))[:, 0, :] * scale
+
+
 def folded_residual(conv: nn.Conv2d, bn: nn.BatchNorm2d, gate_conv: nn.Conv1d, u: torch.Tensor, identity: Callable[[], torch.Tensor]) -> torch.Tensor | None:
     """relu(eca(bn(conv(u))) + identity()) for an eval-mode BN without autograd, BN folded into the conv and the gate; None where it cannot fold.
 
@@ -254,8 +259,9 @@ def folded_residual(conv: nn.Conv2d, bn: nn.BatchNorm2d, gate_conv: nn.Conv1d, u
         bias = bias + conv.bias
     if not float(bias.abs().max()) < torch.finfo(compute_dtype(u)).max:  # also refuses NaN
         return None
+    means = pointwise_conv_means(u, conv, bias)  # before the conv runs, while u is still in cache (measured: 1-2% of the step)
+    scaled_gate = None if means is None else gate_times_scale(gate_conv, means, scale)
     z = conv._conv_forward(u, conv.weight, bias)  # what nn.Conv2d.forward runs, BN's shift as the bias
-    means = pointwise_conv_means(u, conv, bias)
-    means = plane_means(z) if means is None else means
-    gate = torch.sigmoid(gate_conv((means * scale)[:, None, :]))[:, 0, :]
-    return gated_sum(z, scale * gate, identity()).relu_()
+    if scaled_gate is None:
+        scaled_gate = gate_times_scale(gate_conv, plane_means(z), scale)
+    return gated_sum(z, scaled_gate, identity()).relu_()
