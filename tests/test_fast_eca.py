@@ -506,3 +506,34 @@ def test_hooks_on_the_last_conv_see_its_own_output() -> None:
         assert_close(out, reference(x), 1e-12, "output")
     assert len(seen) == 1
     assert_close(seen[0], expected_conv3, 1e-12, "conv3 output seen by the hook")
+
+
+@pytest.mark.parametrize("kind", ["basic", "bottleneck"])
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+def test_traced_tail_matches_reference(kind: str, channels_last: bool, training: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The tail torch.compile traces (run here eagerly, as if compiling): outputs, all gradients, running stats, float64."""
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    reference, fast = block_pair(kind, "conv", False, torch.float64)
+    reference.train(training)
+    fast.train(training)
+    x = torch.randn(4, 16, 10, 10, dtype=torch.float64, generator=torch.Generator().manual_seed(22))
+    if channels_last:
+        reference, fast, x = (t.to(memory_format=torch.channels_last) for t in (reference, fast, x))
+    compare_models(reference, fast, x, out_rel=1e-12, grad_rel=1e-11)
+
+
+def test_compiled_block_trains_like_reference() -> None:
+    """Through AOTAutograd (functionalised running-stat updates, its own backward): two training steps' outputs, gradients and running stats."""
+    reference, fast = block_pair("bottleneck", "conv", False, torch.float64)
+    compiled = torch.compile(fast, backend="aot_eager", fullgraph=True)
+    x = torch.randn(3, 16, 8, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(23))
+    grad = torch.randn(3, 32, 4, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(24))
+    for _ in range(2):
+        out_ref, grads_ref = run(reference, x, grad)
+        out_fast, grads_fast = run(compiled, x, grad)
+        assert_close(out_fast, out_ref, 1e-12, "output")
+        for name, expected in grads_ref.items():
+            assert_close(grads_fast[name if name == "input" else "_orig_mod." + name], expected, 1e-11, f"grad of {name}")
+    for (name, expected), actual in zip(reference.state_dict().items(), fast.state_dict().values()):
+        assert_close(actual.double(), expected.double(), 1e-12, f"state {name}")

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from ecacli.layers.channel_conv import ChannelConv
-from ecacli.layers.fused_eca import folded_residual, gated_residual, observed, plane_means, pointwise_conv_means
+from ecacli.layers.fused_eca import folded_residual, gated_residual, observed, plane_means, pointwise_conv_means, traced_residual
 
 EcaImpl = Literal["fast", "reference"]
 
@@ -65,14 +65,17 @@ class EcaModule(nn.Module):
         With autograd on (or BN in training mode), one custom Function does BN, gate, add and
         ReLU and saves no BN output; in eval mode on CPU without autograd, BN's shift rides in
         the conv's bias and its scale in the gating pass (see `fused_eca`). A bottleneck's
-        pooled means come from conv's input where that is cheaper. Under torch.compile, whose
-        compiler fuses these few elementwise ops itself and recomputes rather than saves them,
-        while hooks watch this module, its conv or `bn` (torchinfo, profilers, feature
-        extractors), or for a BN without affine parameters, the modules run in the unfused
-        order, the add folded into the gating pass.
+        pooled means come from conv's input where that is cheaper. Under torch.compile the tail
+        is plain tensor ops that take everything from the conv's output, for the compiler to
+        fuse (`traced_residual`). While hooks watch this module, its conv or `bn` (torchinfo,
+        profilers, feature extractors), or for a BN without affine parameters, the modules run
+        in the unfused order, the add folded into the gating pass.
         """
-        if torch.compiler.is_compiling() or not bn.affine or any(observed(m) for m in (self, self.conv, bn)):
+        if not bn.affine or any(observed(m) for m in (self, self.conv, bn)):
             return relu(self(bn(conv(u)), shortcut))
+        if torch.compiler.is_compiling():
+            z = conv(u)
+            return traced_residual(bn, self.conv, z, shortcut())
         if not (torch.is_grad_enabled() or bn.training or bn.running_mean is None) and u.device.type == "cpu" and not observed(conv):
             out = folded_residual(conv, bn, self.conv, u, shortcut)
             if out is not None:
