@@ -447,7 +447,7 @@ def test_eval_tail_folds_batch_norm_into_the_last_conv(kind: str) -> None:
 
 @pytest.mark.parametrize("case", ["zero scale", "float16 autocast"])
 def test_eval_fold_refused_where_batch_norm_has_no_such_form(case: str) -> None:
-    """A zero BN scale (a pruned channel), or a shift / scale beyond float16's range under float16 autocast, runs conv and BN as they are."""
+    """A zero BN scale (a pruned channel), or float16 (no room for a shift: here 100 / 1e-3 is past 65504), runs conv and BN as they are."""
     dtype = torch.float64 if case == "zero scale" else torch.float32
     reference, fast = block_pair("bottleneck", None, False, dtype)
     exact = copy.deepcopy(reference).double()
@@ -537,3 +537,45 @@ def test_compiled_block_trains_like_reference() -> None:
             assert_close(grads_fast[name if name == "input" else "_orig_mod." + name], expected, 1e-11, f"grad of {name}")
     for (name, expected), actual in zip(reference.state_dict().items(), fast.state_dict().values()):
         assert_close(actual.double(), expected.double(), 1e-12, f"state {name}")
+
+
+class StandardisedConv2d(nn.Conv2d):
+    """A conv whose forward standardises its weight (as timm's StdConv2d): what it computes is not nn.Conv2d's arithmetic on its weight."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        mean, std = self.weight.mean(dim=(1, 2, 3), keepdim=True), self.weight.std(dim=(1, 2, 3), keepdim=True)
+        return self._conv_forward(x, (self.weight - mean) / (std + 1e-5), self.bias)
+
+
+@pytest.mark.parametrize("kind", ["basic", "bottleneck"])
+@pytest.mark.parametrize("grad", [True, False], ids=["autograd", "no_grad"])
+def test_a_conv_subclass_runs_its_own_forward(kind: str, grad: bool) -> None:
+    """The fused tail neither folds BN into a conv subclass nor takes its means from its input: it calls the conv."""
+    reference, fast = block_pair(kind, None, False, torch.float64)
+    name = "conv3" if kind == "bottleneck" else "conv2"
+    for model in (reference, fast):
+        conv = getattr(model, name)
+        standardised = StandardisedConv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, bias=False).double()
+        standardised.load_state_dict(conv.state_dict())
+        setattr(model, name, standardised)
+        model.eval()
+    x = torch.randn(2, reference.conv1.in_channels, 6, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(25))
+    with torch.set_grad_enabled(grad):
+        assert_close(fast(x), reference(x), 1e-12, "output")
+
+
+def test_half_precision_convs_beside_float32_batch_norm() -> None:
+    """Convs cast to bfloat16 with BN kept in float32 (no autocast): the fold gives the conv a bias of its own dtype, as exact as the reference."""
+    reference, fast = block_pair("bottleneck", None, False, torch.float32)
+    exact = copy.deepcopy(reference).double().eval()
+    for model in (reference, fast):
+        model.eval()
+        for module in model.modules():
+            if isinstance(module, nn.Conv2d):
+                module.bfloat16()
+    calls = last_conv_biases(fast)
+    x = torch.randn(2, 32, 6, 6, generator=torch.Generator().manual_seed(26)).abs() + 8
+    with torch.no_grad():
+        out_fast, out_ref, out_exact = fast(x.bfloat16()), reference(x.bfloat16()), exact(x.double())
+    assert calls == [True] and out_fast.dtype == out_ref.dtype == torch.bfloat16
+    assert_half_as_exact_as_reference(out_fast, out_ref, out_exact, "output")

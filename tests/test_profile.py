@@ -276,6 +276,19 @@ def test_attention_ranges_keep_the_shortcut_and_last_conv_out_of_a_fused_tail(tr
     assert all("residual_tail" not in vars(m) and "_conv_forward" not in vars(m) for m in model.modules())
 
 
+def test_attention_ranges_restore_what_the_instances_held():
+    """A method already patched on an instance (a spy, another profiler) is put back on exit, also when the block raises."""
+    model = build_model(TINY)
+    conv = model.layer1[0].last_conv
+    spy = conv._conv_forward
+    conv._conv_forward = spy
+    with pytest.raises(RuntimeError, match="boom"), attention_ranges(model):
+        assert conv._conv_forward is not spy
+        raise RuntimeError("boom")
+    assert vars(conv)["_conv_forward"] is spy
+    assert all("residual_tail" not in vars(m) for m in model.modules())
+
+
 # --- the command ------------------------------------------------------------------------------
 
 

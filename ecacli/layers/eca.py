@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from ecacli.layers.channel_conv import ChannelConv
-from ecacli.layers.fused_eca import folded_residual, gated_residual, observed, plane_means, pointwise_conv_means, traced_residual
+from ecacli.layers.fused_eca import folded_residual, gated_residual, library_conv, observed, plane_means, pointwise_conv_means, traced_residual
 
 EcaImpl = Literal["fast", "reference"]
 
@@ -76,7 +76,7 @@ class EcaModule(nn.Module):
         if torch.compiler.is_compiling():
             z = conv(u)
             return traced_residual(bn, self.conv, z, shortcut())
-        if not (torch.is_grad_enabled() or bn.training or bn.running_mean is None) and u.device.type == "cpu" and not observed(conv):
+        if not (torch.is_grad_enabled() or bn.training or bn.running_mean is None) and u.device.type == "cpu" and library_conv(conv) and not observed(conv):
             out = folded_residual(conv, bn, self.conv, u, shortcut)
             if out is not None:
                 return out

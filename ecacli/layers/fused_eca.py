@@ -64,6 +64,12 @@ def observed(module: nn.Module) -> bool:
     )
 
 
+def library_conv(module: nn.Module) -> bool:
+    """Whether `module` computes exactly what nn.Conv2d computes from its weight and bias (no subclass forward, e.g. weight standardisation)."""
+    kind = type(module)
+    return isinstance(module, nn.Conv2d) and kind.forward is nn.Conv2d.forward and kind._conv_forward is nn.Conv2d._conv_forward
+
+
 def accumulation_dtype(t: torch.Tensor) -> torch.dtype:
     """float32 for half-precision activations, else their own dtype."""
     return torch.promote_types(t.dtype, torch.float32)
@@ -94,8 +100,8 @@ def pointwise_conv_means(u: torch.Tensor, conv: nn.Conv2d, bias: torch.Tensor | 
     """
     c_out, c_in = conv.weight.shape[:2]
     pointwise = conv.kernel_size == (1, 1) and conv.stride == (1, 1) and conv.padding == (0, 0) and conv.groups == 1 and conv.bias is None
-    if not pointwise or observed(conv) or u.device.type != "cpu" or c_in * c_out >= 2 * (c_out - c_in) * u.shape[2] * u.shape[3]:
-        return None  # a hook on the conv may change its output: then only the output's own means are right
+    if not pointwise or not library_conv(conv) or observed(conv) or u.device.type != "cpu" or c_in * c_out >= 2 * (c_out - c_in) * u.shape[2] * u.shape[3]:
+        return None  # a hook or a subclass may change the conv's output: then only the output's own means are right
     means = plane_means(u.detach())
     weight = conv.weight.detach().flatten(1).to(means.dtype)  # under autocast the conv rounds it to u's dtype: a difference below that rounding of its output
     with torch.autocast("cpu", enabled=False):
@@ -287,16 +293,22 @@ def folded_residual(conv: nn.Conv2d, bn: nn.BatchNorm2d, gate_conv: nn.Conv1d, u
     its bias (free in its output stage) and the gating multiply applies `scale * gate`, so the
     tail is one pass for gate and shortcut together plus the ReLU, where BN, the add and the
     ReLU take three. The pooled BN output is `scale` times the biased conv's plane means. A
-    zero scale (or a `shift / scale` beyond the conv's dtype) has no such form: None, and the
+    zero scale (or a `shift / scale` beyond the conv's dtype) has no such form, and float16's
+    range (65504) leaves a conv output no room for the shift it would carry: None, and the
     caller runs conv and BN as they are. Rounding: the biased conv output carries BN's shift as
     the BN output does, so its error, scaled back by `scale`, is the BN output's own.
     """
+    dtype = compute_dtype(u)
+    if torch.finfo(dtype).max < torch.finfo(torch.float32).max / 2:
+        return None
     scale = bn.weight * torch.rsqrt(bn.running_var + bn.eps)  # type: ignore[operator]
     bias = bn.bias / scale - bn.running_mean  # type: ignore[operator]
     if conv.bias is not None:
         bias = bias + conv.bias
-    if not float(bias.abs().max()) < torch.finfo(compute_dtype(u)).max:  # also refuses NaN
+    if not float(bias.abs().max()) < torch.finfo(dtype).max:  # also refuses NaN
         return None
+    if not torch.is_autocast_enabled(u.device.type):
+        bias = bias.to(conv.weight.dtype)  # a BN kept in float32 beside half-precision convs
     means = pointwise_conv_means(u, conv, bias)  # before the conv runs, while u is still in cache (measured: 1-2% of the step)
     scaled_gate = None if means is None else gate_times_scale(gate_conv, means, scale)
     z = conv._conv_forward(u, conv.weight, bias)  # what nn.Conv2d.forward runs, BN's shift as the bias

@@ -36,6 +36,7 @@ OTHER = "other"
 OUTSIDE = "outside the phases"
 BACKWARD_NODE = "autograd::engine::evaluate_function: "
 BREAKDOWN_STEPS = 3
+_NOTHING = object()
 
 
 @dataclass(frozen=True)
@@ -102,26 +103,33 @@ def attention_ranges(model: nn.Module) -> Iterator[None]:
     conv would change the path the tail takes).
     """
     handles = []
-    wrapped: list[tuple[nn.Module, str]] = []
-    for block in model.modules():
-        module = getattr(block, "attention", None)
-        if not isinstance(module, nn.Module):
-            continue
-        if fuses_residual(module):
-            module.residual_tail = _in_range(module.residual_tail, ATTENTION)
-            block.last_conv._conv_forward = _in_range(block.last_conv._conv_forward, LAST_CONV)
-            wrapped += [(module, "residual_tail"), (block.last_conv, "_conv_forward")]
-            if isinstance(getattr(block, "downsample", None), nn.Module):
-                handles += _hook_range(block.downsample, SHORTCUT)
-        else:
-            handles += _hook_range(module, ATTENTION)
+    wrapped: list[tuple[nn.Module, str, Any]] = []  # (owner, attribute, what the instance held before, or _NOTHING)
+
+    def wrap(owner: nn.Module, name: str, range_name: str) -> None:
+        wrapped.append((owner, name, vars(owner).get(name, _NOTHING)))
+        setattr(owner, name, _in_range(getattr(owner, name), range_name))
+
     try:
+        for block in model.modules():
+            module = getattr(block, "attention", None)
+            if not isinstance(module, nn.Module):
+                continue
+            if fuses_residual(module):
+                wrap(module, "residual_tail", ATTENTION)
+                wrap(block.last_conv, "_conv_forward", LAST_CONV)
+                if isinstance(getattr(block, "downsample", None), nn.Module):
+                    handles += _hook_range(block.downsample, SHORTCUT)
+            else:
+                handles += _hook_range(module, ATTENTION)
         yield
     finally:
         for handle in handles:
             handle.remove()
-        for owner, name in wrapped:
-            delattr(owner, name)
+        for owner, name, before in reversed(wrapped):
+            if before is _NOTHING:
+                delattr(owner, name)
+            else:
+                setattr(owner, name, before)
 
 
 def _hook_range(module: nn.Module, name: str) -> list[RemovableHandle]:
