@@ -27,6 +27,12 @@ from ecacli.spec_loader import load_spec
 BLOCKS = {"basic": BasicBlock, "bottleneck": Bottleneck}
 
 
+@pytest.fixture(autouse=True)
+def fold_every_size(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Test-sized blocks take the inference fold too (by default, outputs under `fold_min_elements` take the module tail)."""
+    monkeypatch.setattr(EcaModule, "fold_min_elements", 0)
+
+
 def randomise_batch_norms(model: nn.Module, generator: torch.Generator) -> None:
     """Non-trivial affine parameters and running statistics, so no term of the tail vanishes."""
     for module in model.modules():
@@ -579,3 +585,19 @@ def test_half_precision_convs_beside_float32_batch_norm() -> None:
         out_fast, out_ref, out_exact = fast(x.bfloat16()), reference(x.bfloat16()), exact(x.double())
     assert calls == [True] and out_fast.dtype == out_ref.dtype == torch.bfloat16
     assert_half_as_exact_as_reference(out_fast, out_ref, out_exact, "output")
+
+
+def test_small_blocks_infer_module_by_module(monkeypatch: pytest.MonkeyPatch) -> None:
+    """By default a block output under 2**18 values takes the module tail in inference, a larger one the fold; same results."""
+    monkeypatch.setattr(EcaModule, "fold_min_elements", 1 << 18)
+    reference, fast = block_pair("bottleneck", None, False, torch.float64)
+    reference.eval()
+    fast.eval()
+    calls = last_conv_biases(fast)
+    generator = torch.Generator().manual_seed(27)
+    small = torch.randn(2, 32, 8, 8, dtype=torch.float64, generator=generator)  # 2 x 32 x 8 x 8 = 4096 values out
+    large = torch.randn(2, 32, 91, 91, dtype=torch.float64, generator=generator)  # 529,984 values out
+    with torch.no_grad():
+        for x in (small, large):
+            assert_close(fast(x), reference(x), 1e-12, f"output for {tuple(x.shape)}")
+    assert calls == [False, True]
