@@ -77,14 +77,14 @@ class EcaModule(nn.Module):
         block outputs under `fold_min_elements`, the modules run in the unfused order, the add
         folded into the gating pass.
         """
-        if not bn.affine or any(observed(m) for m in (self, self.conv, bn)):
+        compiling = torch.compiler.is_compiling()
+        inference = not (torch.is_grad_enabled() or bn.training or bn.running_mean is None)
+        small = inference and u.numel() // u.shape[1] * conv.out_channels < self.fold_min_elements  # the block's output: its last conv keeps H, W
+        if not bn.affine or any(observed(m) for m in (self, self.conv, bn)) or (small and not compiling):
             return relu(self(bn(conv(u)), shortcut))
-        if torch.compiler.is_compiling():
-            z = conv(u)
-            return traced_residual(bn, self.conv, z, shortcut())
-        if not (torch.is_grad_enabled() or bn.training or bn.running_mean is None) and u.device.type == "cpu" and library_conv(conv) and not observed(conv):
-            if u.numel() // u.shape[1] * conv.out_channels < self.fold_min_elements:  # the block's output size: its last conv keeps H, W
-                return relu(self(bn(conv(u)), shortcut))
+        if compiling:
+            return traced_residual(bn, self.conv, conv(u), shortcut())
+        if inference and u.device.type == "cpu" and library_conv(conv) and not observed(conv):
             out = folded_residual(conv, bn, self.conv, u, shortcut)
             if out is not None:
                 return out
