@@ -21,8 +21,8 @@ input where that is cheaper than a pass over its output (`pointwise_conv_means`)
 torch.compile, `traced_residual` writes the tail as plain tensor ops for the compiler to fuse
 and differentiate. Under autocast the [N, C]-sized arithmetic (pooled means, the gate's conv,
 its gradient) runs in float32 whatever the activations' dtype (a model cast to half precision
-keeps its own). A hook on bn, the ECA
-module or its conv sends the block down the module-by-module tail instead (see `observed`).
+keeps its own). A hook on bn, the ECA module or its conv sends the block down the
+module-by-module tail instead (see `observed`).
 """
 
 from __future__ import annotations
@@ -34,16 +34,6 @@ from torch import nn
 from torch.nn.modules import module as module_hooks
 
 from ecacli.layers.channel_conv import conv1d_backward
-
-
-def batch_norm_factor(bn: nn.BatchNorm2d) -> tuple[bool, float]:
-    """(normalise with batch statistics?, running-average factor), advancing `num_batches_tracked` as BatchNorm does."""
-    factor = 0.0 if bn.momentum is None else bn.momentum
-    if bn.training and bn.track_running_stats and bn.num_batches_tracked is not None:
-        bn.num_batches_tracked.add_(1)
-        factor = 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else bn.momentum
-    use_batch_stats = bn.training or (bn.running_mean is None and bn.running_var is None)
-    return use_batch_stats, factor
 
 
 def observed(module: nn.Module) -> bool:
@@ -219,7 +209,11 @@ def batch_norm_state(bn: nn.BatchNorm2d, z: torch.Tensor) -> tuple[bool, float, 
     """
     if bn.training and z.numel() // z.shape[1] <= 1:
         raise ValueError(f"Expected more than 1 value per channel when training, got input size {list(z.shape)}")
-    use_batch_stats, factor = batch_norm_factor(bn)
+    factor = 0.0 if bn.momentum is None else bn.momentum
+    if bn.training and bn.track_running_stats and bn.num_batches_tracked is not None:
+        bn.num_batches_tracked.add_(1)
+        factor = 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else bn.momentum
+    use_batch_stats = bn.training or (bn.running_mean is None and bn.running_var is None)
     tracked = not bn.training or bn.track_running_stats
     return use_batch_stats, factor, bn.running_mean if tracked else None, bn.running_var if tracked else None
 
