@@ -191,12 +191,12 @@ def _render_breakdown(b: Breakdown) -> None:
     from rich.table import Table
 
     out = console()
-    groups = Table(title=f"Where the step's time goes ({b.clock}, {b.steps} profiled eager steps of '{b.label}')", title_justify="left")
+    groups = Table(title=f"Where the step's time goes ({b.clock}, {b.steps} profiled eager steps of {b.spec})", title_justify="left")
     for name in ("phase", "part", "ms/step", "share"):
         groups.add_column(name, justify="left" if name in ("phase", "part") else "right")
     for g in b.groups:
         groups.add_row(g.phase, g.part, f"{g.ms_per_step:.2f}", f"{g.share:.1%}")
-    groups.add_row("whole step", "attention", f"{b.attention_share * b.total_ms_per_step:.2f}", f"{b.attention_share:.1%}", style="bold")
+    groups.add_row("whole step", "attention + fused tails", f"{b.attention_share * b.total_ms_per_step:.2f}", f"{b.attention_share:.1%}", style="bold")
     out.print(groups)
     ops = Table(title="Top operators by self time", title_justify="left")
     for name in ("operator", "ms/step", "share", "in attention ms/step"):
@@ -204,7 +204,7 @@ def _render_breakdown(b: Breakdown) -> None:
     for o in b.ops:
         ops.add_row(o.name, f"{o.ms_per_step:.2f}", f"{o.share:.1%}", f"{o.attention_ms_per_step:.2f}")
     out.print(ops)
-    out.print(f"attention = {b.attention_scope}. Profiler overhead inflates these times; read the shares.")
+    out.print("A fused tail is a block's BN, gate, residual add and ReLU in one step (its last conv and shortcut excluded). Profiler overhead inflates these times; read the shares.")
 
 
 def ddp_json_report(report: DataParallelReport, baseline: bool) -> dict[str, Any]:

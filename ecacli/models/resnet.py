@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from ecacli.layers import create_attention
+from ecacli.layers import tail
 from ecacli.spec import ResNetSpec
 
 
@@ -32,7 +33,17 @@ def make_downsample(in_ch: int, out_ch: int, stride: int, kind: str) -> nn.Seque
 
 
 class ResidualBlock(nn.Module):
-    """Base of both block types: holds the attention module under its type's name (`eca`, `se`, `cbam`)."""
+    """Base of both block types: holds the attention module under its type's name (`eca`, `se`, `cbam`) and runs the tail.
+
+    The tail is norm(conv(u)) -> attention -> += shortcut(x) -> ReLU, with the block's last conv
+    and norm named by `tail_names`. Eagerly, `ecacli.layers.tail` may run it fused (same
+    numbers, fewer passes); scripted, and wherever the fused forms step aside, the block calls
+    each module in turn.
+    """
+
+    __constants__ = ["attention_name"]
+    __jit_unused_properties__ = ["attention", "last_conv", "last_bn"]
+    tail_names: tuple[str, str] = ("", "")
 
     def __init__(self, attention: nn.Module | None, attention_name: str) -> None:
         super().__init__()
@@ -44,26 +55,41 @@ class ResidualBlock(nn.Module):
     def attention(self) -> nn.Module | None:
         return getattr(self, self.attention_name) if self.attention_name else None
 
-    def shortcut(self, x: torch.Tensor) -> torch.Tensor:
-        return x if self.downsample is None else self.downsample(x)
+    @property
+    def last_conv(self) -> nn.Module:
+        return getattr(self, self.tail_names[0])
 
-    def tail(self, u: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        """relu(attention(last_bn(last_conv(u))) + shortcut(x)); one fused call when the attention offers it (`fuses_residual`)."""
-        attention = self.attention
-        if getattr(attention, "fuses_residual", False):
-            return attention.residual_tail(self.last_conv, self.last_bn, u, lambda: self.shortcut(x), self.relu)  # type: ignore[union-attr]
-        out = self.last_bn(self.last_conv(u))
-        if attention is not None:
-            out = attention(out)
-        # In place, as torchvision's blocks add: the BN output (or the gated tensor) is this block's own temporary.
-        out += self.shortcut(x)
+    @property
+    def last_bn(self) -> nn.Module:
+        return getattr(self, self.tail_names[1])
+
+    def attend(self, out: torch.Tensor) -> torch.Tensor:
+        """The attention module applied to `out` (unchanged without attention), found by name so TorchScript compiles it too."""
+        for name, module in self.named_children():
+            if name == self.attention_name:
+                out = module(out)
+        return out
+
+    def residual(self, out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """relu(out + shortcut(x)), the add in place as torchvision's blocks do it."""
+        if self.downsample is not None:
+            x = self.downsample(x)
+        out += x
         return self.relu(out)
+
+    @torch.jit.unused
+    def fused_tail(self, u: torch.Tensor, x: torch.Tensor) -> torch.Tensor | None:
+        """The tail on the path `choose_tail_path` picks, or None for the module path (the caller runs it)."""
+        call = tail.TailCall(self.last_conv, self.last_bn, self.attention, self.relu, u)
+        path = tail.choose_tail_path(call)
+        return None if path is tail.TailPath.MODULE else tail.run_tail(path, call, x, self.downsample)
 
 
 class BasicBlock(ResidualBlock):
     """Two 3x3 convs; attention after bn2, before the residual add."""
 
     expansion = 1
+    tail_names = ("conv2", "bn2")
 
     def __init__(self, in_ch: int, planes: int, stride: int, downsample: nn.Module | None, attention: nn.Module | None, attention_name: str = "eca") -> None:
         super().__init__(attention, attention_name)
@@ -74,22 +100,20 @@ class BasicBlock(ResidualBlock):
         self.bn2 = nn.BatchNorm2d(planes)
         self.downsample = downsample
 
-    @property
-    def last_conv(self) -> nn.Conv2d:
-        return self.conv2
-
-    @property
-    def last_bn(self) -> nn.BatchNorm2d:
-        return self.bn2
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.tail(self.relu(self.bn1(self.conv1(x))), x)
+        u = self.relu(self.bn1(self.conv1(x)))
+        if not torch.jit.is_scripting():
+            fused = self.fused_tail(u, x)
+            if fused is not None:
+                return fused
+        return self.residual(self.attend(self.bn2(self.conv2(u))), x)
 
 
 class Bottleneck(ResidualBlock):
     """1x1 reduce, 3x3 (stride here, as torchvision's v1.5), 1x1 expand; attention after bn3."""
 
     expansion = 4
+    tail_names = ("conv3", "bn3")
 
     def __init__(self, in_ch: int, planes: int, stride: int, downsample: nn.Module | None, attention: nn.Module | None, attention_name: str = "eca") -> None:
         super().__init__(attention, attention_name)
@@ -103,17 +127,14 @@ class Bottleneck(ResidualBlock):
         self.relu = nn.ReLU(inplace=True)
         self.downsample = downsample
 
-    @property
-    def last_conv(self) -> nn.Conv2d:
-        return self.conv3
-
-    @property
-    def last_bn(self) -> nn.BatchNorm2d:
-        return self.bn3
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.relu(self.bn1(self.conv1(x)))
-        return self.tail(self.relu(self.bn2(self.conv2(out))), x)
+        u = self.relu(self.bn1(self.conv1(x)))
+        u = self.relu(self.bn2(self.conv2(u)))
+        if not torch.jit.is_scripting():
+            fused = self.fused_tail(u, x)
+            if fused is not None:
+                return fused
+        return self.residual(self.attend(self.bn3(self.conv3(u))), x)
 
 
 BLOCKS: dict[str, type[BasicBlock] | type[Bottleneck]] = {"basic": BasicBlock, "bottleneck": Bottleneck}
