@@ -209,6 +209,8 @@ def format_validation_error(error: ValidationError, label: str, data: dict, posi
         path = _key_path(item["loc"], data)
         if item["type"] == "unknown_key":
             path = path + (item["ctx"]["key"],)
+        elif item["type"] == "layout" and "at" in item.get("ctx", {}):
+            path = tuple(item["ctx"]["at"].split("."))  # a whole-spec rule about one key: name that key
         key = ".".join(str(p) for p in path) or "(top level)"
         line = positions.get(path)
         where = f" (line {line})" if line else ""

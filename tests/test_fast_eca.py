@@ -22,7 +22,8 @@ from ecacli.layers.eca import EcaModule
 from ecacli.layers import tail
 from ecacli.layers.channel_conv import ChannelConv, channel_correlation, conv1d_backward
 from ecacli.layers.fused_eca import gated_residual, plane_means, pointwise_conv_means
-from ecacli.models.resnet import BasicBlock, Bottleneck, build_model, make_downsample
+from ecacli.arch.attention import CecaAttention, EcaAttention
+from ecacli.models.resnet import BasicBlock, Bottleneck, build_model
 from ecacli.spec import ResNetSpec
 from ecacli.spec_loader import load_spec
 
@@ -61,6 +62,12 @@ def randomise_batch_norms(model: nn.Module, generator: torch.Generator) -> None:
             module.running_var.uniform_(0.5, 1.5, generator=generator)
 
 
+def eca(k: int, circular: bool = False, impl: str = "fast"):
+    """The node of an ECA module with kernel size k, as a block's `attention` argument."""
+    settings = (CecaAttention if circular else EcaAttention)(impl=impl)
+    return settings.node(0, k)
+
+
 def block_pair(kind: str, downsample: str | None, circular: bool, dtype: torch.dtype) -> tuple[nn.Module, nn.Module]:
     """The same block (same weights) with the reference and the fast ECA."""
     cls = BLOCKS[kind]
@@ -70,8 +77,7 @@ def block_pair(kind: str, downsample: str | None, circular: bool, dtype: torch.d
     stride = 2 if downsample else 1
 
     def make(impl: str) -> nn.Module:
-        shortcut = make_downsample(in_ch, out, stride, downsample) if downsample else None
-        return cls(in_ch, planes, stride, shortcut, EcaModule(3, circular, impl))
+        return cls(in_ch, planes, stride, downsample, eca(3, circular, impl))
 
     generator = torch.Generator().manual_seed(0)
     reference = make("reference")
@@ -240,7 +246,7 @@ def test_impl_in_spec() -> None:
 @pytest.mark.parametrize("training", [True, False], ids=["train", "inference"])
 def test_no_graph_breaks_under_compile(training: bool) -> None:
     """The block traces as one graph: training (BN statistics update inside it) and inference without autograd."""
-    block = Bottleneck(16, 4, 2, make_downsample(16, 16, 2, "conv"), EcaModule(3)).train(training)
+    block = Bottleneck(16, 4, 2, "conv", eca(3)).train(training)
     with torch.set_grad_enabled(training):
         explanation = torch._dynamo.explain(block)(torch.randn(2, 16, 8, 8, requires_grad=training))
     assert (explanation.graph_count, explanation.graph_break_count) == (1, 0)
@@ -290,14 +296,14 @@ def test_benchmark_help_shows_defaults() -> None:
 
 def test_one_value_per_channel_refused_in_training_as_batch_norm_does() -> None:
     for impl in ("fast", "reference"):
-        block = Bottleneck(16, 4, 1, None, EcaModule(3, impl=impl))
+        block = Bottleneck(16, 4, 1, None, eca(3, impl=impl))
         with pytest.raises(ValueError, match="more than 1 value per channel"):
             block(torch.randn(1, 16, 1, 1))
 
 
 def test_gate_conv_runs_as_a_module_in_the_fused_tail() -> None:
     """Hooks on `eca.conv` (profilers, torchinfo) see the gate's conv with autograd on and off."""
-    block = Bottleneck(16, 4, 1, None, EcaModule(3))
+    block = Bottleneck(16, 4, 1, None, eca(3))
     shapes: list[tuple[int, ...]] = []
     block.eca.conv.register_forward_hook(lambda module, args, out: shapes.append(tuple(out.shape)))
     x = torch.randn(2, 16, 5, 5)

@@ -19,7 +19,8 @@ from torch import nn
 
 from ecacli.layers import tail
 from ecacli.layers.eca import EcaModule
-from ecacli.models.resnet import Bottleneck, build_model, make_downsample
+from ecacli.arch.attention import EcaAttention
+from ecacli.models.resnet import Bottleneck, build_model
 from ecacli.spec import ResNetSpec
 
 README = Path(__file__).resolve().parents[1] / "README.md"
@@ -41,7 +42,7 @@ def randomise(model: nn.Module, seed: int = 0) -> nn.Module:
 def block(impl: str = "fast") -> Bottleneck:
     """A small bottleneck with a projection shortcut: 16 -> 32 channels, stride 2."""
     torch.manual_seed(0)
-    return randomise(Bottleneck(16, 8, 2, make_downsample(16, 32, 2, "conv"), EcaModule(3, impl=impl)))
+    return randomise(Bottleneck(16, 8, 2, "conv", EcaAttention(impl=impl).node(32, 3)))
 
 
 @pytest.fixture

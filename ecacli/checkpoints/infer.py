@@ -1,23 +1,24 @@
 """Inferring a spec from a state_dict's tensor names and shapes, and checking a state_dict against a spec.
 
-Works on ecacli's names (torchvision's plus `eca.conv`): block counts from the `layerN.M`
-indices, block type from `conv3`, widths and classes from shapes, the stem from `conv1`'s
-shape(s), shortcut pooling from `downsample.2`, and each stage's ECA k from `eca.conv.weight`.
+The names and shapes are read by the model family's own description (`ecacli.arch.resnet.infer`:
+block counts from the `layerN.M` indices, block type, widths and classes from shapes, the stem
+from the stem registry, each block's attention from the attention registry); here they are
+checked, key by key, against the model the inferred or given spec builds.
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 import torch
 
+from ecacli.arch import resnet
 from ecacli.checkpoints.io import CheckpointError
-from ecacli.spec import DEPTHS, NUM_STAGES, ResNetSpec
+from ecacli.spec import NUM_STAGES, ResNetSpec
 from ecacli.spec_loader import spec_from_data
 
-BLOCK_KEY = re.compile(r"^layer(\d+)\.(\d+)\.")
 ECA_KEY = re.compile(r"^layer(\d+)\.(\d+)\.eca\.conv\.weight$")
 BN_BUFFERS = ("running_mean", "running_var", "num_batches_tracked")
 OPTIONAL_BUFFER = "num_batches_tracked"
@@ -30,32 +31,6 @@ def is_parameter(key: str) -> bool:
 
 def parameter_count(tensors: Mapping[str, torch.Tensor]) -> int:
     return sum(t.numel() for key, t in tensors.items() if is_parameter(key))
-
-
-def _shape(tensors: Mapping[str, torch.Tensor], key: str, what: str) -> tuple[int, ...]:
-    if key not in tensors:
-        raise CheckpointError(f"cannot infer the {what}: the state_dict has no '{key}'.")
-    return tuple(tensors[key].shape)
-
-
-def stage_blocks(tensors: Mapping[str, torch.Tensor]) -> list[int]:
-    """Blocks per stage from the `layerN.M.` indices; all four stages with indices 0..M-1."""
-    indices: dict[int, set[int]] = {}
-    for key in tensors:
-        found = BLOCK_KEY.match(key)
-        if found:
-            indices.setdefault(int(found.group(1)), set()).add(int(found.group(2)))
-    stages = sorted(indices)
-    if stages != list(range(1, NUM_STAGES + 1)):
-        named = ", ".join(f"layer{s}" for s in stages) or "none"
-        raise CheckpointError(f"cannot infer the layout: expected the stages layer1..layer{NUM_STAGES}, found {named}.")
-    counts = []
-    for stage in stages:
-        blocks = sorted(indices[stage])
-        if blocks != list(range(len(blocks))):
-            raise CheckpointError(f"cannot infer the layout: layer{stage} has blocks {blocks}, not 0..{len(blocks) - 1}.")
-        counts.append(len(blocks))
-    return counts
 
 
 def stage_kernel_sizes(tensors: Mapping[str, torch.Tensor]) -> list[list[int]]:
@@ -77,60 +52,12 @@ def fitting_k_size(tensors: Mapping[str, torch.Tensor]) -> int | list[int] | Non
     return kernels[0] if len(set(kernels)) == 1 else kernels
 
 
-def _attention(tensors: Mapping[str, torch.Tensor], blocks: list[int]) -> dict:
-    stages = stage_kernel_sizes(tensors)
-    if not any(stages):
-        return {"type": "none"}
-    for stage, (ks, count) in enumerate(zip(stages, blocks), start=1):
-        if len(ks) != count:
-            raise CheckpointError(
-                f"cannot infer the attention: layer{stage} has {count} blocks but {len(ks)} ECA kernels; "
-                "a spec puts ECA in every block or in none."
-            )
-        if len(set(ks)) != 1:
-            raise CheckpointError(
-                f"cannot infer the attention: the ECA kernel sizes of layer{stage} differ between blocks ({ks}); "
-                "a spec has one k per stage, so this checkpoint cannot be described."
-            )
-    return {"type": "eca", "k_size": fitting_k_size(tensors)}
-
-
-def _stem(tensors: Mapping[str, torch.Tensor], width: int) -> dict:
-    if "conv1.weight" in tensors:
-        out_ch, in_ch, kernel, _ = _shape(tensors, "conv1.weight", "stem")
-        stems = {7: "imagenet", 3: "cifar"}
-        if kernel not in stems:
-            raise CheckpointError(f"cannot infer the stem: conv1.weight is a {kernel}x{kernel} conv; expected 7x7 (imagenet) or 3x3 (cifar).")
-        return {"stem": stems[kernel], "in_chans": in_ch, **({"stem_width": out_ch} if out_ch != width else {})}
-    if "conv1.0.weight" in tensors:
-        first, in_ch, _, _ = _shape(tensors, "conv1.0.weight", "deep stem")
-        inner = _shape(tensors, "conv1.3.weight", "deep stem")[0]
-        if first == inner:
-            stem = "deep"
-        elif first == 3 * (inner // 4):
-            stem = "deep_tiered"
-        else:
-            raise CheckpointError(
-                f"cannot infer the stem: its first two convs have {first} and {inner} channels; "
-                f"a deep stem has equal widths, a deep_tiered one {3 * (inner // 4)} and {inner}."
-            )
-        return {"stem": stem, "in_chans": in_ch, **({"stem_width": inner} if inner != width // 2 else {})}
-    raise CheckpointError("cannot infer the stem: the state_dict has neither 'conv1.weight' nor a deep stem 'conv1.0.weight'.")
-
-
 def infer_spec_data(tensors: Mapping[str, torch.Tensor], name: str) -> dict:
     """Spec data (for `spec_from_data`) describing a state_dict with ecacli's names."""
-    blocks = stage_blocks(tensors)
-    block = "bottleneck" if "layer1.0.conv3.weight" in tensors else "basic"
-    width = _shape(tensors, "layer1.0.conv1.weight", "width")[0]
-    num_classes = _shape(tensors, "fc.weight", "number of classes (the classifier fc)")[0]
-    depth = next((depth for depth, known in DEPTHS.items() if known == (block, tuple(blocks))), None)
-    data: dict = {"name": name, **({"depth": depth} if depth else {"layers": blocks, "block": block})}
-    data.update(_stem(tensors, width))
-    if any(key.endswith(".downsample.2.weight") for key in tensors):
-        data["downsample"] = "avg"
-    data.update({"width": width, "num_classes": num_classes, "attention": _attention(tensors, blocks)})
-    return data
+    try:
+        return resnet.infer({key: tuple(t.shape) for key, t in tensors.items()}, name)
+    except resnet.LayoutError as exc:
+        raise CheckpointError(str(exc)) from None
 
 
 def infer_spec(tensors: Mapping[str, torch.Tensor], name: str) -> ResNetSpec:

@@ -7,7 +7,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from ecacli.layers.channel_conv import ChannelConv
+from ecacli.layers.build import add_children
 
 EcaImpl = Literal["fast", "reference"]
 
@@ -33,7 +33,7 @@ class EcaModule(nn.Module):
         self.circular = circular
         self.impl = impl
         self.fuses_residual = impl == "fast"
-        self.conv = ChannelConv(kernel_size, padding_mode="circular" if circular else "zeros")
+        add_children(self, "EcaModule", {"kernel_size": kernel_size, "circular": circular, "impl": impl})
 
     def gate(self, x: torch.Tensor) -> torch.Tensor:
         """The per-sample, per-channel gates of x, shaped [N, C, 1, 1]."""
