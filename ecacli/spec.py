@@ -6,13 +6,15 @@ kernel sizes every convention gives are computed here with the pure rule in `eca
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from functools import cached_property
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal, Union
 
-from pydantic import ConfigDict, Field, field_validator, model_validator
+from pydantic import ConfigDict, Discriminator, Field, Tag, TypeAdapter, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
-from ecacli.arch.attention import ATTENTION_TYPES, MAX_KERNEL, AttentionSpec, CecaAttention, CbamAttention, EcaAttention, EcaKernelSettings, NoAttention, SeAttention, reduced_channels
+from ecacli.arch.attention import ATTENTION_TYPES, MAX_GROUPS, MAX_KERNEL, AttentionSpec, CecaAttention, CbamAttention, EcaAttention, EcaKernelSettings, NoAttention, SeAttention, reduced_channels
+from ecacli.arch.mobilenetv2 import DEFAULT_LAST_CHANNEL, DEFAULT_SETTING, STEM_CHANNELS, hidden_width, make_divisible
 from ecacli.arch.resnet import BLOCKS, DEPTHS, NUM_STAGES, STEMS
 from ecacli.errors import UserError
 from ecacli.kernel import kernel_size
@@ -23,7 +25,7 @@ NORMS = ("batch", "frozen_batch", "group")
 
 __all__ = [
     "ATTENTION_TYPES", "AttentionSpec", "CbamAttention", "CecaAttention", "EcaAttention", "NoAttention", "SeAttention",
-    "DEPTHS", "NUM_STAGES", "ResNetSpec", "Reported", "StrictModel", "check_input_size", "json_schema", "reduced_channels", "suggest",
+    "DEPTHS", "FAMILIES", "MobileNetV2Spec", "NUM_STAGES", "NetworkSpec", "ResNetSpec", "Reported", "Spec", "SPEC_ADAPTER", "StrictModel", "check_input_size", "json_schema", "reduced_channels", "suggest",
 ]
 
 
@@ -37,20 +39,127 @@ class Reported(StrictModel):
     gflops: Annotated[float | None, Field(gt=0, le=1e6, description="reported GFLOPs per image")] = None
 
 
-class ResNetSpec(StrictModel):
-    """A ResNet / ECA-ResNet: depth or per-stage block counts, stem, widths and attention."""
+@dataclass(frozen=True)
+class BlockGroup:
+    """Blocks that share one ECA k: a ResNet stage, or a row of a MobileNetV2 table."""
 
-    model_config = ConfigDict(
-        strict=True,
-        frozen=True,
-        validate_default=True,
-        json_schema_extra={"$schema": "https://json-schema.org/draft/2020-12/schema"},
-        title="ecacli network spec",
-    )
+    label: str
+    blocks: int
+    inner: int
+    output: int
 
+
+class NetworkSpec(StrictModel):
+    """What every family's spec has: a name, classes, input, attention, norm layers and reported figures."""
+
+    model_config = ConfigDict(strict=True, frozen=True, validate_default=True)
+
+    arch: str
     name: Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")]
     description: Annotated[str, Field(max_length=300)] = ""
-    depth: Annotated[Literal[18, 34, 50, 101, 152] | None, Field(description="sets block type and per-stage block counts as torchvision")] = None
+    num_classes: Annotated[int, Field(ge=1, le=100_000)] = 1000
+    in_chans: Annotated[int, Field(ge=1, le=64)] = 3
+    input_size: Annotated[int, Field(ge=MIN_INPUT_SIZE, le=MAX_INPUT_SIZE, description="square input side in pixels")] = 224
+    norm: Annotated[Literal[NORMS], Field(description="norm layers: batch (BatchNorm2d), frozen_batch (torchvision's FrozenBatchNorm2d, as its detection models use), group (GroupNorm, 32 groups)")] = "batch"  # type: ignore[valid-type]
+    attention: AttentionSpec = EcaAttention()
+    reported: Reported | None = None
+
+    group_noun: ClassVar[str] = "stage"
+    """What a group of blocks sharing one ECA k is called: a ResNet stage, a MobileNetV2 table row."""
+    inner_noun: ClassVar[str] = "planes"
+    """What a group's inner width is called: a bottleneck's planes, an inverted residual's hidden width."""
+
+    @field_validator("attention", mode="before")
+    @classmethod
+    def _default_attention_type(cls, value: Any) -> Any:
+        if isinstance(value, dict) and "type" not in value:
+            return {"type": "eca", **value}
+        if isinstance(value, dict) and value.get("type") not in ATTENTION_TYPES:
+            raise PydanticCustomError(
+                "attention_type",
+                "unknown attention type {got}.{hint} Allowed: {allowed}.",
+                {"got": repr(value.get("type")), "hint": suggest(str(value.get("type")), list(ATTENTION_TYPES)), "allowed": ", ".join(ATTENTION_TYPES)},
+            )
+        return value
+
+    def _check_kernels(self) -> None:
+        """One k per group where k_size is a list, and no adaptive k above the largest allowed."""
+        groups = self.groups
+        if isinstance(self.attention, EcaKernelSettings) and isinstance(self.attention.k_size, list) and len(self.attention.k_size) != len(groups):
+            raise PydanticCustomError(
+                "layout",
+                "must be 'adaptive', an odd integer from 1 to 63, or a list of {count} such integers (one per {noun}); got {got}.",
+                {"at": "attention.k_size", "count": len(groups), "noun": self.group_noun, "got": self.attention.k_size},
+            )
+        kernels = self.group_kernel_sizes or []
+        if any(k > MAX_KERNEL for k in kernels):
+            raise PydanticCustomError(
+                "layout",
+                "attention: the adaptive rule gives k = {kernels} per {noun}, above the largest allowed k of {max}; raise gamma or lower b.",
+                {"kernels": kernels, "noun": self.group_noun, "max": MAX_KERNEL},
+            )
+
+    @property
+    def groups(self) -> list[BlockGroup]:
+        """The groups of blocks that share one ECA k, in order."""
+        raise NotImplementedError
+
+    @cached_property
+    def group_kernel_sizes(self) -> list[int] | None:
+        """ECA k per group, or None for attention types without a kernel."""
+        if isinstance(self.attention, EcaKernelSettings):
+            groups = self.groups
+            return self.attention.kernel_sizes([g.output for g in groups], [g.inner for g in groups])
+        return None
+
+    @cached_property
+    def block_kernel_sizes(self) -> list[int] | None:
+        """ECA k of every block in forward order, or None."""
+        if self.group_kernel_sizes is None:
+            return None
+        return [k for k, group in zip(self.group_kernel_sizes, self.groups) for _ in range(group.blocks)]
+
+    def kernel_conventions(self) -> list[dict[str, Any]]:
+        """Per group: its widths and k under each convention in the wild, beside this spec's own."""
+        attention = self.attention if isinstance(self.attention, EcaKernelSettings) else EcaAttention()
+        kernels = self.group_kernel_sizes
+        return [
+            {
+                self.group_noun.split()[-1]: i,
+                "label": group.label,
+                "blocks": group.blocks,
+                "planes": group.inner,
+                "output": group.output,
+                "k_output": kernel_size(group.output, attention.gamma, attention.b),
+                "k_planes": kernel_size(group.inner, attention.gamma, attention.b),
+                "k_spec": kernels[i - 1] if kernels else None,
+            }
+            for i, group in enumerate(self.groups, start=1)
+        ]
+
+    def input_shape(self, batch: int = 1, input_size: int | None = None) -> list[int]:
+        """[N, C, H, W] of a batch of square inputs, at `input_size` or the spec's own size."""
+        side = input_size or self.input_size
+        return [batch, self.in_chans, side, side]
+
+    def layout_text(self) -> str:
+        """One line on the network's layout, for `validate` and `convert`."""
+        raise NotImplementedError
+
+    def resolved(self) -> dict[str, Any]:
+        """What the spec resolves to, as plain data: its family's layout, the attention and the ECA k of each group."""
+        return {"name": self.name, "arch": self.arch, "attention": self.attention.type, "kernel_sizes": self.group_kernel_sizes, "kernel_groups": self.group_noun}
+
+    def to_yaml_dict(self) -> dict[str, Any]:
+        """The spec as plain data, without defaults that were left unset, for writing back to YAML."""
+        return self.model_dump(mode="json", exclude_unset=True)
+
+
+class ResNetSpec(NetworkSpec):
+    """A ResNet / ECA-ResNet: depth or per-stage block counts, stem, widths and attention."""
+
+    arch: Literal["resnet"] = "resnet"
+    depth: Annotated[Literal[tuple(DEPTHS)] | None, Field(description="sets block type and per-stage block counts as torchvision")] = None  # type: ignore[valid-type]
     layers: Annotated[
         list[Annotated[int, Field(ge=1, le=64)]] | None,
         Field(min_length=NUM_STAGES, max_length=NUM_STAGES, description="blocks per stage, instead of depth"),
@@ -66,26 +175,7 @@ class ResNetSpec(StrictModel):
     ] = None
     downsample: Annotated[Literal["conv", "avg"], Field(description="shortcut projection: strided 1x1 conv, or 2x2 avg-pool then 1x1 conv (timm's 'd' variants)")] = "conv"
     width: Annotated[int, Field(ge=8, le=256, description="first-stage width; stages are width x 1, 2, 4, 8")] = 64
-    num_classes: Annotated[int, Field(ge=1, le=100_000)] = 1000
-    in_chans: Annotated[int, Field(ge=1, le=64)] = 3
-    input_size: Annotated[int, Field(ge=MIN_INPUT_SIZE, le=MAX_INPUT_SIZE, description="square input side in pixels")] = 224
     zero_init_residual: bool = False
-    norm: Annotated[Literal[NORMS], Field(description="norm layers: batch (BatchNorm2d), frozen_batch (torchvision's FrozenBatchNorm2d, as its detection models use), group (GroupNorm, 32 groups)")] = "batch"  # type: ignore[valid-type]
-    attention: AttentionSpec = EcaAttention()
-    reported: Reported | None = None
-
-    @field_validator("attention", mode="before")
-    @classmethod
-    def _default_attention_type(cls, value: Any) -> Any:
-        if isinstance(value, dict) and "type" not in value:
-            return {"type": "eca", **value}
-        if isinstance(value, dict) and value.get("type") not in ATTENTION_TYPES:
-            raise PydanticCustomError(
-                "attention_type",
-                "unknown attention type {got}.{hint} Allowed: {allowed}.",
-                {"got": repr(value.get("type")), "hint": suggest(str(value.get("type")), list(ATTENTION_TYPES)), "allowed": ", ".join(ATTENTION_TYPES)},
-            )
-        return value
 
     @model_validator(mode="after")
     def _check_layout(self) -> "ResNetSpec":
@@ -101,19 +191,7 @@ class ResNetSpec(StrictModel):
             )
         if self.layers is not None and self.block is None:
             raise PydanticCustomError("layout", "'layers' needs 'block' (basic or bottleneck).")
-        if isinstance(self.attention, EcaKernelSettings) and isinstance(self.attention.k_size, list) and len(self.attention.k_size) != NUM_STAGES:
-            raise PydanticCustomError(
-                "layout",
-                "must be 'adaptive', an odd integer from 1 to 63, or a list of {stages} such integers (one per stage); got {got}.",
-                {"at": "attention.k_size", "stages": NUM_STAGES, "got": self.attention.k_size},
-            )
-        kernels = self.stage_kernel_sizes or []
-        if any(k > MAX_KERNEL for k in kernels):
-            raise PydanticCustomError(
-                "layout",
-                "attention: the adaptive rule gives k = {kernels} per stage, above the largest allowed k of {max}; raise gamma or lower b.",
-                {"kernels": kernels, "max": MAX_KERNEL},
-            )
+        self._check_kernels()
         return self
 
     @cached_property
@@ -143,45 +221,104 @@ class ResNetSpec(StrictModel):
         """Output channels of each stem conv, in order (the last feeds stage 1)."""
         return STEMS[self.stem].widths(self)
 
-    @cached_property
+    @property
+    def groups(self) -> list[BlockGroup]:
+        return [BlockGroup(f"layer{i}", n, p, o) for i, (n, p, o) in enumerate(zip(self.stage_blocks, self.stage_planes, self.stage_outputs), start=1)]
+
+    @property
     def stage_kernel_sizes(self) -> list[int] | None:
         """ECA k per stage, or None for attention types without a kernel."""
-        if isinstance(self.attention, EcaKernelSettings):
-            return self.attention.kernel_sizes(self.stage_outputs, self.stage_planes)
-        return None
+        return self.group_kernel_sizes
+
+    def layout_text(self) -> str:
+        return f"{self.block_type} blocks {self.stage_blocks}, {self.stem} stem, downsample {self.downsample}, widths {self.stage_outputs}"
+
+    def resolved(self) -> dict[str, Any]:
+        return {
+            **super().resolved(),
+            "block": self.block_type,
+            "stage_blocks": self.stage_blocks,
+            "stage_outputs": self.stage_outputs,
+            "stem_channels": list(self.stem_channels),
+            "stage_kernel_sizes": self.stage_kernel_sizes,
+        }
+
+
+class MobileNetV2Spec(NetworkSpec):
+    """A MobileNetV2 / ECA-MobileNetV2: torchvision's inverted-residual table, width multiplier and classifier, with attention in every inverted residual."""
+
+    arch: Literal["mobilenetv2"]
+    width_mult: Annotated[float, Field(gt=0, le=4, allow_inf_nan=False, description="width multiplier of every layer (torchvision's width_mult)")] = 1.0
+    round_nearest: Annotated[int, Field(ge=1, le=64, description="widths are rounded to a multiple of this")] = 8
+    inverted_residual_setting: Annotated[
+        list[Annotated[list[Annotated[int, Field(ge=1, le=4096)]], Field(min_length=4, max_length=4)]],
+        Field(min_length=1, max_length=MAX_GROUPS, description="rows [t, c, n, s]: expansion, output channels, repeats, first stride (default: torchvision's table)"),
+    ] = [list(row) for row in DEFAULT_SETTING]
+    last_channel: Annotated[int, Field(ge=8, le=8192, description="channels of the last 1x1 conv before the classifier (scaled by width_mult above 1)")] = DEFAULT_LAST_CHANNEL
+    dropout: Annotated[float, Field(ge=0, lt=1, allow_inf_nan=False, description="dropout before the classifier")] = 0.2
+
+    group_noun: ClassVar[str] = "table row"
+    inner_noun: ClassVar[str] = "hidden"
+
+    @model_validator(mode="after")
+    def _check_layout(self) -> "MobileNetV2Spec":
+        for i, (t, c, n, s) in enumerate(self.inverted_residual_setting, start=1):
+            if s not in (1, 2):
+                raise PydanticCustomError("layout", "row {row} [t, c, n, s] = {got}: the stride s must be 1 or 2.", {"at": "inverted_residual_setting", "row": i, "got": [t, c, n, s]})
+        self._check_kernels()
+        return self
 
     @cached_property
-    def block_kernel_sizes(self) -> list[int] | None:
-        """ECA k of every block in forward order, or None."""
-        if self.stage_kernel_sizes is None:
-            return None
-        return [k for k, n in zip(self.stage_kernel_sizes, self.stage_blocks) for _ in range(n)]
+    def stem_channels(self) -> int:
+        """Output channels of the stem conv (features.0)."""
+        return make_divisible(STEM_CHANNELS * self.width_mult, self.round_nearest)
 
-    def input_shape(self, batch: int = 1, input_size: int | None = None) -> list[int]:
-        """[N, C, H, W] of a batch of square inputs, at `input_size` or the spec's own size."""
-        side = input_size or self.input_size
-        return [batch, self.in_chans, side, side]
+    @cached_property
+    def last_channel_width(self) -> int:
+        """Output channels of the last 1x1 conv, as torchvision scales it."""
+        return make_divisible(self.last_channel * max(1.0, self.width_mult), self.round_nearest)
 
-    def kernel_conventions(self) -> list[dict[str, int | None]]:
-        """Per stage: its widths and k under each convention in the wild, beside this spec's own."""
-        attention = self.attention if isinstance(self.attention, EcaKernelSettings) else EcaAttention()
-        rows = []
-        for stage, (planes, out) in enumerate(zip(self.stage_planes, self.stage_outputs), start=1):
-            rows.append(
-                {
-                    "stage": stage,
-                    "planes": planes,
-                    "output": out,
-                    "k_output": kernel_size(out, attention.gamma, attention.b),
-                    "k_planes": kernel_size(planes, attention.gamma, attention.b),
-                    "k_spec": self.stage_kernel_sizes[stage - 1] if self.stage_kernel_sizes else None,
-                }
-            )
-        return rows
+    @property
+    def groups(self) -> list[BlockGroup]:
+        groups, channels = [], self.stem_channels
+        for i, (t, c, n, s) in enumerate(self.inverted_residual_setting, start=1):
+            out = make_divisible(c * self.width_mult, self.round_nearest)
+            groups.append(BlockGroup(f"row {i} (t={t}, c={c}, n={n}, s={s})", n, hidden_width(channels, t), out))
+            channels = out
+        return groups
 
-    def to_yaml_dict(self) -> dict[str, Any]:
-        """The spec as plain data, without defaults that were left unset, for writing back to YAML."""
-        return self.model_dump(mode="json", exclude_unset=True)
+    def layout_text(self) -> str:
+        rows = " ".join(f"{t},{c},{n},{s}" for t, c, n, s in self.inverted_residual_setting)
+        return f"mobilenetv2 x{self.width_mult:g}, inverted residuals (t,c,n,s) {rows}, last conv {self.last_channel_width}"
+
+    def resolved(self) -> dict[str, Any]:
+        return {
+            **super().resolved(),
+            "inverted_residual_setting": self.inverted_residual_setting,
+            "row_outputs": [g.output for g in self.groups],
+            "stem_channels": self.stem_channels,
+            "last_channel": self.last_channel_width,
+        }
+
+
+def _arch_of(value: Any) -> str:
+    """The family tag of spec data: its `arch`, resnet when it gives none."""
+    arch = value.get("arch", "resnet") if isinstance(value, dict) else getattr(value, "arch", "resnet")
+    return arch if isinstance(arch, str) and arch in FAMILIES else "unknown"
+
+
+FAMILIES = {"resnet": ResNetSpec, "mobilenetv2": MobileNetV2Spec}
+"""Every model family by its `arch:` name."""
+
+Spec = Annotated[
+    Union[Annotated[ResNetSpec, Tag("resnet")], Annotated[MobileNetV2Spec, Tag("mobilenetv2")]],
+    Discriminator(
+        _arch_of,
+        custom_error_type="arch",
+        custom_error_message=f"unknown arch; allowed: {', '.join(FAMILIES)} (resnet when arch is not given)",
+    ),
+]
+SPEC_ADAPTER: TypeAdapter[Spec] = TypeAdapter(Spec)  # type: ignore[arg-type]
 
 
 def check_input_size(side: int) -> None:
@@ -192,4 +329,4 @@ def check_input_size(side: int) -> None:
 
 def json_schema() -> dict[str, Any]:
     """The JSON Schema of a spec file, for editors' YAML language servers."""
-    return ResNetSpec.model_json_schema()
+    return {"$schema": "https://json-schema.org/draft/2020-12/schema", "title": "ecacli network spec", **SPEC_ADAPTER.json_schema()}

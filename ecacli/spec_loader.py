@@ -15,7 +15,7 @@ import yaml
 from pydantic import ValidationError
 
 from ecacli.errors import SpecError
-from ecacli.spec import ATTENTION_TYPES, ResNetSpec, suggest
+from ecacli.spec import ATTENTION_TYPES, FAMILIES, SPEC_ADAPTER, NetworkSpec, suggest
 
 MAX_SPEC_BYTES = 256 * 1024
 MAX_OVERRIDE_CHARS = 1000
@@ -211,11 +211,16 @@ def format_validation_error(error: ValidationError, label: str, data: dict, posi
             path = path + (item["ctx"]["key"],)
         elif item["type"] == "layout" and "at" in item.get("ctx", {}):
             path = tuple(item["ctx"]["at"].split("."))  # a whole-spec rule about one key: name that key
+        elif item["type"] == "arch":
+            path = ("arch",)
         key = ".".join(str(p) for p in path) or "(top level)"
         line = positions.get(path)
         where = f" (line {line})" if line else ""
         message = item["msg"]
-        if item["type"] not in ("unknown_key", "k_size", "k_size_even", "layout", "attention_type", "missing"):
+        if item["type"] == "arch":
+            got = data.get("arch") if isinstance(data, dict) else None
+            message += f"{suggest(str(got), list(FAMILIES))} (got {got!r})."
+        elif item["type"] not in ("unknown_key", "k_size", "k_size_even", "layout", "attention_type", "missing"):
             message += f" (got {item['input']!r})."
         if item["type"] == "literal_error":
             message += _literal_hint(item["input"], item["ctx"]["expected"])
@@ -223,15 +228,15 @@ def format_validation_error(error: ValidationError, label: str, data: dict, posi
     return "\n".join(lines)
 
 
-def spec_from_data(data: dict[str, Any], label: str = "spec", positions: dict[tuple, int] | None = None) -> ResNetSpec:
-    """Validate already-parsed spec data, turning schema errors into a SpecError."""
+def spec_from_data(data: dict[str, Any], label: str = "spec", positions: dict[tuple, int] | None = None) -> NetworkSpec:
+    """Validate already-parsed spec data (any family, by its `arch`), turning schema errors into a SpecError."""
     try:
-        return ResNetSpec.model_validate(data)
+        return SPEC_ADAPTER.validate_python(data)
     except ValidationError as exc:
         raise SpecError(format_validation_error(exc, label, data, positions or {})) from None
 
 
-def load_spec(source: str | Path, overrides: Iterable[str] = ()) -> ResNetSpec:
+def load_spec(source: str | Path, overrides: Iterable[str] = ()) -> NetworkSpec:
     """Load and validate a spec from a YAML path or a preset name, with optional `--set` overrides."""
     path = resolve_source(source)
     data, positions = read_yaml(path)

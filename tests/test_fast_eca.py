@@ -21,9 +21,9 @@ from ecacli.errors import SpecError
 from ecacli.layers.eca import EcaModule
 from ecacli.layers import tail
 from ecacli.layers.channel_conv import ChannelConv, channel_correlation, conv1d_backward
-from ecacli.layers.fused_eca import gated_residual, plane_means, pointwise_conv_means
+from ecacli.layers.fused_eca import gated_residual, plane_means
 from ecacli.arch.attention import CecaAttention, EcaAttention
-from ecacli.models.resnet import BasicBlock, Bottleneck, build_model
+from ecacli.models import BasicBlock, Bottleneck, build_model
 from ecacli.spec import ResNetSpec
 from ecacli.spec_loader import load_spec
 
@@ -350,18 +350,6 @@ def test_hooks_on_the_last_bn_see_it_run_as_a_module(grad: bool) -> None:
         handle.remove()
     assert len(seen) == 1 and seen[0].shape == (2, 32, 3, 3)
     assert_close(observed, unobserved, 1e-12, "output with a hook on bn3")
-
-
-def test_pointwise_conv_means_are_the_means_of_the_conv_output() -> None:
-    """The bottleneck's pooled means from conv3's input equal the means of conv3's output; None where the direct sum is cheaper."""
-    generator = torch.Generator().manual_seed(11)
-    conv = nn.Conv2d(16, 64, 1, bias=False).double()
-    u = torch.randn(3, 16, 9, 9, dtype=torch.float64, generator=generator)
-    assert_close(pointwise_conv_means(u, conv), conv(u).mean(dim=(2, 3)), 1e-13, "means from u")
-    assert pointwise_conv_means(u[:, :, :2, :2], conv) is None  # 4 values per plane: summing conv(u) is cheaper
-    assert pointwise_conv_means(u.to("meta"), copy.deepcopy(conv).to("meta")) is None  # CPU only
-    biased = nn.Conv2d(16, 64, 1).double()
-    assert pointwise_conv_means(u, biased) is None
 
 
 def test_plain_block_adds_the_shortcut_in_place_as_torchvision() -> None:

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ecacli.errors import SpecError
-from ecacli.spec import ResNetSpec
+from ecacli.spec import MobileNetV2Spec, ResNetSpec
 from ecacli.spec_loader import MAX_SPEC_BYTES, apply_overrides, load_spec, preset_names
 
 PRESETS = ["r18", "r34", "r50", "r101", "r152", "r50_k3557", "r101_k3357", "r152_k3357", "seed_r50", "resnet50"]
@@ -98,7 +98,11 @@ def test_json_schema_describes_every_top_level_key():
     from ecacli.spec import json_schema
 
     schema = json_schema()
-    assert set(schema["properties"]) == set(ResNetSpec.model_fields)
+    families = {ref["$ref"].rsplit("/", 1)[-1] for ref in schema["oneOf"]}
+    assert families == {"ResNetSpec", "MobileNetV2Spec"}
+    assert set(schema["$defs"]["ResNetSpec"]["properties"]) == set(ResNetSpec.model_fields)
+    assert set(schema["$defs"]["MobileNetV2Spec"]["properties"]) == set(MobileNetV2Spec.model_fields)
+    assert "arch" in schema["$defs"]["MobileNetV2Spec"]["required"] and "arch" not in schema["$defs"]["ResNetSpec"].get("required", [])
     assert schema["$schema"].startswith("https://json-schema.org/")
 
 
@@ -206,4 +210,4 @@ def test_schema_command_prints_the_json_schema(cli):
     result = cli("schema")
     assert result.returncode == 0
     schema = json.loads(result.stdout)
-    assert "attention" in schema["properties"] and "$defs" in schema
+    assert "attention" in schema["$defs"]["ResNetSpec"]["properties"] and "oneOf" in schema

@@ -20,7 +20,7 @@ from torch import nn
 from ecacli.layers import tail
 from ecacli.layers.eca import EcaModule
 from ecacli.arch.attention import EcaAttention
-from ecacli.models.resnet import Bottleneck, build_model
+from ecacli.models import Bottleneck, build_model
 from ecacli.spec import ResNetSpec
 
 README = Path(__file__).resolve().parents[1] / "README.md"

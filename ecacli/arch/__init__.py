@@ -8,20 +8,23 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from ecacli.arch import attention, resnet
+from ecacli.arch import attention, mobilenetv2, resnet
 from ecacli.arch.nodes import FLOAT32_BYTES, KINDS, Layer, Node, account
 
 if TYPE_CHECKING:
-    from ecacli.spec import ResNetSpec
+    from ecacli.spec import NetworkSpec
 
-__all__ = ["FLOAT32_BYTES", "KINDS", "Layer", "Node", "account", "attention", "model_layers", "plan", "resnet"]
+__all__ = ["FAMILIES", "FLOAT32_BYTES", "KINDS", "Layer", "Node", "account", "attention", "mobilenetv2", "model_layers", "plan", "resnet"]
+
+FAMILIES = {"resnet": resnet, "mobilenetv2": mobilenetv2}
+"""Each family's description by its spec `arch`: `plan(spec)` and `infer(shapes, name)`."""
 
 
-def plan(spec: ResNetSpec) -> Node:
+def plan(spec: NetworkSpec) -> Node:
     """The model a spec describes."""
-    return resnet.plan(spec)
+    return FAMILIES[spec.arch].plan(spec)  # type: ignore[attr-defined]
 
 
-def model_layers(spec: ResNetSpec, batch: int = 1, input_size: int | None = None) -> Layer:
+def model_layers(spec: NetworkSpec, batch: int = 1, input_size: int | None = None) -> Layer:
     """The whole model as a tree of layers for a batch of `batch` square inputs."""
     return account(plan(spec), spec.input_shape(batch, input_size))

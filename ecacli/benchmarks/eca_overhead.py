@@ -54,7 +54,7 @@ def saved_tensor_bytes(step: Callable[[], object], ignore: Iterable[torch.Tensor
 def variant_spec(base: ResNetSpec, variant: str) -> ResNetSpec:
     """The spec with no attention (plain), or ECA in its fast or reference implementation."""
     attention = {"type": "none"} if variant == "plain" else {"type": "eca", "impl": variant}
-    return ResNetSpec.model_validate({**base.model_dump(exclude={"attention"}), "attention": attention})
+    return type(base).model_validate({**base.model_dump(exclude={"attention"}), "attention": attention})
 
 
 @dataclass(frozen=True)

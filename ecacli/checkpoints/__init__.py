@@ -30,11 +30,11 @@ from ecacli.checkpoints.io import (
     read_checkpoint,
     sha256_of,
 )
-from ecacli.spec import ResNetSpec
+from ecacli.spec import NetworkSpec
 from ecacli.spec_loader import apply_overrides, load_spec, parse_yaml_text, spec_from_data
 
 if TYPE_CHECKING:
-    from ecacli.models import ECAResNet
+    from torch import nn
 
 __all__ = [
     "Checkpoint",
@@ -81,7 +81,7 @@ def check_writable_outputs(path: str | Path, fmt: str | None = None, force: bool
     check_writable(output_paths(Path(path), fmt), force)
 
 
-def spec_yaml(spec: ResNetSpec) -> str:
+def spec_yaml(spec: NetworkSpec) -> str:
     return yaml.safe_dump(spec.to_yaml_dict(), sort_keys=False, default_flow_style=None)
 
 
@@ -100,7 +100,7 @@ class Checkpoint:
 
     raw: RawCheckpoint
     state: SourceState
-    spec: ResNetSpec | None
+    spec: NetworkSpec | None
     spec_origin: str | None
 
     @property
@@ -112,7 +112,7 @@ class Checkpoint:
         return self.state.tensors
 
 
-def _embedded_spec(raw: RawCheckpoint) -> tuple[ResNetSpec | None, str | None]:
+def _embedded_spec(raw: RawCheckpoint) -> tuple[NetworkSpec | None, str | None]:
     """The spec stored with the weights: safetensors metadata, or `FILE.yaml` beside a torch file."""
     if SPEC_KEY in raw.metadata:
         label = f"{raw.path} (metadata '{SPEC_KEY}')"
@@ -133,7 +133,7 @@ def open_checkpoint(path: str | Path, max_bytes: int = MAX_CHECKPOINT_BYTES) -> 
     return Checkpoint(raw, detect(raw, has_spec=spec is not None), spec, origin)
 
 
-def spec_for(checkpoint: Checkpoint, spec: ResNetSpec | None = None) -> tuple[ResNetSpec, str]:
+def spec_for(checkpoint: Checkpoint, spec: NetworkSpec | None = None) -> tuple[NetworkSpec, str]:
     """The spec to load a checkpoint with, and where it came from: given, stored, or inferred from the tensors."""
     if spec is not None:
         return spec, "given"
@@ -143,7 +143,7 @@ def spec_for(checkpoint: Checkpoint, spec: ResNetSpec | None = None) -> tuple[Re
     return infer_spec(checkpoint.tensors, name_from_path(checkpoint.path)), "inferred from tensor names and shapes"
 
 
-def converted_spec(checkpoint: Checkpoint, name: str | None = None, overrides: Iterable[str] = ()) -> ResNetSpec:
+def converted_spec(checkpoint: Checkpoint, name: str | None = None, overrides: Iterable[str] = ()) -> NetworkSpec:
     """The spec `convert` writes: inferred from the tensors (ECA added to plain ResNets), then `--set` overrides."""
     base, _ = spec_for(checkpoint)
     data = base.to_yaml_dict()
@@ -156,7 +156,7 @@ def converted_spec(checkpoint: Checkpoint, name: str | None = None, overrides: I
     return spec_from_data(apply_overrides(data, overrides), label)
 
 
-def new_model(spec: ResNetSpec, seed: int | None = None) -> ECAResNet:
+def new_model(spec: NetworkSpec, seed: int | None = None) -> nn.Module:
     """A freshly initialised model; with a seed, the same weights every time (the global RNG is left as it was)."""
     from ecacli.models import build_model
 
@@ -174,8 +174,8 @@ def floating_dtype(tensors: Mapping[str, torch.Tensor]) -> torch.dtype | None:
 
 
 def model_with_weights(
-    spec: ResNetSpec, checkpoint: Checkpoint, seed: int | None = None, init_missing_eca: bool = False
-) -> tuple[ECAResNet, list[str]]:
+    spec: NetworkSpec, checkpoint: Checkpoint, seed: int | None = None, init_missing_eca: bool = False
+) -> tuple[nn.Module, list[str]]:
     """The spec's model holding the checkpoint's weights (in their dtype), and notes on what was done.
 
     Any source whose tensors (after renaming) match the spec's names and shapes loads, so a
@@ -190,8 +190,8 @@ def model_with_weights(
             found = f" ({checkpoint.state.problem})" if checkpoint.state.problem else ""
             raise CheckpointError(f"{checkpoint.path}: the weights do not load into spec '{spec.name}'{found}:\n{report.describe()}")
         notes.append(
-            f"the source has no ECA kernels: initialised all {len(report.missing)} of them (k per stage "
-            f"{spec.stage_kernel_sizes}); everything else was copied - a warm start for fine-tuning"
+            f"the source has no ECA kernels: initialised all {len(report.missing)} of them (k per {spec.group_noun} "
+            f"{spec.group_kernel_sizes}); everything else was copied - a warm start for fine-tuning"
         )
     model = new_model(spec, seed)
     dtype = floating_dtype(checkpoint.tensors)
@@ -201,10 +201,10 @@ def model_with_weights(
     return model, notes
 
 
-def load_model(path: str | Path, spec: ResNetSpec | str | Path | None = None) -> ECAResNet:
+def load_model(path: str | Path, spec: NetworkSpec | str | Path | None = None) -> nn.Module:
     """The model a checkpoint file describes, holding its weights, in eval mode.
 
-    The spec is the one given (a ResNetSpec, preset name or YAML path), else the file's own,
+    The spec is the one given (a spec object, preset name or YAML path), else the file's own,
     else inferred from tensor names and shapes; the weights must load strictly.
     """
     checkpoint = open_checkpoint(path)
@@ -248,7 +248,7 @@ def cast_floating(state_dict: Mapping[str, torch.Tensor], dtype: torch.dtype | N
 
 def save_checkpoint(
     state_dict: Mapping[str, torch.Tensor],
-    spec: ResNetSpec,
+    spec: NetworkSpec,
     path: str | Path,
     fmt: str | None = None,
     dtype: str | None = None,

@@ -16,7 +16,7 @@ import torch
 
 from ecacli.arch import resnet
 from ecacli.checkpoints.io import CheckpointError
-from ecacli.spec import NUM_STAGES, ResNetSpec
+from ecacli.spec import NUM_STAGES, NetworkSpec
 from ecacli.spec_loader import spec_from_data
 
 ECA_KEY = re.compile(r"^layer(\d+)\.(\d+)\.eca\.conv\.weight$")
@@ -60,7 +60,7 @@ def infer_spec_data(tensors: Mapping[str, torch.Tensor], name: str) -> dict:
         raise CheckpointError(str(exc)) from None
 
 
-def infer_spec(tensors: Mapping[str, torch.Tensor], name: str) -> ResNetSpec:
+def infer_spec(tensors: Mapping[str, torch.Tensor], name: str) -> NetworkSpec:
     """The spec of a state_dict with ecacli's names; refuses (with what was found) what a spec cannot describe."""
     data = infer_spec_data(tensors, name)
     spec = spec_from_data(data, label="inferred spec")
@@ -77,7 +77,7 @@ def _describe(data: dict) -> str:
     return ", ".join(f"{key} {value}" for key, value in data.items() if key != "name")
 
 
-def model_shapes(spec: ResNetSpec) -> dict[str, tuple[int, ...]]:
+def model_shapes(spec: NetworkSpec) -> dict[str, tuple[int, ...]]:
     """Every state_dict key of the spec's model with its shape, computed without allocating weights."""
     from ecacli.models import build_model
 
@@ -131,7 +131,7 @@ class LoadReport:
         }
 
 
-def check_against(spec: ResNetSpec, tensors: Mapping[str, torch.Tensor]) -> LoadReport:
+def check_against(spec: NetworkSpec, tensors: Mapping[str, torch.Tensor]) -> LoadReport:
     """Compare a state_dict with the spec's model key by key; a missing BN step counter is not a mismatch."""
     expected = model_shapes(spec)
     report = LoadReport(fitting_k_size=fitting_k_size(tensors))

@@ -15,7 +15,7 @@ from ecacli.errors import UserError
 if TYPE_CHECKING:
     from rich.console import Console
 
-    from ecacli.spec import ResNetSpec
+    from ecacli.spec import NetworkSpec
 
 SpecArgument = Annotated[str, typer.Argument(help="Spec YAML file or preset name (see `ecacli specs`).", show_default=False)]
 SetOption = Annotated[
@@ -25,13 +25,13 @@ SetOption = Annotated[
 JsonOption = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON instead of tables.")]
 
 
-def load_spec_arg(spec: str, overrides: list[str] | None) -> ResNetSpec:
+def load_spec_arg(spec: str, overrides: list[str] | None) -> NetworkSpec:
     from ecacli.spec_loader import load_spec
 
     return load_spec(spec, overrides or ())
 
 
-def load_optional_spec_arg(spec: str | None, overrides: list[str] | None) -> ResNetSpec | None:
+def load_optional_spec_arg(spec: str | None, overrides: list[str] | None) -> NetworkSpec | None:
     """The spec of an optional `--spec` option, or None; `--set` without `--spec` is a mistake."""
     if spec is None:
         if overrides:

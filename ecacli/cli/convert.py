@@ -36,6 +36,5 @@ def convert(
     saved = save_checkpoint(model.state_dict(), spec, output, fmt, dtype, force, source=f"{source.name} ({checkpoint.state.label})")
     if not as_json:
         typer.echo(f"source: {checkpoint.state.label}")
-        typer.echo(f"spec:   {spec.block_type} blocks {spec.stage_blocks}, {spec.stem} stem, downsample {spec.downsample}, "
-                   f"{spec.num_classes} classes, attention {spec.attention.type}, k per stage {spec.stage_kernel_sizes}")
-    report_saved(saved, spec.name, notes, as_json, extra={"source": checkpoint.state.source, "stage_kernel_sizes": spec.stage_kernel_sizes})
+        typer.echo(f"spec:   {spec.layout_text()}, {spec.num_classes} classes, attention {spec.attention.type}, k per {spec.group_noun} {spec.group_kernel_sizes}")
+    report_saved(saved, spec.name, notes, as_json, extra={"source": checkpoint.state.source, "kernel_sizes": spec.group_kernel_sizes, "kernel_groups": spec.group_noun})

@@ -12,7 +12,7 @@ from ecacli.errors import UserError
 from ecacli.kernel import DEFAULT_B, DEFAULT_GAMMA, MAX_CHANNELS, kernel_intervals, kernel_run, kernel_t, se_params, table_widths
 
 if TYPE_CHECKING:
-    from ecacli.spec import ResNetSpec
+    from ecacli.spec import NetworkSpec
 
 DEFAULT_RANGE = (64, 2048)
 MIN_GAMMA = 0.05  # below this nearly every width gets its own k: tables of millions of runs
@@ -96,7 +96,7 @@ def _render_rows(rows: list[dict[str, int]], intervals: list, gamma: float, b: f
         out.print(runs)
 
 
-def _spec_table(spec: ResNetSpec, as_json: bool) -> None:
+def _spec_table(spec: NetworkSpec, as_json: bool) -> None:
     rows = [{"channels": r["output"], "k": r["k_spec"], **r} for r in spec.kernel_conventions()]
     if as_json:
         print_json(rows)
@@ -104,16 +104,17 @@ def _spec_table(spec: ResNetSpec, as_json: bool) -> None:
     from rich.table import Table
 
     setting = spec.attention.model_dump() if spec.attention.type == "eca" else {"type": spec.attention.type}
-    table = Table(title=f"{spec.name}: ECA k per stage under each width convention", caption=f"this spec's attention: {setting}")
-    for name in ("stage", "blocks", "planes", "output width", "k (output width)", "k (planes)", "k (this spec)"):
+    noun, inner = spec.group_noun, spec.inner_noun
+    table = Table(title=f"{spec.name}: ECA k per {noun} under each width convention", caption=f"this spec's attention: {setting}")
+    for name in (noun.split()[-1], "blocks", inner, "output width", "k (output width)", f"k ({inner})", "k (this spec)"):
         table.add_column(name, justify="right")
-    for r, blocks in zip(rows, spec.stage_blocks):
+    for r in rows:
         mine = "-" if r["k_spec"] is None else str(r["k_spec"])
-        table.add_row(str(r["stage"]), str(blocks), fmt_int(r["planes"]), fmt_int(r["output"]), str(r["k_output"]), str(r["k_planes"]), mine)
+        table.add_row(str(r[noun.split()[-1]]), str(r["blocks"]), fmt_int(r["planes"]), fmt_int(r["output"]), str(r["k_output"]), str(r["k_planes"]), mine)
     out = console()
     out.print(table)
     out.print(
-        "A checkpoint loads only when every stage's k matches: output width is timm's and the write-up's "
-        "convention, planes is what readers of the paper compute, and the paper's releases use explicit k "
-        "(r50_k3557, r101_k3357, r152_k3357).",
+        f"A checkpoint loads only when every {noun}'s k matches: output width is timm's and the write-up's "
+        f"convention, {inner} is what readers of the paper compute, and the paper's releases use explicit k "
+        "(r50_k3557, r101_k3357, r152_k3357, eca_mobilenetv2_k13).",
     )

@@ -16,8 +16,7 @@ gates and per-channel statistics. The backward rebuilds what it needs from them:
 
 In eval mode on CPU without autograd, `folded_residual` folds BN into the block's last conv
 and the gate instead: the conv carries BN's shift as its bias, and one pass applies BN's scale
-times the gate and adds the shortcut. Both paths take a bottleneck's plane means from conv3's
-input where that is cheaper than a pass over its output (`pointwise_conv_means`). Under
+times the gate and adds the shortcut. Under
 torch.compile, `traced_residual` writes the tail as plain tensor ops for the compiler to fuse
 and differentiate. Under autocast the [N, C]-sized arithmetic (pooled means, the gate's conv,
 its gradient) runs in float32 whatever the activations' dtype (a model cast to half precision
@@ -57,26 +56,6 @@ def plane_means(t: torch.Tensor) -> torch.Tensor:
     if t.dtype == torch.float16:
         return t.mean(dim=(2, 3), dtype=torch.float32)
     return t.sum(dim=(2, 3)).to(accumulation_dtype(t)) / (t.shape[2] * t.shape[3])
-
-
-def pointwise_conv_means(u: torch.Tensor, conv: nn.Conv2d, bias: torch.Tensor | None = None) -> torch.Tensor | None:
-    """Plane means of conv(u) (+ bias per channel) for a bias-free 1x1, stride-1 conv, computed from u; None where summing conv(u) is cheaper.
-
-    A mean over H, W commutes with a 1x1 conv's channel mixing, so the means of conv(u) are the
-    conv's [C_out, C_in] matrix times u's means. In a bottleneck u has a quarter of the output's
-    channels: on CPU, where the pass over conv(u) costs what it reads, this reads a quarter as
-    much and adds C_out x C_in multiply-adds per sample, worth it while they number fewer than
-    twice the (C_out - C_in) x H x W additions saved (measured here: layers 1-2 of a ResNet-50
-    at 160-224 px, 2-8x cheaper; layer 4 3-8x dearer).
-    """
-    c_out, c_in = conv.weight.shape[:2]
-    pointwise = conv.kernel_size == (1, 1) and conv.stride == (1, 1) and conv.padding == (0, 0) and conv.groups == 1 and conv.bias is None
-    if not pointwise or not library_conv(conv) or u.device.type != "cpu" or c_in * c_out >= 2 * (c_out - c_in) * u.shape[2] * u.shape[3]:
-        return None  # a subclass may change the conv's output: then only the output's own means are right
-    means = plane_means(u.detach())
-    weight = conv.weight.detach().flatten(1).to(means.dtype)  # under autocast the conv rounds it to u's dtype: a difference below that rounding of its output
-    with torch.autocast("cpu", enabled=False):
-        return means @ weight.T if bias is None else torch.addmm(bias.to(means.dtype), means, weight.T)
 
 
 def sample_channel_sums(grad: torch.Tensor, z: torch.Tensor, mean: torch.Tensor, invstd: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -199,13 +178,10 @@ def batch_norm_state(bn: nn.BatchNorm2d, z: torch.Tensor) -> tuple[bool, float, 
     return use_batch_stats, factor, bn.running_mean if tracked else None, bn.running_var if tracked else None
 
 
-def gated_residual(bn: nn.BatchNorm2d, conv: nn.Conv1d, z: torch.Tensor, identity: torch.Tensor, z_means: torch.Tensor | None = None) -> torch.Tensor:
-    """relu(eca(bn(z)) + identity) with BatchNorm's running statistics updated as `bn(z)` would.
-
-    `z_means` are z's plane means ([N, C], float32 or wider) when the caller has them cheaper than a pass over z.
-    """
+def gated_residual(bn: nn.BatchNorm2d, conv: nn.Conv1d, z: torch.Tensor, identity: torch.Tensor) -> torch.Tensor:
+    """relu(eca(bn(z)) + identity) with BatchNorm's running statistics updated as `bn(z)` would."""
     use_batch_stats, factor, running_mean, running_var = batch_norm_state(bn, z)
-    means = plane_means(z.detach()) if z_means is None else z_means
+    means = plane_means(z.detach())
     return GatedResidual.apply(z, identity, bn.weight, bn.bias, conv.weight, running_mean, running_var, use_batch_stats, factor, bn.eps, conv, means)
 
 
@@ -286,13 +262,13 @@ def folded_bias(conv: nn.Conv2d, bias: torch.Tensor, u: torch.Tensor) -> torch.T
     return bias
 
 
-def folded_residual(z: torch.Tensor, scale: torch.Tensor, gate_conv: nn.Conv1d, identity: torch.Tensor, z_means: torch.Tensor | None = None) -> torch.Tensor:
+def folded_residual(z: torch.Tensor, scale: torch.Tensor, gate_conv: nn.Conv1d, identity: torch.Tensor) -> torch.Tensor:
     """relu(eca(bn(conv(u))) + identity) for an eval-mode BN, given z = conv(u) + bias with (scale, bias) from `fold_terms`.
 
     The gating multiply applies `scale * gate` and adds the shortcut in one pass, then the ReLU:
     two passes where BN, the add and the ReLU take three. The pooled BN output is `scale` times
-    z's plane means (`z_means` where the caller has them cheaper). Rounding: z carries BN's shift
-    as the BN output does, so its error, scaled back by `scale`, is the BN output's own.
+    z's plane means. Rounding: z carries BN's shift as the BN output does, so its error, scaled
+    back by `scale`, is the BN output's own.
     """
-    scaled_gate = gate_times_scale(gate_conv, plane_means(z) if z_means is None else z_means, scale)
+    scaled_gate = gate_times_scale(gate_conv, plane_means(z), scale)
     return gated_sum(z, scaled_gate, identity).relu_()

@@ -20,7 +20,7 @@ from torch import nn
 from torch.autograd.profiler import record_function
 from torch.nn.modules import module as module_hooks
 
-from ecacli.layers.fused_eca import fold_terms, folded_bias, folded_residual, gated_residual, library_conv, pointwise_conv_means, traced_residual
+from ecacli.layers.fused_eca import fold_terms, folded_bias, folded_residual, gated_residual, library_conv, traced_residual
 
 FUSED_RANGE = "ecacli.fused_tail"
 """The profiler range around a fused tail's work (norm, gate, add, activation; not the conv, not the shortcut)."""
@@ -164,19 +164,14 @@ def run_tail(path: TailPath, call: TailCall, x: torch.Tensor, downsample: nn.Mod
 
     if path is TailPath.TRACED:
         return traced_residual(norm, gate_conv, conv(u), shortcut())  # type: ignore[arg-type]
-    conv_observed = observed(conv)
     if path is TailPath.FOLDED:
         scale, bias = call.fold_terms  # type: ignore[misc]
         bias = folded_bias(conv, bias, u)  # type: ignore[arg-type]
-        with record_function(FUSED_RANGE):
-            means = pointwise_conv_means(u, conv, bias)  # type: ignore[arg-type]  # before the conv runs, while u is still in cache
         z = F.conv2d(u, conv.weight, bias, conv.stride, conv.padding, conv.dilation, conv.groups)  # nn.Conv2d's own computation
         identity = shortcut()
         with record_function(FUSED_RANGE):
-            return folded_residual(z, scale, gate_conv, identity, means)
-    with record_function(FUSED_RANGE):
-        means = None if conv_observed else pointwise_conv_means(u, conv)  # type: ignore[arg-type]  # a hook may change the conv's output
+            return folded_residual(z, scale, gate_conv, identity)
     z = conv(u)
     identity = shortcut()
     with record_function(FUSED_RANGE):
-        return gated_residual(norm, gate_conv, z, identity, means)  # type: ignore[arg-type]
+        return gated_residual(norm, gate_conv, z, identity)  # type: ignore[arg-type]

@@ -11,7 +11,7 @@ from torch import nn
 
 from ecacli.arch import Node
 from ecacli.layers import tail
-from ecacli.layers.build import add_children, build
+from ecacli.layers.build import add_children
 from ecacli.spec import ResNetSpec
 
 
@@ -140,9 +140,3 @@ class ECAResNet(nn.Module):
         x = self.avgpool(self.forward_features(x))
         return self.fc(torch.flatten(x, 1))
 
-
-def build_model(spec: ResNetSpec) -> nn.Module:
-    """Build the model a spec describes (on the current default device; use `torch.device('meta')` for shapes only)."""
-    from ecacli.arch import plan
-
-    return build(plan(spec))

@@ -47,7 +47,7 @@ from ecacli.profiling.device import make_timer, resolve_device, step_peak_bytes
 from ecacli.profiling.report import header, out_of_memory_as_error, prepare
 from ecacli.profiling.runner import ModelProfile, ProfileConfig, Workload, rotated, count_flops, make_workload, run_step, summarize
 from ecacli.profiling.stats import Stats
-from ecacli.spec import ResNetSpec
+from ecacli.spec import NetworkSpec
 
 if TYPE_CHECKING:
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
@@ -193,7 +193,7 @@ def under_torchrun() -> bool:
     return "TORCHELASTIC_RUN_ID" in os.environ
 
 
-def check_request(entries: Sequence[tuple[str, ResNetSpec]], config: ProfileConfig, options: DDPOptions, local_world_size: int) -> None:
+def check_request(entries: Sequence[tuple[str, NetworkSpec]], config: ProfileConfig, options: DDPOptions, local_world_size: int) -> None:
     """Raise a UserError for anything that cannot work, before any rank starts."""
     config.validate()
     options.validate()
@@ -316,7 +316,7 @@ class _RankResult:
     single: dict[str, ModelProfile]
 
 
-def _measure_rank(entries: Sequence[tuple[str, ResNetSpec]], config: ProfileConfig, options: DDPOptions, world: World, device: torch.device) -> _RankResult:
+def _measure_rank(entries: Sequence[tuple[str, NetworkSpec]], config: ProfileConfig, options: DDPOptions, world: World, device: torch.device) -> _RankResult:
     rank_config = dataclasses.replace(config, device=str(device))
     _, workloads, flops = prepare(entries, rank_config)
     root = world.rank == 0
@@ -378,7 +378,7 @@ def _combine(label: str, results: list[_RankResult], config: ProfileConfig) -> D
     )
 
 
-def _header(entries: Sequence[tuple[str, ResNetSpec]], config: ProfileConfig, options: DDPOptions, world: World, device: torch.device, backend: str) -> dict[str, Any]:
+def _header(entries: Sequence[tuple[str, NetworkSpec]], config: ProfileConfig, options: DDPOptions, world: World, device: torch.device, backend: str) -> dict[str, Any]:
     return {
         **header(dataclasses.replace(config, device=str(device)), device, entries[0][1]),
         "world_size": world.world_size,
@@ -407,7 +407,7 @@ def _leave_interrupted() -> NoReturn:
     os._exit(INTERRUPTED)
 
 
-def run_rank(entries: Sequence[tuple[str, ResNetSpec]], config: ProfileConfig, options: DDPOptions) -> DataParallelReport | None:
+def run_rank(entries: Sequence[tuple[str, NetworkSpec]], config: ProfileConfig, options: DDPOptions) -> DataParallelReport | None:
     """Run this process's rank of the job (torchrun's environment says which); rank 0 returns the report.
 
     Any failure is raised as `RankFailed` naming the rank, host, device and cause (`PeerLost` when
@@ -439,7 +439,7 @@ def run_rank(entries: Sequence[tuple[str, ResNetSpec]], config: ProfileConfig, o
 
 
 def profile_data_parallel(
-    entries: Sequence[tuple[str, ResNetSpec]], config: ProfileConfig, options: DDPOptions, ddp: bool, nproc: int | None
+    entries: Sequence[tuple[str, NetworkSpec]], config: ProfileConfig, options: DDPOptions, ddp: bool, nproc: int | None
 ) -> DataParallelReport | None:
     """`run_rank` under torchrun (`ddp`), or `launch` of `nproc` ranks here; the report, or None on ranks but 0."""
     if ddp and nproc is not None:
@@ -498,7 +498,7 @@ def _launch_failure(exc: ChildFailedError, nproc: int) -> RankFailed:
     return RankFailed(message)
 
 
-def launch(entries: Sequence[tuple[str, ResNetSpec]], config: ProfileConfig, options: DDPOptions, nproc: int) -> DataParallelReport:
+def launch(entries: Sequence[tuple[str, NetworkSpec]], config: ProfileConfig, options: DDPOptions, nproc: int) -> DataParallelReport:
     """Profile on `nproc` ranks on this machine (`start_ranks` running `run_rank`); returns rank 0's report.
 
     Requests that cannot work are refused before any rank starts (UserError, exit 2).

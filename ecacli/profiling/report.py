@@ -23,7 +23,7 @@ from ecacli.profiling.runner import (
     summarize,
 )
 from ecacli.profiling.stats import Stats
-from ecacli.spec import ResNetSpec
+from ecacli.spec import NetworkSpec
 
 
 class OutOfMemory(UserError):
@@ -58,7 +58,7 @@ class ProfileReport:
         }
 
 
-def header(config: ProfileConfig, device: torch.device, spec: ResNetSpec) -> dict[str, Any]:
+def header(config: ProfileConfig, device: torch.device, spec: NetworkSpec) -> dict[str, Any]:
     """Environment and settings, for reproducing the measurement."""
     return {
         **environment(device),
@@ -114,7 +114,7 @@ class out_of_memory_as_error(AbstractContextManager):
 
 
 def prepare(
-    entries: Sequence[tuple[str, ResNetSpec]], config: ProfileConfig, models: Mapping[str, nn.Module] | None = None
+    entries: Sequence[tuple[str, NetworkSpec]], config: ProfileConfig, models: Mapping[str, nn.Module] | None = None
 ) -> tuple[torch.device, list[Workload], dict[str, tuple[int, int]]]:
     """Check the request, then build every model on its device; returns (device, workloads, FLOPs by label).
 
@@ -134,7 +134,7 @@ def prepare(
 
 
 def profile(
-    entries: Sequence[tuple[str, ResNetSpec]],
+    entries: Sequence[tuple[str, NetworkSpec]],
     config: ProfileConfig,
     progress: ProgressCallback | None = None,
     with_breakdown: bool = False,

@@ -31,7 +31,7 @@ from ecacli.errors import UserError
 from ecacli.models import build_model
 from ecacli.profiling.device import make_timer, step_peak_bytes, synchronize
 from ecacli.profiling.stats import Stats
-from ecacli.spec import ResNetSpec, check_input_size
+from ecacli.spec import NetworkSpec, check_input_size
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 MODES = ("train", "eval")
@@ -83,10 +83,10 @@ class ProfileConfig:
     def side_text(self) -> str:
         return f"{self.input_size} px" if self.input_size else "the spec's size"
 
-    def side(self, spec: ResNetSpec) -> int:
+    def side(self, spec: NetworkSpec) -> int:
         return self.input_size or spec.input_size
 
-    def input_shape(self, spec: ResNetSpec) -> list[int]:
+    def input_shape(self, spec: NetworkSpec) -> list[int]:
         return spec.input_shape(self.batch, self.input_size)
 
     def step_definition(self) -> str:
@@ -100,7 +100,7 @@ class Workload:
     """One model with its synthetic batch and optimizer, and the measurements taken of it."""
 
     label: str
-    spec: ResNetSpec
+    spec: NetworkSpec
     model: nn.Module
     runner: Callable[[torch.Tensor], torch.Tensor]
     inputs: torch.Tensor
@@ -141,16 +141,16 @@ class ModelProfile:
         return data
 
 
-def without_attention(spec: ResNetSpec) -> ResNetSpec:
+def without_attention(spec: NetworkSpec) -> NetworkSpec:
     """The same network with `attention.type: none`: the plain ResNet to compare against."""
-    return ResNetSpec.model_validate({**spec.model_dump(), "attention": {"type": "none"}})
+    return type(spec).model_validate({**spec.model_dump(), "attention": {"type": "none"}})
 
 
 def _no_annotation(phase: str) -> AbstractContextManager:
     return nullcontext()
 
 
-def count_flops(spec: ResNetSpec, config: ProfileConfig) -> tuple[int, int]:
+def count_flops(spec: NetworkSpec, config: ProfileConfig) -> tuple[int, int]:
     """(step FLOPs, forward FLOPs) for one batch, counted by FlopCounterMode on the meta device.
 
     Counting on meta tensors costs no memory or time, and doubles as the check that the network
@@ -176,7 +176,7 @@ def count_flops(spec: ResNetSpec, config: ProfileConfig) -> tuple[int, int]:
     return counter.get_total_flops(), forward
 
 
-def make_workload(label: str, spec: ResNetSpec, config: ProfileConfig, device: torch.device, model: nn.Module | None = None) -> Workload:
+def make_workload(label: str, spec: NetworkSpec, config: ProfileConfig, device: torch.device, model: nn.Module | None = None) -> Workload:
     """Build `spec`'s model (or take `model`, another implementation of it) on `device` with a seeded synthetic batch, random labels and (train) its optimizer."""
     torch.manual_seed(config.seed)
     memory_format = torch.channels_last if config.channels_last else torch.contiguous_format

@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from ecacli.reports.summary import summarize
-from ecacli.spec import ResNetSpec
+from ecacli.spec import NetworkSpec
 
 
 @dataclass
@@ -35,7 +35,7 @@ class CompareRow:
         return asdict(self)
 
 
-def compare_specs(specs: list[ResNetSpec], batch: int = 1, input_size: int | None = None) -> list[CompareRow]:
+def compare_specs(specs: list[NetworkSpec], batch: int = 1, input_size: int | None = None) -> list[CompareRow]:
     """Static comparison rows, one per spec, in the order given."""
     reports = [summarize(spec, batch, input_size, depth=0) for spec in specs]
     base = reports[0]

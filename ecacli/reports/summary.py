@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ecacli.arch import FLOAT32_BYTES, model_layers
-from ecacli.spec import ResNetSpec
+from ecacli.spec import NetworkSpec
 
 if TYPE_CHECKING:
     import torchinfo
@@ -53,7 +53,7 @@ class SummaryReport:
         return asdict(self)
 
 
-def summarize(spec: ResNetSpec, batch: int = 1, input_size: int | None = None, depth: int = 3) -> SummaryReport:
+def summarize(spec: NetworkSpec, batch: int = 1, input_size: int | None = None, depth: int = 3) -> SummaryReport:
     """Summary statistics, with one row per module down to `depth` levels below the model."""
     model = model_layers(spec, batch, input_size)
     rows = [
@@ -63,7 +63,7 @@ def summarize(spec: ResNetSpec, batch: int = 1, input_size: int | None = None, d
     ]
     total = model.total_params
     attention_params = model.attention_params
-    eca_params = attention_params if spec.stage_kernel_sizes else 0
+    eca_params = attention_params if spec.group_kernel_sizes else 0
     shape = spec.input_shape(batch, input_size)
     return SummaryReport(
         spec=spec.name,
@@ -83,7 +83,7 @@ def summarize(spec: ResNetSpec, batch: int = 1, input_size: int | None = None, d
     )
 
 
-def run_torchinfo(spec: ResNetSpec, batch: int = 1, input_size: int | None = None, depth: int = 3, **kwargs: Any) -> torchinfo.ModelStatistics:
+def run_torchinfo(spec: NetworkSpec, batch: int = 1, input_size: int | None = None, depth: int = 3, **kwargs: Any) -> torchinfo.ModelStatistics:
     """torchinfo's own statistics for the spec's model, traced on the meta device (no storage)."""
     import torch
     import torchinfo
@@ -95,7 +95,7 @@ def run_torchinfo(spec: ResNetSpec, batch: int = 1, input_size: int | None = Non
     return torchinfo.summary(model, input_size=spec.input_shape(batch, input_size), device="meta", depth=depth, verbose=0, **kwargs)
 
 
-def torchinfo_table(spec: ResNetSpec, batch: int = 1, input_size: int | None = None, depth: int = 3) -> str:
+def torchinfo_table(spec: NetworkSpec, batch: int = 1, input_size: int | None = None, depth: int = 3) -> str:
     """torchinfo's own text table (the format the write-up shows)."""
     stats = run_torchinfo(spec, batch, input_size, depth, col_names=("input_size", "output_size", "num_params", "mult_adds"))
     return str(stats)
