@@ -1,4 +1,4 @@
-"""The pure-Python layer accounting equals torchinfo run on the built model (the oracle)."""
+"""The pure-Python layer accounting (ecacli.arch) equals torchinfo run on the built model (the oracle), for both families."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ecacli.reports.summary import run_torchinfo, summarize
-from ecacli.spec import ResNetSpec
+from ecacli.spec import SPEC_ADAPTER, ResNetSpec
 from ecacli.spec_loader import load_spec, preset_names
 
 
@@ -63,6 +63,20 @@ def test_write_up_numbers():
     assert report.input_size == [1, 3, 224, 224]
 
 
+attentions = st.one_of(
+    st.just({"type": "none"}),
+    st.fixed_dictionaries(
+        {
+            "type": st.sampled_from(["eca", "ceca"]),
+            "k_size": st.one_of(st.just("adaptive"), st.sampled_from([1, 3, 5])),
+            "impl": st.sampled_from(["fast", "reference"]),
+        }
+    ),
+    st.fixed_dictionaries({"type": st.just("eca_ns"), "k_size": st.one_of(st.just("adaptive"), st.sampled_from([1, 3, 5]))}),
+    st.fixed_dictionaries({"type": st.just("se"), "reduction": st.integers(1, 32), "divisor": st.sampled_from([1, 4, 8])}),
+    st.fixed_dictionaries({"type": st.just("cbam"), "reduction": st.integers(1, 32), "spatial_kernel": st.sampled_from([1, 3, 7]), "mlp_bias": st.booleans()}),
+)
+
 specs = st.fixed_dictionaries(
     {
         "name": st.just("gen"),
@@ -73,18 +87,8 @@ specs = st.fixed_dictionaries(
         "width": st.sampled_from([8, 16, 24]),
         "in_chans": st.integers(1, 4),
         "num_classes": st.integers(1, 20),
-        "attention": st.one_of(
-            st.just({"type": "none"}),
-            st.fixed_dictionaries(
-                {
-                    "type": st.sampled_from(["eca", "ceca"]),
-                    "k_size": st.one_of(st.just("adaptive"), st.sampled_from([1, 3, 5])),
-                    "impl": st.sampled_from(["fast", "reference"]),
-                }
-            ),
-            st.fixed_dictionaries({"type": st.just("se"), "reduction": st.integers(1, 32), "divisor": st.sampled_from([1, 4, 8])}),
-            st.fixed_dictionaries({"type": st.just("cbam"), "reduction": st.integers(1, 32), "spatial_kernel": st.sampled_from([1, 3, 7]), "mlp_bias": st.booleans()}),
-        ),
+        "norm": st.sampled_from(["batch", "group", "frozen_batch"]),
+        "attention": attentions,
     }
 )
 
@@ -92,4 +96,38 @@ specs = st.fixed_dictionaries(
 @given(data=specs, batch=st.integers(1, 3), side=st.integers(8, 80))
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 def test_generated_specs_equal_torchinfo(data, batch, side):
+    if data["norm"] == "group":
+        side = max(side, 64)  # GroupNorm refuses one value per group, as a 1x1 map of a narrow layer at batch 1 would give it
     assert_same_as_torchinfo(ResNetSpec.model_validate(data), batch, side)
+
+
+mobilenet_specs = st.fixed_dictionaries(
+    {
+        "name": st.just("gen"),
+        "arch": st.just("mobilenetv2"),
+        "width_mult": st.sampled_from([0.25, 0.5, 1.0, 1.4]),
+        "inverted_residual_setting": st.lists(
+            st.tuples(st.integers(1, 6), st.sampled_from([8, 16, 24, 40]), st.integers(1, 2), st.integers(1, 2)).map(list), min_size=1, max_size=4
+        ),
+        "last_channel": st.sampled_from([32, 64, 1280]),
+        "in_chans": st.integers(1, 4),
+        "num_classes": st.integers(1, 20),
+        "norm": st.sampled_from(["batch", "group"]),
+        "attention": attentions,
+    }
+)
+
+
+@given(data=mobilenet_specs, batch=st.integers(1, 3), side=st.integers(8, 80))
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+def test_generated_mobilenet_specs_equal_torchinfo(data, batch, side):
+    if data["norm"] == "group":
+        side = max(side, 64)  # GroupNorm refuses one value per group
+    assert_same_as_torchinfo(SPEC_ADAPTER.validate_python(data), batch, side)
+
+
+def test_eca_mobilenetv2_figures():
+    """The release's layout: 25 ECA weights on torchvision's 3,504,872, and torchinfo's mult-adds at 224 px."""
+    report = summarize(load_spec("eca_mobilenetv2_k13"))
+    assert (report.total_params, report.mult_adds, report.attention_params) == (3_504_897, 300_812_488, 25)
+    assert summarize(load_spec("mobilenetv2")).total_params == 3_504_872

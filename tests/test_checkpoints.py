@@ -258,7 +258,7 @@ def save_and_expect(tmp_path, content, match: str) -> None:
 
 def test_unsupported_layouts_say_what_was_found(tmp_path):
     weights = new_model(tiny_spec(), seed=0).state_dict()
-    save_and_expect(tmp_path, {"features.0.0.weight": torch.zeros(32, 3, 3, 3), **weights}, r"features\.0\.0\.weight \(an ECA-MobileNetV2\?\)")
+    save_and_expect(tmp_path, {"features.0.0.weight": torch.zeros(32, 3, 3, 3), **weights}, r"found keys such as features\.0\.0\.weight; expected a ResNet.*or a MobileNetV2")
     se = {key.replace(".eca.conv.weight", ".se.fc1.weight"): value for key, value in weights.items()}
     save_and_expect(tmp_path, se, r"not ECA \(layer1\.0\.se\.fc1\.weight")
     save_and_expect(tmp_path, {"epoch": 3, "optimizer": {}}, r"keys epoch, optimizer, but no state_dict")
@@ -358,3 +358,49 @@ def test_a_failed_save_of_a_pair_touches_neither_file(tmp_path, monkeypatch):
     with pytest.raises(RuntimeError, match="disk full"):
         save_checkpoint(new_model(spec, seed=1).state_dict(), spec, old.path, force=True)
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+
+
+# --- MobileNetV2 ------------------------------------------------------------------------------------
+
+
+def test_torchvision_mobilenet_v2_converts_as_a_warm_start(tmp_path):
+    torchvision = pytest.importorskip("torchvision")
+    weights = torchvision.models.mobilenet_v2().state_dict()
+    torch.save(weights, tmp_path / "mobilenet_v2.pth")
+    checkpoint = open_checkpoint(tmp_path / "mobilenet_v2.pth")
+    plain, origin = spec_for(checkpoint)
+    assert checkpoint.state.label == "torchvision MobileNetV2 state_dict" and origin.startswith("inferred")
+    assert (plain.arch, plain.attention.type, plain.num_classes) == ("mobilenetv2", "none", 1000)
+    spec = converted_spec(checkpoint, overrides=["attention.k_size=[1, 1, 1, 1, 1, 3, 3]"])
+    model, notes = model_with_weights(spec, checkpoint, seed=0, init_missing_eca=True)
+    converted = model.state_dict()
+    assert all(torch.equal(converted[key], value) for key, value in weights.items())
+    added = sorted(set(converted) - set(weights))
+    assert added == sorted([f"features.1.conv.3.conv.weight"] + [f"features.{i}.conv.4.conv.weight" for i in range(2, 18)])
+    assert any("initialised all 17" in note and "table row" in note for note in notes)
+
+
+def test_paper_eca_mobilenetv2_checkpoint_infers_k_per_row(tmp_path):
+    """The release's training checkpoint (module. prefix, state_dict wrapper): k 1 for rows with c <= 96, 3 above, read from the shapes."""
+    release = load_spec("eca_mobilenetv2_k13")
+    weights = new_model(release, seed=0).state_dict()
+    torch.save({"epoch": 400, "arch": "eca_mobilenet_v2", "state_dict": {f"module.{k}": v for k, v in weights.items()}, "best_prec1": 72.56}, tmp_path / "eca_mobilenetv2_k13.pth.tar")
+    checkpoint = open_checkpoint(tmp_path / "eca_mobilenetv2_k13.pth.tar")
+    spec, _ = spec_for(checkpoint)
+    assert checkpoint.state.source == "paper" and "ECA-MobileNetV2" in checkpoint.state.label
+    assert (spec.arch, spec.attention.type, spec.group_kernel_sizes) == ("mobilenetv2", "eca", [1, 1, 1, 1, 1, 3, 3])
+    model = load_model(tmp_path / "eca_mobilenetv2_k13.pth.tar")
+    assert_same_tensors(model.state_dict(), weights)
+    x = torch.randn(1, 3, 64, 64)
+    reference = new_model(release, seed=0).eval()
+    torch.testing.assert_close(model(x), reference(x), rtol=0, atol=0)
+
+
+def test_mobilenet_blocks_off_torchvisions_table_are_refused_with_the_reason(tmp_path):
+    spec = ecacli.load_spec("mobilenetv2", ["inverted_residual_setting=[[1, 16, 1, 1], [6, 24, 3, 2]]"])
+    torch.save(new_model(spec, seed=0).state_dict(), tmp_path / "odd.pth")
+    with pytest.raises(CheckpointError, match="strides cannot be read from weights"):
+        spec_for(open_checkpoint(tmp_path / "odd.pth"))
+    checkpoint = open_checkpoint(tmp_path / "odd.pth")
+    assert spec_for(checkpoint, spec)[0] is spec  # given the spec, it loads
+    model_with_weights(spec, checkpoint)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch import nn
 
 from ecacli import build_model, load_spec
 from ecacli.layers import EcaModule
@@ -107,3 +108,113 @@ def test_zero_init_residual_zeroes_each_blocks_last_bn():
         for block in stage:
             assert torch.all(block.bn2.weight == 0)
             assert torch.all(block.bn1.weight == 1)
+
+
+# --- ECA-MobileNetV2 and ECA-NS against straightforward reference formulations --------------------
+
+
+class ReferenceEca(nn.Module):
+    """The paper's layer as written: average pool, conv1d over the channel axis, sigmoid, scale."""
+
+    def __init__(self, k: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv1d(1, 1, k, padding=(k - 1) // 2, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = nn.functional.adaptive_avg_pool2d(x, 1)
+        y = self.conv(y.squeeze(-1).transpose(-1, -2)).transpose(-1, -2).unsqueeze(-1)
+        return x * torch.sigmoid(y).expand_as(x)
+
+
+def conv_bn_relu6(inp: int, out: int, kernel: int, stride: int, groups: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(inp, out, kernel, stride, (kernel - 1) // 2, groups=groups, bias=False), nn.BatchNorm2d(out), nn.ReLU6(inplace=True))
+
+
+class ReferenceInvertedResidual(nn.Module):
+    def __init__(self, inp: int, out: int, stride: int, t: int, k: int) -> None:
+        super().__init__()
+        hidden = inp * t
+        layers = [] if t == 1 else [conv_bn_relu6(inp, hidden, 1, 1, 1)]
+        layers += [conv_bn_relu6(hidden, hidden, 3, stride, hidden), nn.Conv2d(hidden, out, 1, bias=False), nn.BatchNorm2d(out), ReferenceEca(k)]
+        self.conv = nn.Sequential(*layers)
+        self.residual = stride == 1 and inp == out
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.conv(x) if self.residual else self.conv(x)
+
+
+class ReferenceEcaMobileNetV2(nn.Module):
+    """The release's ECA-MobileNetV2, written out: k = 1 for rows with c <= 96, 3 above."""
+
+    def __init__(self, num_classes: int = 1000) -> None:
+        super().__init__()
+        table = [(1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1)]
+        features: list[nn.Module] = [conv_bn_relu6(3, 32, 3, 2, 1)]
+        inp = 32
+        for t, c, n, s in table:
+            for i in range(n):
+                features.append(ReferenceInvertedResidual(inp, c, s if i == 0 else 1, t, 1 if c <= 96 else 3))
+                inp = c
+        features.append(conv_bn_relu6(inp, 1280, 1, 1, 1))
+        self.features = nn.Sequential(*features)
+        self.classifier = nn.Sequential(nn.Dropout(0.2), nn.Linear(1280, num_classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(x).mean(dim=(2, 3)))
+
+
+def randomise_statistics(model: nn.Module, seed: int) -> None:
+    generator = torch.Generator().manual_seed(seed)
+    for module in model.modules():
+        if isinstance(module, nn.BatchNorm2d):
+            module.weight.data.uniform_(0.5, 1.5, generator=generator)
+            module.bias.data.uniform_(-0.5, 0.5, generator=generator)
+            module.running_mean.uniform_(-0.2, 0.2, generator=generator)
+            module.running_var.uniform_(0.5, 1.5, generator=generator)
+
+
+@pytest.mark.parametrize("training", [False, True], ids=["eval", "train"])
+def test_eca_mobilenetv2_equals_the_release_formulation(training):
+    """Same weights, float64: outputs to 1e-10 of the straightforward model, in training (dropout off) and eval mode."""
+    torch.manual_seed(0)
+    model = build_model(load_spec("eca_mobilenetv2_k13", ["attention.impl=fast"])).double()
+    randomise_statistics(model, 1)
+    reference = ReferenceEcaMobileNetV2().double()
+    reference.load_state_dict(model.state_dict())  # strict: the release's names, key for key
+    for m in (model, reference):
+        m.train(training)
+        m.classifier[0].p = 0.0
+    x = torch.randn(2, 3, 96, 96, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    expected, actual = reference(x), model(x)
+    assert (actual - expected).abs().max() <= 1e-10 * expected.abs().max()
+    if training:
+        for name, buffer in reference.state_dict().items():
+            torch.testing.assert_close(model.state_dict()[name], buffer, rtol=1e-10, atol=1e-12)
+
+
+def test_eca_ns_gate_is_each_channels_own_window():
+    """ECA-NS against a direct unfold-based formulation: gate_c = sigmoid(sum_j w[c, j] * mean[c - (k-1)/2 + j]), zero padding at the ends."""
+    from ecacli.layers.eca_ns import EcaNsModule
+
+    torch.manual_seed(3)
+    channels, k = 12, 5
+    module = EcaNsModule(channels, k).double()
+    assert tuple(module.conv.weight.shape) == (channels, 1, k)
+    x = torch.randn(3, channels, 4, 5, dtype=torch.float64)
+    means = x.mean(dim=(2, 3))
+    windows = nn.functional.pad(means, ((k - 1) // 2, (k - 1) // 2)).unfold(1, k, 1)  # [N, C, k]
+    gate = torch.sigmoid((windows * module.conv.weight[:, 0, :]).sum(-1))
+    torch.testing.assert_close(module(x), x * gate[:, :, None, None], rtol=1e-12, atol=1e-12)
+    edge = torch.zeros(1, channels, 1, 1, dtype=torch.float64)
+    edge[0, 0] = 1.0  # a window past the first channel reads zeros: only channels 0..2 see the 1
+    seen = module.conv(edge.mean(dim=(2, 3)).unsqueeze(1))[0, :, 0] != 0
+    assert seen.tolist() == [True, True, True] + [False] * (channels - 3)
+
+
+def test_eca_ns_r50_parameters():
+    """ECA-NS adds k x C weights per block: r50's widths 256/512/1024/2048 with adaptive k 5, 5, 5, 7."""
+    with torch.device("meta"):
+        model = build_model(load_spec("eca_ns_r50"))
+    extra = sum(p.numel() for name, p in model.named_parameters() if ".eca." in name)
+    assert extra == 3 * 5 * 256 + 4 * 5 * 512 + 6 * 5 * 1024 + 3 * 7 * 2048
+    assert sum(p.numel() for p in model.parameters()) == 25_557_032 + extra

@@ -6,7 +6,8 @@ torch modules and `account` into the `Layer` tree `ecacli summary` shows.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING, Any
 
 from ecacli.arch import attention, mobilenetv2, resnet
 from ecacli.arch.nodes import FLOAT32_BYTES, KINDS, Layer, Node, account
@@ -14,7 +15,7 @@ from ecacli.arch.nodes import FLOAT32_BYTES, KINDS, Layer, Node, account
 if TYPE_CHECKING:
     from ecacli.spec import NetworkSpec
 
-__all__ = ["FAMILIES", "FLOAT32_BYTES", "KINDS", "Layer", "Node", "account", "attention", "mobilenetv2", "model_layers", "plan", "resnet"]
+__all__ = ["family_of", "infer", "FAMILIES", "FLOAT32_BYTES", "KINDS", "Layer", "Node", "account", "attention", "mobilenetv2", "model_layers", "plan", "resnet"]
 
 FAMILIES = {"resnet": resnet, "mobilenetv2": mobilenetv2}
 """Each family's description by its spec `arch`: `plan(spec)` and `infer(shapes, name)`."""
@@ -23,6 +24,16 @@ FAMILIES = {"resnet": resnet, "mobilenetv2": mobilenetv2}
 def plan(spec: NetworkSpec) -> Node:
     """The model a spec describes."""
     return FAMILIES[spec.arch].plan(spec)  # type: ignore[attr-defined]
+
+
+def family_of(keys: Iterable[str]) -> str:
+    """The family whose names a state_dict's keys carry: MobileNetV2's `features.N` / `classifier`, else ResNet's."""
+    return "mobilenetv2" if any(key.startswith("features.") for key in keys) else "resnet"
+
+
+def infer(shapes: Mapping[str, tuple[int, ...]], name: str) -> dict[str, Any]:
+    """Spec data describing a state_dict with ecacli's names, by its family's own reading (`LayoutError` where none can)."""
+    return FAMILIES[family_of(shapes)].infer(shapes, name)  # type: ignore[attr-defined]
 
 
 def model_layers(spec: NetworkSpec, batch: int = 1, input_size: int | None = None) -> Layer:

@@ -186,7 +186,7 @@ def model_with_weights(
     report = check_against(spec, checkpoint.tensors)
     notes = list(checkpoint.state.notes)
     if not report.loads:
-        if not (init_missing_eca and report.only_eca_missing and not checkpoint.state.has_eca):
+        if not (init_missing_eca and report.only_attention_missing and not checkpoint.state.has_eca):
             found = f" ({checkpoint.state.problem})" if checkpoint.state.problem else ""
             raise CheckpointError(f"{checkpoint.path}: the weights do not load into spec '{spec.name}'{found}:\n{report.describe()}")
         notes.append(

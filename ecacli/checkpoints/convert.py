@@ -1,8 +1,9 @@
 """Recognising where a checkpoint comes from and renaming its tensors to ecacli's names.
 
 Sources: ecacli's own files; the paper's released training checkpoints (a dict with
-`state_dict` whose keys carry DataParallel's `module.` prefix); torchvision ResNet state_dicts
-(no attention); timm resnet-family checkpoints, whose attention module is named `se`.
+`state_dict` whose keys carry DataParallel's `module.` prefix), ECA-ResNets and ECA-MobileNetV2;
+torchvision ResNet and MobileNetV2 state_dicts (no attention); timm resnet-family checkpoints,
+whose attention module is named `se`.
 Anything else is reported with what was found and what is missing.
 """
 
@@ -25,6 +26,7 @@ DATA_PARALLEL_PREFIX = "module."
 TIMM_ECA = re.compile(r"^(layer\d+\.\d+)\.se\.conv\.weight$")
 TIMM_ATTENTION = re.compile(r"^layer\d+\.\d+\.se\.")
 RESNET_KEYS = re.compile(r"^(conv1|bn1|layer[1-4]\.\d+|fc)\.")
+MOBILENET_KEYS = re.compile(r"^(features\.\d+|classifier\.\d+)\.")
 
 TIMM_ECA_NOTE = (
     "renamed timm's 'se.conv' (ECA) to 'eca.conv'; timm's CECA (circular padding) has the same weights: "
@@ -51,11 +53,16 @@ class SourceState:
 
     @property
     def has_eca(self) -> bool:
-        return any(key.endswith(".eca.conv.weight") for key in self.tensors)
+        """Whether any block carries an ECA-family gate conv (a 3-d `conv.weight`; the networks' own convs are 4-d)."""
+        return has_eca_kernels(self.tensors)
 
     def require_supported(self, path: Path) -> None:
         if self.problem:
             raise CheckpointError(f"{path}: unsupported checkpoint: {self.problem}")
+
+
+def has_eca_kernels(tensors: Mapping[str, torch.Tensor]) -> bool:
+    return any(key.endswith("conv.weight") and t.dim() == 3 for key, t in tensors.items())
 
 
 def _is_state_dict(value: Any) -> bool:
@@ -101,16 +108,27 @@ def _unknown(tensors: dict[str, torch.Tensor], problem: str) -> SourceState:
     return SourceState(UNKNOWN, "unrecognised state_dict", tensors, problem=problem)
 
 
+def classify_mobilenet(tensors: dict[str, torch.Tensor], wrapped: bool, prefixed: bool, ecacli_file: bool) -> SourceState:
+    """A MobileNetV2 state_dict with torchvision's names: ecacli's, the paper's ECA-MobileNetV2, or torchvision's."""
+    if ecacli_file:
+        return SourceState(ECACLI, "ecacli checkpoint", tensors)
+    if has_eca_kernels(tensors):
+        label = "the paper's training checkpoint (ECA-MobileNetV2)" if wrapped or prefixed else "ECA-MobileNetV2 state_dict (the paper's names)"
+        return SourceState(PAPER, label, tensors)
+    return SourceState(TORCHVISION, "torchvision MobileNetV2 state_dict", tensors)
+
+
 def classify(tensors: dict[str, torch.Tensor], wrapped: bool, prefixed: bool, ecacli_file: bool) -> SourceState:
     """Name the source from the keys and rename timm's attention; unknown layouts carry the reason."""
+    if tensors and all(MOBILENET_KEYS.match(key) for key in tensors):
+        return classify_mobilenet(tensors, wrapped, prefixed, ecacli_file)
     foreign = [key for key in tensors if not RESNET_KEYS.match(key)]
     if foreign or "layer1.0.conv1.weight" not in tensors:
         sample = ", ".join((foreign or sorted(tensors))[:5])
-        hint = " (an ECA-MobileNetV2?)" if any(key.startswith("features.") for key in foreign) else ""
         return _unknown(
             tensors,
-            f"found keys such as {sample}{hint}; expected a ResNet's conv1, bn1, layer1..layer4 and fc. "
-            "ecacli converts ResNet / ECA-ResNet checkpoints only.",
+            f"found keys such as {sample}; expected a ResNet's conv1, bn1, layer1..layer4 and fc, or a MobileNetV2's features and classifier. "
+            "ecacli converts ResNet / ECA-ResNet and MobileNetV2 / ECA-MobileNetV2 checkpoints.",
         )
     timm_attention = [key for key in tensors if TIMM_ATTENTION.match(key)]
     if timm_attention:
@@ -124,7 +142,7 @@ def classify(tensors: dict[str, torch.Tensor], wrapped: bool, prefixed: bool, ec
             )
         renamed = {TIMM_ECA.sub(r"\1.eca.conv.weight", key): t for key, t in tensors.items()}
         return SourceState(TIMM, "timm ResNet with ECA attention", renamed, notes=[TIMM_ECA_NOTE])
-    has_eca = any(key.endswith(".eca.conv.weight") for key in tensors)
+    has_eca = has_eca_kernels(tensors)
     if ecacli_file:
         return SourceState(ECACLI, "ecacli checkpoint", tensors)
     if has_eca:

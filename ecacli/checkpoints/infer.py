@@ -8,18 +8,18 @@ checked, key by key, against the model the inferred or given spec builds.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import torch
 
-from ecacli.arch import resnet
+from ecacli.arch import infer
+from ecacli.arch.attention import ATTENTION_KINDS
+from ecacli.arch.resnet import LayoutError
 from ecacli.checkpoints.io import CheckpointError
-from ecacli.spec import NUM_STAGES, NetworkSpec
+from ecacli.spec import NetworkSpec
 from ecacli.spec_loader import spec_from_data
 
-ECA_KEY = re.compile(r"^layer(\d+)\.(\d+)\.eca\.conv\.weight$")
 BN_BUFFERS = ("running_mean", "running_var", "num_batches_tracked")
 OPTIONAL_BUFFER = "num_batches_tracked"
 
@@ -33,30 +33,24 @@ def parameter_count(tensors: Mapping[str, torch.Tensor]) -> int:
     return sum(t.numel() for key, t in tensors.items() if is_parameter(key))
 
 
-def stage_kernel_sizes(tensors: Mapping[str, torch.Tensor]) -> list[list[int]]:
-    """The ECA k of every block, grouped by stage (empty lists when there are no ECA kernels)."""
-    per_stage: dict[int, dict[int, int]] = {}
-    for key, tensor in tensors.items():
-        found = ECA_KEY.match(key)
-        if found:
-            per_stage.setdefault(int(found.group(1)), {})[int(found.group(2))] = int(tensor.shape[-1])
-    return [[k for _, k in sorted(per_stage.get(stage, {}).items())] for stage in range(1, NUM_STAGES + 1)]
+def shapes_of(tensors: Mapping[str, torch.Tensor]) -> dict[str, tuple[int, ...]]:
+    return {key: tuple(t.shape) for key, t in tensors.items()}
 
 
 def fitting_k_size(tensors: Mapping[str, torch.Tensor]) -> int | list[int] | None:
-    """The spec `attention.k_size` the file's ECA kernels fit, or None if it has none or k varies within a stage."""
-    stages = stage_kernel_sizes(tensors)
-    if not any(stages) or any(len(set(ks)) != 1 for ks in stages):
+    """The spec `attention.k_size` the file's ECA kernels fit, or None if it has none or its layout cannot be described."""
+    try:
+        attention = infer(shapes_of(tensors), "file")["attention"]
+    except LayoutError:
         return None
-    kernels = [ks[0] for ks in stages]
-    return kernels[0] if len(set(kernels)) == 1 else kernels
+    return attention.get("k_size")
 
 
 def infer_spec_data(tensors: Mapping[str, torch.Tensor], name: str) -> dict:
     """Spec data (for `spec_from_data`) describing a state_dict with ecacli's names."""
     try:
-        return resnet.infer({key: tuple(t.shape) for key, t in tensors.items()}, name)
-    except resnet.LayoutError as exc:
+        return infer(shapes_of(tensors), name)
+    except LayoutError as exc:
         raise CheckpointError(str(exc)) from None
 
 
@@ -77,13 +71,16 @@ def _describe(data: dict) -> str:
     return ", ".join(f"{key} {value}" for key, value in data.items() if key != "name")
 
 
-def model_shapes(spec: NetworkSpec) -> dict[str, tuple[int, ...]]:
-    """Every state_dict key of the spec's model with its shape, computed without allocating weights."""
+def model_shapes(spec: NetworkSpec) -> tuple[dict[str, tuple[int, ...]], set[str]]:
+    """Every state_dict key of the spec's model with its shape, and the keys of its attention modules, computed without allocating weights."""
     from ecacli.models import build_model
 
     with torch.device("meta"):
         model = build_model(spec)
-    return {key: tuple(t.shape) for key, t in model.state_dict().items()}
+    attention = {
+        f"{prefix}.{key}" for prefix, module in model.named_modules() if type(module).__name__ in ATTENTION_KINDS for key in module.state_dict()
+    }
+    return {key: tuple(t.shape) for key, t in model.state_dict().items()}, attention
 
 
 @dataclass
@@ -94,15 +91,16 @@ class LoadReport:
     unexpected: list[str] = field(default_factory=list)
     mismatched: list[tuple[str, tuple[int, ...], tuple[int, ...]]] = field(default_factory=list)
     fitting_k_size: int | list[int] | None = None
+    attention_keys: set[str] = field(default_factory=set)
 
     @property
     def loads(self) -> bool:
         return not (self.missing or self.unexpected or self.mismatched)
 
     @property
-    def only_eca_missing(self) -> bool:
-        """True when everything loads but the ECA kernels (a plain ResNet into an ECA-ResNet)."""
-        return bool(self.missing) and not (self.unexpected or self.mismatched) and all(".eca." in key for key in self.missing)
+    def only_attention_missing(self) -> bool:
+        """True when everything loads but the attention modules' weights (a plain network into an ECA one)."""
+        return bool(self.missing) and not (self.unexpected or self.mismatched) and all(key in self.attention_keys for key in self.missing)
 
     def describe(self, limit: int = 12) -> str:
         lines = []
@@ -114,11 +112,11 @@ class LoadReport:
             if items:
                 shown = ", ".join(items[:limit]) + (f", ... ({len(items) - limit} more)" if len(items) > limit else "")
                 lines.append(f"  {label} ({len(items)}): {shown}")
-        if any(".eca." in key for key, _, _ in self.mismatched) and self.fitting_k_size is not None:
+        if any(key in self.attention_keys for key, _, _ in self.mismatched) and self.fitting_k_size is not None:
             value = self.fitting_k_size if isinstance(self.fitting_k_size, int) else ",".join(map(str, self.fitting_k_size))
             lines.append(f"  the file's ECA kernels fit attention.k_size: {self.fitting_k_size} (--set 'attention.k_size=[{value}]')")
-        if self.only_eca_missing:
-            lines.append("  the file has no ECA kernels: `ecacli export SPEC --from FILE` initialises them (a warm start for fine-tuning)")
+        if self.only_attention_missing:
+            lines.append("  the file has no attention weights: `ecacli export SPEC --from FILE` initialises them (a warm start for fine-tuning)")
         return "\n".join(lines)
 
     def to_dict(self) -> dict:
@@ -133,8 +131,8 @@ class LoadReport:
 
 def check_against(spec: NetworkSpec, tensors: Mapping[str, torch.Tensor]) -> LoadReport:
     """Compare a state_dict with the spec's model key by key; a missing BN step counter is not a mismatch."""
-    expected = model_shapes(spec)
-    report = LoadReport(fitting_k_size=fitting_k_size(tensors))
+    expected, attention = model_shapes(spec)
+    report = LoadReport(fitting_k_size=fitting_k_size(tensors), attention_keys=attention)
     for key, shape in expected.items():
         if key not in tensors:
             if not key.endswith(OPTIONAL_BUFFER):
