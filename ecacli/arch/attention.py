@@ -14,7 +14,7 @@ from typing import Annotated, Any, ClassVar, Literal, Union
 from pydantic import Field, ValidatorFunctionWrapHandler, field_validator
 from pydantic_core import PydanticCustomError
 
-from ecacli.arch.nodes import Kind, Layer, Node, Shape, account, chain, child_path, conv, register
+from ecacli.arch.nodes import KINDS, Kind, Layer, Node, Shape, account, chain, child_path, conv, register
 from ecacli.kernel import kernel_size
 from ecacli.strict_model import StrictModel
 
@@ -202,11 +202,16 @@ AttentionSpec = Annotated[Union[tuple(ATTENTION_TYPES.values())], Field(discrimi
 # --- the modules' kinds ---------------------------------------------------------------------------
 
 
-ATTENTION_KINDS = ("EcaModule", "EcaNsModule", "SeModule", "CbamModule")
+def is_attention(kind: str) -> bool:
+    """Whether modules of this kind are attention modules (their Kind is a `Gate`)."""
+    return isinstance(KINDS[kind], Gate)
 
 
 class Gate(Kind):
     """An attention module: output shaped as its input (x times its gates); its children see shapes of their own."""
+
+    reports_kernel = False
+    """Whether the summary shows its `kernel_size` argument as ECA's k."""
 
     def child_shapes(self, args: Mapping[str, Any], shape: Shape) -> list[Shape]:
         """The input shape of each child, in `children` order."""
@@ -214,7 +219,7 @@ class Gate(Kind):
 
     def account(self, node: Node, shape: Shape, path: str) -> Layer:
         layers = [account(child, child_shape, child_path(path, child.name)) for child, child_shape in zip(node.children, self.child_shapes(node.args, shape))]
-        k = node.args.get("kernel_size") if node.kind in ("EcaModule", "EcaNsModule") else None
+        k = node.args["kernel_size"] if self.reports_kernel else None
         return Layer(path, self.type_name, list(shape), eca_k=k, is_attention=True, children=layers)
 
 
@@ -232,6 +237,7 @@ class ChannelConv(Kind):
 @register("EcaModule")
 class EcaModule(Gate):
     module = "ecacli.layers.eca:EcaModule"
+    reports_kernel = True
 
     def children(self, args: Mapping[str, Any]) -> list[Node]:
         return [Node("conv", "ChannelConv", {"kernel_size": args["kernel_size"], "padding_mode": "circular" if args["circular"] else "zeros"})]
@@ -254,6 +260,7 @@ class WindowConv(Kind):
 @register("EcaNsModule")
 class EcaNsModule(Gate):
     module = "ecacli.layers.eca_ns:EcaNsModule"
+    reports_kernel = True
 
     def children(self, args: Mapping[str, Any]) -> list[Node]:
         return [Node("conv", "WindowConv", {"channels": args["channels"], "kernel_size": args["kernel_size"]})]

@@ -83,6 +83,8 @@ class Kind:
     """How one kind of module is described: its children, its accounting, and the torch class it is built as (`module`, "package.module:Class")."""
 
     module: str = ""
+    name: str = ""
+    """The kind's key in `KINDS` (set by `register`)."""
 
     def children(self, args: Mapping[str, Any]) -> list[Node]:
         return []
@@ -107,6 +109,7 @@ def register(name: str) -> Callable[[type[Kind]], type[Kind]]:
     """Class decorator: one instance of the Kind under `name` in `KINDS`."""
 
     def add(cls: type[Kind]) -> type[Kind]:
+        cls.name = name
         KINDS[name] = cls()
         return cls
 

@@ -14,8 +14,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from ecacli.arch.attention import ATTENTION_KINDS, ATTENTION_TYPES
-from ecacli.arch.nodes import Kind, Layer, Node, Shape, account, chain, child_path, conv, norm, register, sequential
+from ecacli.arch.attention import ATTENTION_TYPES, is_attention
+from ecacli.arch.nodes import KINDS, Kind, Layer, Node, Shape, account, chain, child_path, conv, norm, register, sequential
 
 if TYPE_CHECKING:
     from ecacli.spec import ResNetSpec
@@ -134,7 +134,7 @@ class ResidualBlock(Kind):
 
     def creation_order(self, children: list[Node]) -> list[Node]:
         """Shortcut projection, attention, then the main path: the seeded weights of earlier releases."""
-        first = [c for c in children if c.name == "downsample"] + [c for c in children if c.kind in ATTENTION_KINDS]
+        first = [c for c in children if c.name == "downsample"] + [c for c in children if is_attention(c.kind)]
         return first + [c for c in children if c not in first]
 
     def account(self, node: Node, shape: Shape, path: str) -> Layer:
@@ -180,9 +180,8 @@ class Bottleneck(ResidualBlock):
         return [m for m in main if m.name != "relu"] + [m for m in main if m.name == "relu"]  # torchvision registers relu after bn3
 
 
-BLOCKS: dict[str, ResidualBlock] = {"basic": BasicBlock(), "bottleneck": Bottleneck()}
-"""Every block type by its `block:` name."""
-BLOCK_KINDS = {"basic": "BasicBlock", "bottleneck": "Bottleneck"}
+BLOCKS: dict[str, ResidualBlock] = {"basic": KINDS["BasicBlock"], "bottleneck": KINDS["Bottleneck"]}  # type: ignore[dict-item]
+"""Every block type by its `block:` name: the registry a new block type joins with one entry."""
 
 
 # --- the model ----------------------------------------------------------------------------------
@@ -200,7 +199,7 @@ def stage_nodes(spec: ResNetSpec, stage: int, in_channels: int) -> tuple[Node, i
         project = i == 0 and (stride != 1 or in_channels != out)
         attention = spec.attention.node(out, kernels[stage] if kernels else None)
         args = {"in_channels": in_channels, "planes": planes, "stride": stride, "downsample": spec.downsample if project else None, "attention": attention, "norm": spec.norm}
-        blocks.append(Node(str(i), BLOCK_KINDS[spec.block_type], args))
+        blocks.append(Node(str(i), BLOCKS[spec.block_type].name, args))
         in_channels = out
     return Node(f"layer{stage + 1}", "Sequential", {"layers": blocks}), out
 
@@ -314,10 +313,20 @@ def infer_attention(shapes: Mapping[str, tuple[int, ...]], blocks: list[int], ou
     return {"type": types.pop(), "k_size": kernels[0] if len(set(kernels)) == 1 else kernels}
 
 
+def block_type_of(shapes: Mapping[str, tuple[int, ...]]) -> str:
+    """The block type whose main path's convs are exactly the first block's (`layer1.0.*.weight` of 4-d convs)."""
+    found = {key[len("layer1.0."):] for key, shape in shapes.items() if key.startswith("layer1.0.conv") and len(shape) == 4}
+    probe = {"in_channels": 8, "planes": 8, "stride": 1, "norm": "batch"}
+    for name, block in BLOCKS.items():
+        if found == {f"{node.name}.weight" for node in block.main_path(probe) if node.kind == "Conv2d"}:
+            return name
+    raise LayoutError(f"cannot infer the block type from layer1.0's convs {sorted(found)}; known: " + ", ".join(BLOCKS) + ".")
+
+
 def infer(shapes: Mapping[str, tuple[int, ...]], name: str) -> dict[str, Any]:
     """Spec data (before validation) describing a state_dict with this family's names; LayoutError where none can."""
     blocks = stage_blocks(shapes)
-    block = "bottleneck" if "layer1.0.conv3.weight" in shapes else "basic"
+    block = block_type_of(shapes)
     width = shape_of(shapes, "layer1.0.conv1.weight", "width", 4)[0]
     num_classes = shape_of(shapes, "fc.weight", "number of classes (the classifier fc)", 2)[0]
     depth = next((depth for depth, known in DEPTHS.items() if known == (block, tuple(blocks))), None)

@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ecacli.arch import infer
-from ecacli.arch.attention import ATTENTION_KINDS
+from ecacli.arch import KINDS, infer
+from ecacli.arch.attention import is_attention
 from ecacli.arch.resnet import LayoutError
 from ecacli.checkpoints.io import CheckpointError
 from ecacli.spec import NetworkSpec
@@ -71,15 +71,18 @@ def _describe(data: dict) -> str:
     return ", ".join(f"{key} {value}" for key, value in data.items() if key != "name")
 
 
+def is_attention_module(module: torch.nn.Module) -> bool:
+    """Whether a built module is an attention module (its class is a registered attention Kind's)."""
+    return any(is_attention(kind.name) and type(module).__name__ == kind.type_name for kind in KINDS.values())
+
+
 def model_shapes(spec: NetworkSpec) -> tuple[dict[str, tuple[int, ...]], set[str]]:
     """Every state_dict key of the spec's model with its shape, and the keys of its attention modules, computed without allocating weights."""
     from ecacli.models import build_model
 
     with torch.device("meta"):
         model = build_model(spec)
-    attention = {
-        f"{prefix}.{key}" for prefix, module in model.named_modules() if type(module).__name__ in ATTENTION_KINDS for key in module.state_dict()
-    }
+    attention = {f"{prefix}.{key}" for prefix, module in model.named_modules() if is_attention_module(module) for key in module.state_dict()}
     return {key: tuple(t.shape) for key, t in model.state_dict().items()}, attention
 
 
