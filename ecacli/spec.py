@@ -22,7 +22,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from ecacli.errors import UserError
+from ecacli.errors import UserError, shown
 from ecacli.kernel import kernel_size
 
 NUM_STAGES = 4
@@ -47,7 +47,7 @@ def suggest(word: str, choices: list[str]) -> str:
 class StrictModel(BaseModel):
     """Base for spec sections: unknown keys are errors that name the closest known key."""
 
-    model_config = ConfigDict(strict=True, frozen=True, validate_default=True)
+    model_config = ConfigDict(strict=True, frozen=True, validate_default=True, allow_inf_nan=False)
 
     @model_validator(mode="before")
     @classmethod
@@ -59,7 +59,7 @@ class StrictModel(BaseModel):
                     raise PydanticCustomError(
                         "unknown_key",
                         "unknown key '{key}'.{hint} Allowed keys: {allowed}.",
-                        {"key": str(key), "hint": suggest(str(key), known), "allowed": ", ".join(known)},
+                        {"key": shown(str(key))[1:-1], "hint": suggest(str(key), known), "allowed": ", ".join(known)},
                     )
         return data
 
@@ -75,14 +75,14 @@ def _check_k_size(value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
     try:
         result = handler(value)
     except Exception:
-        raise PydanticCustomError("k_size", "must be {allowed}; got {got}.", {"allowed": allowed, "got": repr(value)}) from None
+        raise PydanticCustomError("k_size", "must be {allowed}; got {got}.", {"allowed": allowed, "got": shown(value)}) from None
     kernels = result if isinstance(result, list) else [result] if isinstance(result, int) else []
     even = [k for k in kernels if k % 2 == 0]
     if even:
         raise PydanticCustomError(
             "k_size_even",
             "ECA kernel sizes must be odd (the 1-D conv is padded by (k-1)/2 on each side); got {got}. Allowed: {allowed}.",
-            {"got": repr(value), "allowed": allowed},
+            {"got": shown(value), "allowed": allowed},
         )
     return result
 
@@ -168,6 +168,12 @@ class NoAttention(StrictModel):
 
 
 ATTENTION_TYPES = {"eca": EcaAttention, "ceca": CecaAttention, "se": SeAttention, "cbam": CbamAttention, "none": NoAttention}
+
+
+def attention_model(type_name: Any) -> type[StrictModel] | None:
+    """The schema of an attention type, or None for anything that is not one of their names (lists and mappings included)."""
+    return ATTENTION_TYPES.get(type_name) if isinstance(type_name, str) else None
+
 AttentionSpec = Annotated[
     Union[EcaAttention, CecaAttention, SeAttention, CbamAttention, NoAttention], Field(discriminator="type")
 ]
@@ -224,11 +230,13 @@ class ResNetSpec(StrictModel):
     def _default_attention_type(cls, value: Any) -> Any:
         if isinstance(value, dict) and "type" not in value:
             return {"type": "eca", **value}
-        if isinstance(value, dict) and value.get("type") not in ATTENTION_TYPES:
+        if isinstance(value, dict) and attention_model(value["type"]) is None:
+            given = value["type"]
+            hint = suggest(given, list(ATTENTION_TYPES)) if isinstance(given, str) and len(given) <= 64 else ""
             raise PydanticCustomError(
                 "attention_type",
                 "unknown attention type {got}.{hint} Allowed: {allowed}.",
-                {"got": repr(value.get("type")), "hint": suggest(str(value.get("type")), list(ATTENTION_TYPES)), "allowed": ", ".join(ATTENTION_TYPES)},
+                {"got": shown(given), "hint": hint, "allowed": ", ".join(ATTENTION_TYPES)},
             )
         return value
 
@@ -246,12 +254,23 @@ class ResNetSpec(StrictModel):
             )
         if self.layers is not None and self.block is None:
             raise PydanticCustomError("layout", "'layers' needs 'block' (basic or bottleneck).")
-        kernels = self.stage_kernel_sizes or []
+        try:
+            kernels = self.stage_kernel_sizes or []
+        except ValueError as exc:
+            raise PydanticCustomError("layout", "attention: the adaptive rule cannot give a kernel size: {reason}.", {"reason": str(exc)}) from None
         if any(k > MAX_KERNEL for k in kernels):
             raise PydanticCustomError(
                 "layout",
                 "attention: the adaptive rule gives k = {kernels} per stage, above the largest allowed k of {max}; raise gamma or lower b.",
-                {"kernels": kernels, "max": MAX_KERNEL},
+                {"kernels": shown(kernels), "max": MAX_KERNEL},
+            )
+        wider = [(stage, k, c) for stage, (k, c) in enumerate(zip(kernels, self.stage_outputs), start=1) if k > c]
+        if wider:
+            stage, k, channels = wider[0]
+            raise PydanticCustomError(
+                "kernel_wider",
+                "attention: k = {k} in stage {stage} is wider than the {channels} channels it slides over; use an odd k of at most {largest} there (or a larger width).",
+                {"k": k, "stage": stage, "channels": channels, "largest": channels if channels % 2 else channels - 1},
             )
         return self
 
