@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import os
+import stat
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -29,6 +30,12 @@ class SpecError(UserError):
 
 class PathError(UserError):
     """A path the user named that the file system refuses (missing, not permitted, too long, I/O error, full)."""
+
+
+class Interrupted(Exception):
+    """Ctrl-C stopped a command (after it reported what it had): one line on stderr, exit code 130."""
+
+    exit_code = 130
 
 
 class Terminated(BaseException):
@@ -64,6 +71,20 @@ def describe_path(path: str | Path) -> str:
     if len(text) <= 2 * SHOWN_CHARS:
         return text
     return f"{text[:SHOWN_CHARS]}...{text[-SHOWN_CHARS:]} ({len(text):,} characters)"
+
+
+def file_kind(mode: int) -> str:
+    """What a file system entry is, from its st_mode: 'a regular file', 'a folder', 'a named pipe (FIFO)', ..."""
+    kinds = (
+        (stat.S_ISREG, "a regular file"),
+        (stat.S_ISDIR, "a folder"),
+        (stat.S_ISLNK, "a symbolic link"),
+        (stat.S_ISFIFO, "a named pipe (FIFO)"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISSOCK, "a socket"),
+    )
+    return next((name for test, name in kinds if test(mode)), "a special file")
 
 
 @contextmanager

@@ -21,7 +21,7 @@ from typing import Any, Iterable
 import yaml
 from pydantic import ValidationError
 
-from ecacli.errors import SpecError, describe_path, shown, user_path
+from ecacli.errors import SpecError, describe_path, file_kind, shown, user_path
 from ecacli.spec import ResNetSpec, attention_model, suggest
 
 MAX_SPEC_BYTES = 256 * 1024
@@ -174,11 +174,6 @@ def parse_yaml_text(text: str, label: str, max_depth: int = MAX_DEPTH) -> tuple[
     return data, (_positions(node) if node is not None else {})
 
 
-def _file_kind(mode: int) -> str:
-    kinds = ((stat.S_ISFIFO, "a named pipe (FIFO)"), (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
-    return next((name for test, name in kinds if test(mode)), "not a regular file")
-
-
 def read_text_file(path: Path, max_bytes: int, what: str, hint: str = "") -> str:
     """The UTF-8 text of a regular YAML file of at most `max_bytes`; anything else is a SpecError naming the path.
 
@@ -196,7 +191,7 @@ def read_text_file(path: Path, max_bytes: int, what: str, hint: str = "") -> str
             if stat.S_ISDIR(info.st_mode):
                 raise SpecError(f"{label}: is a directory, not {what}. Give the path of a file inside it.")
             if not stat.S_ISREG(info.st_mode):
-                raise SpecError(f"{label}: is {_file_kind(info.st_mode)}, not a regular file; give the path of {what}.")
+                raise SpecError(f"{label}: is {file_kind(info.st_mode)}, not a regular file; give the path of {what}.")
             if info.st_size > max_bytes:
                 raise SpecError(f"{label}: {info.st_size:,} bytes is too large for {what} (the limit is {max_bytes:,} bytes).")
             raw = handle.read(max_bytes + 1)

@@ -32,10 +32,14 @@ def parameter_count(tensors: Mapping[str, torch.Tensor]) -> int:
     return sum(t.numel() for key, t in tensors.items() if is_parameter(key))
 
 
-def _shape(tensors: Mapping[str, torch.Tensor], key: str, what: str) -> tuple[int, ...]:
+def _shape(tensors: Mapping[str, torch.Tensor], key: str, what: str, ndim: int) -> tuple[int, ...]:
+    """The shape of `tensors[key]`, which must exist and have `ndim` dimensions (a conv weight 4, a linear one 2)."""
     if key not in tensors:
         raise CheckpointError(f"cannot infer the {what}: the state_dict has no '{key}'.")
-    return tuple(tensors[key].shape)
+    shape = tuple(tensors[key].shape)
+    if len(shape) != ndim:
+        raise CheckpointError(f"cannot infer the {what}: '{key}' has shape {list(shape)}; expected {ndim} dimensions.")
+    return shape
 
 
 def stage_blocks(tensors: Mapping[str, torch.Tensor]) -> list[int]:
@@ -64,13 +68,17 @@ def stage_kernel_sizes(tensors: Mapping[str, torch.Tensor]) -> list[list[int]]:
     for key, tensor in tensors.items():
         found = ECA_KEY.match(key)
         if found:
-            per_stage.setdefault(int(found.group(1)), {})[int(found.group(2))] = int(tensor.shape[-1])
+            _, _, k = _shape(tensors, key, "ECA kernel size", 3)
+            per_stage.setdefault(int(found.group(1)), {})[int(found.group(2))] = k
     return [[k for _, k in sorted(per_stage.get(stage, {}).items())] for stage in range(1, NUM_STAGES + 1)]
 
 
 def fitting_k_size(tensors: Mapping[str, torch.Tensor]) -> int | list[int] | None:
-    """The spec `attention.k_size` the file's ECA kernels fit, or None if it has none or k varies within a stage."""
-    stages = stage_kernel_sizes(tensors)
+    """The spec `attention.k_size` the file's ECA kernels fit, or None if it has none, k varies within a stage, or a kernel is malformed."""
+    try:
+        stages = stage_kernel_sizes(tensors)
+    except CheckpointError:
+        return None
     if not any(stages) or any(len(set(ks)) != 1 for ks in stages):
         return None
     kernels = [ks[0] for ks in stages]
@@ -97,14 +105,14 @@ def _attention(tensors: Mapping[str, torch.Tensor], blocks: list[int]) -> dict:
 
 def _stem(tensors: Mapping[str, torch.Tensor], width: int) -> dict:
     if "conv1.weight" in tensors:
-        out_ch, in_ch, kernel, _ = _shape(tensors, "conv1.weight", "stem")
+        out_ch, in_ch, kernel, _ = _shape(tensors, "conv1.weight", "stem", 4)
         stems = {7: "imagenet", 3: "cifar"}
         if kernel not in stems:
             raise CheckpointError(f"cannot infer the stem: conv1.weight is a {kernel}x{kernel} conv; expected 7x7 (imagenet) or 3x3 (cifar).")
         return {"stem": stems[kernel], "in_chans": in_ch, **({"stem_width": out_ch} if out_ch != width else {})}
     if "conv1.0.weight" in tensors:
-        first, in_ch, _, _ = _shape(tensors, "conv1.0.weight", "deep stem")
-        inner = _shape(tensors, "conv1.3.weight", "deep stem")[0]
+        first, in_ch, _, _ = _shape(tensors, "conv1.0.weight", "deep stem", 4)
+        inner = _shape(tensors, "conv1.3.weight", "deep stem", 4)[0]
         if first == inner:
             stem = "deep"
         elif first == 3 * (inner // 4):
@@ -122,8 +130,8 @@ def infer_spec_data(tensors: Mapping[str, torch.Tensor], name: str) -> dict:
     """Spec data (for `spec_from_data`) describing a state_dict with ecacli's names."""
     blocks = stage_blocks(tensors)
     block = "bottleneck" if "layer1.0.conv3.weight" in tensors else "basic"
-    width = _shape(tensors, "layer1.0.conv1.weight", "width")[0]
-    num_classes = _shape(tensors, "fc.weight", "number of classes (the classifier fc)")[0]
+    width = _shape(tensors, "layer1.0.conv1.weight", "width", 4)[0]
+    num_classes = _shape(tensors, "fc.weight", "number of classes (the classifier fc)", 2)[0]
     depth = next((depth for depth, known in DEPTHS.items() if known == (block, tuple(blocks))), None)
     data: dict = {"name": name, **({"depth": depth} if depth else {"layers": blocks, "block": block})}
     data.update(_stem(tensors, width))
@@ -150,13 +158,50 @@ def _describe(data: dict) -> str:
     return ", ".join(f"{key} {value}" for key, value in data.items() if key != "name")
 
 
-def model_shapes(spec: ResNetSpec) -> dict[str, tuple[int, ...]]:
-    """Every state_dict key of the spec's model with its shape, computed without allocating weights."""
+def model_shapes(spec: ResNetSpec) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
+    """Every state_dict key of the spec's model with its shape and dtype, computed without allocating weights."""
     from ecacli.models import build_model
 
     with torch.device("meta"):
         model = build_model(spec)
-    return {key: tuple(t.shape) for key, t in model.state_dict().items()}
+    return {key: (tuple(t.shape), t.dtype) for key, t in model.state_dict().items()}
+
+
+LOADABLE_FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def dtype_kind(dtype: torch.dtype) -> str:
+    """'float' for the floating types a model computes in, else 'integer', 'bool', 'complex' or the dtype's own name."""
+    if dtype in LOADABLE_FLOATS:
+        return "float"
+    if dtype == torch.bool:
+        return "bool"
+    if dtype.is_complex:
+        return "complex"
+    if dtype.is_floating_point:
+        return str(dtype).removeprefix("torch.")
+    return "integer"
+
+
+ACCEPTED_KINDS = {"float": ("float",), "integer": ("integer", "float")}
+
+
+def nonfinite_tensors(tensors: Mapping[str, torch.Tensor]) -> dict[str, int]:
+    """Names of the floating-point (or complex) tensors holding NaN or Inf, with how many such values each holds."""
+    counts = {}
+    for key, tensor in tensors.items():
+        if tensor.is_floating_point() or tensor.is_complex():
+            bad = int(tensor.numel() - torch.isfinite(tensor).sum())
+            if bad:
+                counts[key] = bad
+    return counts
+
+
+def describe_nonfinite(counts: Mapping[str, int], limit: int = 3) -> str:
+    """'3 tensors hold NaN or Inf values: fc.weight (2 values), ...' for messages."""
+    shown_items = [f"{key} ({count:,} value{'s' if count > 1 else ''})" for key, count in list(counts.items())[:limit]]
+    more = f", ... ({len(counts) - limit} more)" if len(counts) > limit else ""
+    return f"{len(counts)} tensor{'s hold' if len(counts) > 1 else ' holds'} NaN or Inf values: {', '.join(shown_items)}{more}"
 
 
 @dataclass
@@ -166,16 +211,17 @@ class LoadReport:
     missing: list[str] = field(default_factory=list)
     unexpected: list[str] = field(default_factory=list)
     mismatched: list[tuple[str, tuple[int, ...], tuple[int, ...]]] = field(default_factory=list)
+    wrong_kind: list[tuple[str, str, str]] = field(default_factory=list)
     fitting_k_size: int | list[int] | None = None
 
     @property
     def loads(self) -> bool:
-        return not (self.missing or self.unexpected or self.mismatched)
+        return not (self.missing or self.unexpected or self.mismatched or self.wrong_kind)
 
     @property
     def only_eca_missing(self) -> bool:
         """True when everything loads but the ECA kernels (a plain ResNet into an ECA-ResNet)."""
-        return bool(self.missing) and not (self.unexpected or self.mismatched) and all(".eca." in key for key in self.missing)
+        return bool(self.missing) and not (self.unexpected or self.mismatched or self.wrong_kind) and all(".eca." in key for key in self.missing)
 
     def describe(self, limit: int = 12) -> str:
         lines = []
@@ -183,6 +229,7 @@ class LoadReport:
             ("missing from the file", self.missing),
             ("not in the model", self.unexpected),
             ("shape differs (file vs model)", [f"{key}: {list(a)} vs {list(b)}" for key, a, b in self.mismatched]),
+            ("wrong kind of number (file vs model)", [f"{key}: {a} vs {b}" for key, a, b in self.wrong_kind]),
         ):
             if items:
                 shown = ", ".join(items[:limit]) + (f", ... ({len(items) - limit} more)" if len(items) > limit else "")
@@ -200,19 +247,25 @@ class LoadReport:
             "missing": self.missing,
             "unexpected": self.unexpected,
             "mismatched": [{"key": key, "file": list(a), "model": list(b)} for key, a, b in self.mismatched],
+            "wrong_kind": [{"key": key, "file": a, "model": b} for key, a, b in self.wrong_kind],
             "fitting_k_size": self.fitting_k_size,
         }
 
 
 def check_against(spec: ResNetSpec, tensors: Mapping[str, torch.Tensor]) -> LoadReport:
-    """Compare a state_dict with the spec's model key by key; a missing BN step counter is not a mismatch."""
+    """Compare a state_dict with the spec's model key by key: names, shapes, and the kind of number
+    (float weights must be float16, bfloat16, float32 or float64; integer counters real numbers).
+    A missing BN step counter is not a mismatch.
+    """
     expected = model_shapes(spec)
     report = LoadReport(fitting_k_size=fitting_k_size(tensors))
-    for key, shape in expected.items():
+    for key, (shape, dtype) in expected.items():
         if key not in tensors:
             if not key.endswith(OPTIONAL_BUFFER):
                 report.missing.append(key)
         elif tuple(tensors[key].shape) != shape:
             report.mismatched.append((key, tuple(tensors[key].shape), shape))
+        elif dtype_kind(tensors[key].dtype) not in ACCEPTED_KINDS[dtype_kind(dtype)]:
+            report.wrong_kind.append((key, str(tensors[key].dtype).removeprefix("torch."), dtype_kind(dtype)))
     report.unexpected = [key for key in tensors if key not in expected]
     return report

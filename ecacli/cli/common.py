@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from ecacli.errors import UserError
+from ecacli.errors import UserError, describe_path
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -23,6 +25,27 @@ SetOption = Annotated[
     typer.Option("--set", help="Override a spec value, KEY.PATH=VALUE (YAML value); repeatable, e.g. --set attention.k_size=3.", show_default=False),
 ]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON instead of tables.")]
+
+
+def input_path(text: str, what: str) -> Path:
+    """A path the user gave to read from; an empty one is refused (Path('') would mean the current folder)."""
+    if not text:
+        raise UserError(f"an empty path was given; give the path of {what}.")
+    return Path(text)
+
+
+def output_path(text: str, option: str, example: str) -> Path:
+    """A path to write to; refuses an empty one and one ending in '/', which names a folder, not a file."""
+    if not text:
+        raise UserError(f"{option} '': an empty path; give a file name to write, e.g. {example}.")
+    if text.endswith(("/", os.sep)):
+        raise UserError(f"{option} {describe_path(text)}: ends with '/', so it names a folder; give a file name, e.g. {text}{example}.")
+    return Path(text)
+
+
+def only_with(flags: list[str], needed: str) -> str:
+    """'--a, --b apply only to ...' with the verb agreeing with the number of flags."""
+    return f"{', '.join(flags)} {'applies' if len(flags) == 1 else 'apply'} only to {needed}"
 
 
 def load_spec_arg(spec: str, overrides: list[str] | None) -> ResNetSpec:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -26,7 +25,7 @@ def compare(
     as_json: JsonOption = False,
     as_csv: Annotated[bool, typer.Option("--csv", help="Print CSV.")] = False,
     as_markdown: Annotated[bool, typer.Option("--markdown", help="Print a Markdown table.")] = False,
-    plot: Annotated[Path | None, typer.Option(help="Write a PNG of params vs reported top-1 (with --time: vs measured images/s); needs the `plot` extra.", show_default=False)] = None,
+    plot: Annotated[str | None, typer.Option(help="Write a PNG of params vs reported top-1 (with --time: vs measured images/s); needs the `plot` extra.", show_default=False)] = None,
 ) -> None:
     """Compare specs: params, Δ params, attention params, mult-adds, reported top-1 (labelled reported)."""
     if input_size is not None:
