@@ -96,6 +96,11 @@ def user_path(path: str | Path, action: str, error: type[UserError] = PathError)
         raise error(f"{describe_path(path)}: cannot {action}: {os_reason(exc)}.") from None
 
 
+def cut(text: str, limit: int = SHOWN_CHARS) -> str:
+    """`text` as it is when short, else its start and its full length: 'xxxx... (202 characters)'."""
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text):,} characters)"
+
+
 def shown(value: Any, limit: int = SHOWN_CHARS) -> str:
     """repr(value) for a message, cut to about `limit` characters with the full length noted."""
     if isinstance(value, (list, tuple, dict, set)) and len(value) > 20:

@@ -22,7 +22,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from ecacli.errors import UserError, shown
+from ecacli.errors import UserError, cut, shown
 from ecacli.kernel import kernel_size
 
 NUM_STAGES = 4
@@ -59,7 +59,7 @@ class StrictModel(BaseModel):
                     raise PydanticCustomError(
                         "unknown_key",
                         "unknown key '{key}'.{hint} Allowed keys: {allowed}.",
-                        {"key": shown(str(key))[1:-1], "hint": suggest(str(key), known), "allowed": ", ".join(known)},
+                        {"key": cut(str(key)), "hint": suggest(str(key), known), "allowed": ", ".join(known)},
                     )
         return data
 

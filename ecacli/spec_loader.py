@@ -21,7 +21,7 @@ from typing import Any, Iterable
 import yaml
 from pydantic import ValidationError
 
-from ecacli.errors import SpecError, describe_path, file_kind, shown, user_path
+from ecacli.errors import SpecError, cut, describe_path, file_kind, shown, user_path
 from ecacli.spec import ResNetSpec, attention_model, suggest
 
 MAX_SPEC_BYTES = 256 * 1024
@@ -318,4 +318,4 @@ def with_overrides(label: str, overrides: list[str]) -> str:
     """'label (with --set a=1 b=2)' for messages, each override cut to a readable length."""
     if not overrides:
         return label
-    return f"{label} (with --set {' '.join(shown(item, 40).strip(chr(39)) for item in overrides)})"
+    return f"{label} (with --set {' '.join(cut(item, 40) for item in overrides)})"

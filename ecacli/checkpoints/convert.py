@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from ecacli.checkpoints.io import CheckpointError, RawCheckpoint
-from ecacli.errors import describe_path, shown
+from ecacli.errors import cut, describe_path, shown
 
 WRAPPER_KEYS = ("state_dict", "model", "model_state_dict")
 TRAINING_FIELDS = ("epoch", "arch", "best_prec1", "best_acc1", "metric")
@@ -81,10 +81,10 @@ def unwrap(raw: RawCheckpoint) -> tuple[dict[str, torch.Tensor], dict[str, Any],
     for key in WRAPPER_KEYS:
         if _is_state_dict(content.get(key)):
             details = {name: _plain(content[name]) for name in TRAINING_FIELDS if name in content and _plain(content[name]) is not None}
-            ignored = sorted(shown(str(k), 30).strip("'") for k in content if k != key)
+            ignored = sorted(cut(str(k), 30) for k in content if k != key)
             notes = [f"took the weights from the training checkpoint's '{key}'" + (f"; not used: {', '.join(ignored[:12])}" if ignored else "")]
             return check_state_dict(raw.path, content[key]), {"wrapper": key, **details}, notes
-    found = ", ".join(sorted(shown(str(k), 30).strip("'") for k in content)[:12])
+    found = ", ".join(sorted(cut(str(k), 30) for k in content)[:12])
     raise CheckpointError(
         f"{label}: found a mapping with keys {found}, but no state_dict: expected names mapped to tensors, "
         f"or a training checkpoint with one of {', '.join(WRAPPER_KEYS)} holding them."

@@ -12,7 +12,7 @@ from typing import Annotated
 import typer
 
 from ecacli.cli.common import JsonOption, SetOption, fmt_bytes, fmt_int, input_path, load_optional_spec_arg, print_json
-from ecacli.errors import UserError, shown
+from ecacli.errors import UserError, cut
 
 DOES_NOT_LOAD = 3
 
@@ -70,13 +70,13 @@ def inspect(
 def _render(result: dict, spec_text: str | None, report) -> None:
     from ecacli.checkpoints.infer import describe_nonfinite
 
-    details = ", ".join(f"{k} {shown(v, 30)}" for k, v in result["details"].items() if k != "wrapper")
+    details = ", ".join(f"{k} {cut(str(v), 30)}" for k, v in result["details"].items() if k != "wrapper")
     lines = [
         f"file:        {result['file']} ({result['container']}, {fmt_bytes(result['size'])})",
         f"source:      {result['source_label']}" + (f" ({details})" if details else ""),
     ]
     lines += [f"note:        {note}" for note in result["notes"]]
-    lines += [f"metadata:    {shown(key, 30).strip(chr(39))} = {shown(value).strip(chr(39))}" for key, value in result["metadata"].items()]
+    lines += [f"metadata:    {cut(key, 30)} = {cut(value)}" for key, value in result["metadata"].items()]
     dtypes = ", ".join(f"{name} x {count}" for name, count in sorted(result["dtypes"].items()))
     lines += [
         f"parameters:  {fmt_int(result['parameters'])}",
