@@ -1,4 +1,10 @@
-"""Shared fixtures: run the installed `ecacli` entry point as a user would."""
+"""Shared fixtures: run the installed `ecacli` entry point as a user would; test markers.
+
+Markers (registered in pyproject.toml): `subprocess` for tests that run the entry point (given
+to every test that uses the `cli` fixture), `ddp` for data-parallel runs, `slow` for both and for
+the few in-process tests named in SLOW_TESTS. `pytest -m "not slow"` is the fast loop; plain
+`pytest` (the README's command and CI) runs everything.
+"""
 
 from __future__ import annotations
 
@@ -25,3 +31,38 @@ def cli():
     """The `run_ecacli` function, for tests that call the entry point."""
     assert ECACLI.exists(), f"ecacli entry point not installed at {ECACLI}"
     return run_ecacli
+
+
+SUBPROCESS_TESTS = {
+    # tests that start `python -m ecacli` or a probe interpreter themselves instead of using `cli`
+    "test_python_m_table",
+    "test_commands_that_do_not_need_torch_do_not_import_it",
+    "test_internal_failure_exits_1_without_traceback",
+    "test_python_dash_m_runs_the_cli",
+}
+
+SLOW_TESTS = {
+    # in-process tests that take seconds each on a loaded 2-core CPU
+    "test_gradcheck_fused_function",
+    "test_benchmark_prints_ratio_rows",
+    "test_benchmark_compile_option_selects_rows",
+    "test_compiled_block_trains_like_reference",
+    "test_no_graph_breaks_under_compile",
+    "test_timm_comparison_explains_its_missing_dependency",
+    "test_every_preset_equals_torchinfo",
+    "test_generated_specs_equal_torchinfo",
+    "test_every_type_trains_a_step",
+    "test_breakdown_separates_attention",
+    "test_real_size_released_r50_k3557_checkpoint",
+    "test_ctrl_c_keeps_the_whole_steps_measured_so_far",
+}
+
+
+def pytest_collection_modifyitems(config, items):
+    """`subprocess` for tests using the `cli` fixture and SUBPROCESS_TESTS; `slow` for subprocess, ddp and SLOW_TESTS tests."""
+    for item in items:
+        name = getattr(item, "originalname", item.name)
+        if "cli" in getattr(item, "fixturenames", ()) or name in SUBPROCESS_TESTS:
+            item.add_marker(pytest.mark.subprocess)
+        if name in SLOW_TESTS or item.get_closest_marker("subprocess") or item.get_closest_marker("ddp"):
+            item.add_marker(pytest.mark.slow)

@@ -593,11 +593,15 @@ def _ranks_start_uninterruptible() -> Iterator[None]:
 
     A helper thread that leaves SIGINT unblocked is started first, so a Ctrl-C still reaches this
     process: the kernel hands it to that thread, and Python runs the handler (the launcher's) in
-    the main thread as usual.
+    the main thread as usual. multiprocessing's resource tracker is started first too: starting it
+    unblocks SIGINT in the calling thread.
     """
     if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "pthread_sigmask"):
         yield
         return
+    from multiprocessing import resource_tracker
+
+    resource_tracker.ensure_running()
     done = threading.Event()
     receiver = threading.Thread(target=done.wait, name="ecacli-sigint-receiver", daemon=True)
     receiver.start()
