@@ -106,6 +106,8 @@ def shown(value: Any, limit: int = SHOWN_CHARS) -> str:
     if isinstance(value, (list, tuple, dict, set)) and len(value) > 20:
         kind = type(value).__name__
         return f"a {kind} of {len(value):,} items"
+    if isinstance(value, str) and len(value) > limit:
+        return f"{value[:limit]!r}... ({len(value):,} characters)"
     try:
         text = repr(value)
     except ValueError:  # an int too long for str() (over 4,300 digits)

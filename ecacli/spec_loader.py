@@ -174,6 +174,21 @@ def parse_yaml_text(text: str, label: str, max_depth: int = MAX_DEPTH) -> tuple[
     return data, (_positions(node) if node is not None else {})
 
 
+def _refuse_unless_regular(fd: int, label: str, max_bytes: int, what: str) -> None:
+    """Close `fd` and raise a SpecError saying what it is, unless it is a regular file of at most `max_bytes`."""
+    info = os.fstat(fd)
+    problem = None
+    if stat.S_ISDIR(info.st_mode):
+        problem = f"{label}: is a directory, not {what}. Give the path of a file inside it."
+    elif not stat.S_ISREG(info.st_mode):
+        problem = f"{label}: is {file_kind(info.st_mode)}, not a regular file; give the path of {what}."
+    elif info.st_size > max_bytes:
+        problem = f"{label}: {info.st_size:,} bytes is too large for {what} (the limit is {max_bytes:,} bytes)."
+    if problem:
+        os.close(fd)
+        raise SpecError(problem)
+
+
 def read_text_file(path: Path, max_bytes: int, what: str, hint: str = "") -> str:
     """The UTF-8 text of a regular YAML file of at most `max_bytes`; anything else is a SpecError naming the path.
 
@@ -186,14 +201,8 @@ def read_text_file(path: Path, max_bytes: int, what: str, hint: str = "") -> str
             fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NOCTTY", 0))
         except FileNotFoundError:
             raise SpecError(f"{label}: no such file.{hint}") from None
+        _refuse_unless_regular(fd, label, max_bytes, what)
         with os.fdopen(fd, "rb") as handle:
-            info = os.fstat(fd)
-            if stat.S_ISDIR(info.st_mode):
-                raise SpecError(f"{label}: is a directory, not {what}. Give the path of a file inside it.")
-            if not stat.S_ISREG(info.st_mode):
-                raise SpecError(f"{label}: is {file_kind(info.st_mode)}, not a regular file; give the path of {what}.")
-            if info.st_size > max_bytes:
-                raise SpecError(f"{label}: {info.st_size:,} bytes is too large for {what} (the limit is {max_bytes:,} bytes).")
             raw = handle.read(max_bytes + 1)
     if len(raw) > max_bytes:
         raise SpecError(f"{label}: over {max_bytes:,} bytes is too large for {what} (the limit is {max_bytes:,} bytes).")
@@ -223,7 +232,7 @@ def apply_overrides(data: dict[str, Any], overrides: Iterable[str]) -> dict[str,
     result = copy.deepcopy(data)
     for item in overrides:
         if len(item) > MAX_OVERRIDE_CHARS:
-            raise SpecError(f"--set {shown(item, 40)}: too long for one override (at most {MAX_OVERRIDE_CHARS:,} characters).")
+            raise SpecError(f"--set '{cut(item, 40)}': too long for one override (at most {MAX_OVERRIDE_CHARS:,} characters).")
         key, sep, value_text = item.partition("=")
         keys = key.strip().split(".")
         if not sep or not all(keys):
@@ -287,7 +296,7 @@ def format_validation_error(error: ValidationError, label: str, data: dict, posi
         elif item["type"] == "missing" and item["loc"]:
             path = _key_path(item["loc"][:-1], data) + (item["loc"][-1],)
         key = ".".join(str(p) for p in path) or "(top level)"
-        line = positions.get(path)
+        line = positions.get(path) or (positions.get(path[:-1]) if item["type"] == "missing" else None)
         where = f" (line {line})" if line else ""
         message = "required, but missing." if item["type"] == "missing" else item["msg"]
         if item["type"] not in SELF_DESCRIBING:
