@@ -8,9 +8,12 @@ the few in-process tests named in SLOW_TESTS. `pytest -m "not slow"` is the fast
 
 from __future__ import annotations
 
+import io
 import os
+import signal
 import subprocess
 import sys
+from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 
 import pytest
@@ -24,6 +27,25 @@ def run_ecacli(*args: str, cwd: Path | None = None, timeout: float = 300) -> sub
     env = {**os.environ, "COLUMNS": "200", "NO_COLOR": "1"}
     env.pop("ECACLI_DEBUG", None)
     return subprocess.run([str(ECACLI), *args], capture_output=True, text=True, cwd=cwd, timeout=timeout, env=env)
+
+
+def run_main(*argv: str) -> tuple[int, str, str]:
+    """`ecacli *argv` through its own main() in this process (fast: no interpreter start): (exit code, stdout, stderr)."""
+    from ecacli.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    previous, old_argv = signal.getsignal(signal.SIGTERM), sys.argv
+    sys.argv = ["ecacli", *argv]
+    code: object = 0
+    try:
+        with redirect_stdout(out), redirect_stderr(err):
+            main()
+    except SystemExit as exc:
+        code = exc.code
+    finally:
+        sys.argv = old_argv
+        signal.signal(signal.SIGTERM, previous)
+    return (code or 0) if isinstance(code, int) or code is None else 1, out.getvalue(), err.getvalue()
 
 
 @pytest.fixture

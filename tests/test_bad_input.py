@@ -10,7 +10,6 @@ with its exact message.
 from __future__ import annotations
 
 import errno
-import io
 import json
 import math
 import os
@@ -20,7 +19,6 @@ import subprocess
 import sys
 import textwrap
 import warnings
-from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 
 import pytest
@@ -34,34 +32,16 @@ import ecacli
 from ecacli.atomic import check_writable
 from ecacli.checkpoints import CheckpointError, load_model, new_model, open_checkpoint, save_checkpoint
 from ecacli.checkpoints.io import sniff_container
-from ecacli.cli import main
-from ecacli.errors import PathError, SpecError, UserError
+from ecacli.errors import SpecError, UserError
 from ecacli.kernel import kernel_size
 from ecacli.spec import ATTENTION_TYPES, Reported, ResNetSpec
 from ecacli.spec_loader import MAX_DEPTH, MAX_SPEC_BYTES, load_spec, parse_yaml_text, read_yaml
 
-from conftest import ECACLI, REPO
+from conftest import ECACLI
+from conftest import run_main as run
 
 TINY = {"name": "tiny", "layers": [1, 1, 1, 1], "block": "bottleneck", "width": 8, "num_classes": 5, "attention": {"k_size": [3, 5, 5, 7]}}
 USER_EXITS = (0, 2)
-
-
-def run(*argv: str) -> tuple[int, str, str]:
-    """`ecacli *argv` through its own main() in this process: (exit code, stdout, stderr)."""
-    out, err = io.StringIO(), io.StringIO()
-    previous = signal.getsignal(signal.SIGTERM)
-    old_argv = sys.argv
-    sys.argv = ["ecacli", *argv]
-    code: int | str | None = 0
-    try:
-        with redirect_stdout(out), redirect_stderr(err):
-            main()
-    except SystemExit as exc:
-        code = exc.code
-    finally:
-        sys.argv = old_argv
-        signal.signal(signal.SIGTERM, previous)
-    return (code or 0) if isinstance(code, int) or code is None else 1, out.getvalue(), err.getvalue()
 
 
 def assert_clean(code: int, err: str, allowed: tuple[int, ...] = USER_EXITS) -> None:
@@ -550,8 +530,7 @@ BLOCKING_EXPORT = textwrap.dedent(
     """
     import sys
     import ecacli.checkpoints as checkpoints
-    from ecacli.cli import main
-
+    
     real = checkpoints.atomic_write
 
     def blocking(writers, force=False):
