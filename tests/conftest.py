@@ -80,6 +80,19 @@ SLOW_TESTS = {
 }
 
 
+FUZZ_EXAMPLES = {"full": 200, "fast": 30}
+
+
+def fuzz_examples() -> int:
+    """How many examples the property-based fuzz tests draw: fewer in the fast loop (`-m "not slow"`)."""
+    return FUZZ_EXAMPLES[os.environ.get("ECACLI_FUZZ", "full")]
+
+
+def pytest_configure(config):
+    if "not slow" in (config.getoption("markexpr", "") or ""):
+        os.environ.setdefault("ECACLI_FUZZ", "fast")
+
+
 def pytest_collection_modifyitems(config, items):
     """`subprocess` for tests using the `cli` fixture and SUBPROCESS_TESTS; `slow` for subprocess, ddp and SLOW_TESTS tests."""
     for item in items:

@@ -37,7 +37,7 @@ from ecacli.kernel import kernel_size
 from ecacli.spec import ATTENTION_TYPES, Reported, ResNetSpec
 from ecacli.spec_loader import MAX_DEPTH, MAX_SPEC_BYTES, load_spec, parse_yaml_text, read_yaml
 
-from conftest import ECACLI
+from conftest import ECACLI, fuzz_examples
 from conftest import run_main as run
 
 TINY = {"name": "tiny", "layers": [1, 1, 1, 1], "block": "bottleneck", "width": 8, "num_classes": 5, "attention": {"k_size": [3, 5, 5, 7]}}
@@ -102,7 +102,7 @@ def scratch(tmp_path_factory) -> Path:
 
 
 @given(tree=TREES, path=st.sampled_from(KEY_PATHS), attention_type=ATTENTION_TYPE)
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@settings(max_examples=fuzz_examples(), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 def test_any_yaml_tree_at_any_key_of_a_spec_file_exits_0_or_2(scratch, tree, path, attention_type):
     spec = scratch / "spec.yaml"
     spec.write_text(yaml.safe_dump(spec_with(tree, path, attention_type), allow_unicode=False))
@@ -111,7 +111,7 @@ def test_any_yaml_tree_at_any_key_of_a_spec_file_exits_0_or_2(scratch, tree, pat
 
 
 @given(tree=TREES, path=st.sampled_from(KEY_PATHS[1:]), flow=st.booleans())
-@settings(max_examples=100, deadline=None)
+@settings(max_examples=fuzz_examples(), deadline=None)
 def test_any_yaml_tree_given_with_set_exits_0_or_2(tree, path, flow):
     value = yaml.safe_dump(tree, default_flow_style=flow).removesuffix("...\n").strip()
     code, _, err = run("validate", "r18", "--set", f"{'.'.join(path)}={value}")
@@ -119,7 +119,7 @@ def test_any_yaml_tree_given_with_set_exits_0_or_2(tree, path, flow):
 
 
 @given(text=st.text(max_size=200), path=st.sampled_from(KEY_PATHS[1:]))
-@settings(max_examples=100, deadline=None)
+@settings(max_examples=fuzz_examples(), deadline=None)
 def test_any_text_given_with_set_exits_0_or_2(text, path):
     code, _, err = run("validate", "r50", "--set", f"{'.'.join(path)}={text}")
     assert_clean(code, err)
@@ -130,7 +130,7 @@ def _safetensors_with_spec(path: Path, spec_text: str) -> None:
 
 
 @given(tree=TREES, path=st.sampled_from(KEY_PATHS), attention_type=ATTENTION_TYPE, raw=st.one_of(st.none(), st.text(max_size=100)))
-@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=fuzz_examples(), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 def test_any_spec_stored_in_a_checkpoint_is_read_or_refused(scratch, tree, path, attention_type, raw):
     file = scratch / "stored.safetensors"
     _safetensors_with_spec(file, raw if raw is not None else yaml.safe_dump(spec_with(tree, path, attention_type)))
@@ -153,7 +153,7 @@ CHECKPOINT_BYTES = st.one_of(
 
 
 @given(data=CHECKPOINT_BYTES)
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=fuzz_examples(), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 def test_random_bytes_as_a_checkpoint_are_refused_in_one_line(scratch, data):
     file = scratch / "random.pt"
     file.write_bytes(data)
@@ -218,6 +218,7 @@ def test_each_class_of_bad_spec_has_one_clear_message(tmp_path, text, message):
     assert (code, out) == (2, "") and err.startswith(f"error: {path}")
 
 
+@pytest.mark.slow
 def test_offending_values_are_cut_in_messages(tmp_path):
     path = tmp_path / "spec.yaml"
     path.write_text(yaml.safe_dump({"name": "x", "depth": 50, "description": "x" * 200_000}))
@@ -567,6 +568,7 @@ def test_a_signal_during_export_leaves_no_file_and_says_so(tmp_path, signum, cod
 # --- profile: time budget, progress --------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_a_time_budget_stops_warm_up_and_timing(monkeypatch):
     from ecacli.profiling import ProfileConfig, profile, runner
 
