@@ -531,7 +531,8 @@ BLOCKING_EXPORT = textwrap.dedent(
     """
     import sys
     import ecacli.checkpoints as checkpoints
-    
+    from ecacli.cli import main
+
     real = checkpoints.atomic_write
 
     def blocking(writers, force=False):

@@ -6,7 +6,6 @@ would; the profile and data-parallel tables are rendered from reports built here
 
 from __future__ import annotations
 
-import dataclasses
 import re
 
 import pytest

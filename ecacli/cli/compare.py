@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from ecacli.cli.common import JsonOption, SetOption, TableSpec, console, load_spec_arg, only_with, output_path, print_json, print_table
-from ecacli.errors import UserError
+from ecacli.errors import Interrupted, UserError
 from ecacli.spec import check_input_size
 
 
@@ -107,4 +107,5 @@ def _attach_timings(rows, specs, batch: int, input_size: int | None, device: str
     for row, label in zip(rows, labels):
         row.measured = measured_figures(report, label, labels[0])
     if report.interrupted:
-        raise UserError("interrupted before every spec was timed; nothing is reported as measured from a partial run.")
+        typer.echo("stopped before every spec was timed; nothing is reported as measured from a partial run.", err=True)
+        raise Interrupted()
