@@ -6,177 +6,30 @@ kernel sizes every convention gives are computed here with the pure rule in `eca
 
 from __future__ import annotations
 
-import difflib
 from functools import cached_property
-from typing import Annotated, Any, ClassVar, Literal, Union
+from typing import Annotated, Any, Literal
 
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    PlainSerializer,
-    ValidationInfo,
-    ValidatorFunctionWrapHandler,
-    field_validator,
-    model_validator,
-)
+from pydantic import ConfigDict, Field, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
-from ecacli.errors import UserError, cut, shown
+from ecacli.arch.attention import ATTENTION_TYPES, MAX_KERNEL, AttentionSpec, CecaAttention, CbamAttention, EcaAttention, EcaKernelSettings, NoAttention, SeAttention, reduced_channels
+from ecacli.arch.resnet import BLOCKS, DEPTHS, NUM_STAGES, STEMS
+from ecacli.errors import UserError, shown
 from ecacli.kernel import kernel_size
+from ecacli.strict_model import StrictModel, suggest
 
-NUM_STAGES = 4
 MIN_INPUT_SIZE, MAX_INPUT_SIZE = 8, 2048
-DEPTHS: dict[int, tuple[str, tuple[int, int, int, int]]] = {
-    18: ("basic", (2, 2, 2, 2)),
-    34: ("basic", (3, 4, 6, 3)),
-    50: ("bottleneck", (3, 4, 6, 3)),
-    101: ("bottleneck", (3, 4, 23, 3)),
-    152: ("bottleneck", (3, 8, 36, 3)),
-}
-EXPANSION = {"basic": 1, "bottleneck": 4}
-DEEP_STEMS = ("deep", "deep_tiered")
+NORMS = ("batch", "frozen_batch", "group")
 
-
-def suggest(word: str, choices: list[str]) -> str:
-    """' Did you mean 'x'?' for the closest choice, or '' when nothing is close."""
-    close = difflib.get_close_matches(str(word), choices, n=1, cutoff=0.6)
-    return f" Did you mean '{close[0]}'?" if close else ""
-
-
-class StrictModel(BaseModel):
-    """Base for spec sections: unknown keys are errors that name the closest known key."""
-
-    model_config = ConfigDict(strict=True, frozen=True, validate_default=True, allow_inf_nan=False)
-
-    @model_validator(mode="before")
-    @classmethod
-    def _reject_unknown_keys(cls, data: Any) -> Any:
-        if isinstance(data, dict):
-            known = list(cls.model_fields)
-            for key in data:
-                if key not in cls.model_fields:
-                    raise PydanticCustomError(
-                        "unknown_key",
-                        "unknown key '{key}'.{hint} Allowed keys: {allowed}.",
-                        {"key": cut(str(key)), "hint": suggest(str(key), known), "allowed": ", ".join(known)},
-                    )
-        return data
-
-
-MAX_KERNEL = 63
-OddKernel = Annotated[int, Field(ge=1, le=MAX_KERNEL)]
-KSizeValue = Union[Literal["adaptive"], OddKernel, Annotated[list[OddKernel], Field(min_length=NUM_STAGES, max_length=NUM_STAGES)]]
-
-
-def _check_k_size(value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
-    """One clear message for k_size instead of pydantic's one-per-union-member list."""
-    allowed = f"'adaptive', an odd integer from 1 to 63, or a list of {NUM_STAGES} such integers (one per stage)"
-    try:
-        result = handler(value)
-    except Exception:
-        raise PydanticCustomError("k_size", "must be {allowed}; got {got}.", {"allowed": allowed, "got": shown(value)}) from None
-    kernels = result if isinstance(result, list) else [result] if isinstance(result, int) else []
-    even = [k for k in kernels if k % 2 == 0]
-    if even:
-        raise PydanticCustomError(
-            "k_size_even",
-            "ECA kernel sizes must be odd (the 1-D conv is padded by (k-1)/2 on each side); got {got}. Allowed: {allowed}.",
-            {"got": shown(value), "allowed": allowed},
-        )
-    return result
-
-
-class EcaAttention(StrictModel):
-    """Efficient Channel Attention: a k-tap 1-D conv across pooled channels, then a sigmoid gate."""
-
-    module_name: ClassVar[str] = "eca"
-    type: Literal["eca"] = "eca"
-    k_size: Annotated[KSizeValue, Field(description="'adaptive' (eq. 9 of the paper), one odd k, or one odd k per stage")] = "adaptive"
-    gamma: Annotated[float, Field(gt=0, le=64, description="gamma of the adaptive rule")] = 2.0
-    b: Annotated[float, Field(ge=-64, le=64, description="b of the adaptive rule")] = 1.0
-    adaptive_on: Annotated[
-        Literal["output", "planes"],
-        Field(description="width the adaptive rule reads: block output width (timm, the write-up) or bottleneck width"),
-    ] = "output"
-    impl: Annotated[
-        Literal["fast", "reference"],
-        Field(description="fast: BN, gate, residual add and ReLU fused in one step (same numbers, less time and memory); reference: the paper's formulation, module by module"),
-    ] = "fast"
-
-    _wrap_k = field_validator("k_size", mode="wrap")(_check_k_size)
-
-    def stage_kernel_sizes(self, planes: list[int], outputs: list[int]) -> list[int]:
-        """k for each stage, given each stage's bottleneck and output widths."""
-        if self.k_size == "adaptive":
-            widths = outputs if self.adaptive_on == "output" else planes
-            return [kernel_size(c, self.gamma, self.b) for c in widths]
-        if isinstance(self.k_size, int):
-            return [self.k_size] * NUM_STAGES
-        return list(self.k_size)
-
-
-class CecaAttention(EcaAttention):
-    """ECA with circular padding across channels (timm's CecaModule): the first and last channels are neighbours."""
-
-    type: Literal["ceca"] = "ceca"
-
-
-def reduced_channels(channels: int, reduction: int, divisor: int) -> int:
-    """Hidden width of an SE/CBAM bottleneck: channels / reduction rounded to the nearest multiple of divisor (at least divisor)."""
-    return max(divisor, int(channels / reduction + divisor / 2) // divisor * divisor)
-
-
-class SeAttention(StrictModel):
-    """Squeeze-and-excitation (Hu et al.): pooled channels through 1x1 conv (bias), ReLU, 1x1 conv (bias), sigmoid gate."""
-
-    module_name: ClassVar[str] = "se"
-    type: Literal["se"]
-    reduction: Annotated[int, Field(ge=1, le=1024, description="channel reduction ratio r")] = 16
-    divisor: Annotated[int, Field(ge=1, le=64, description="hidden width rounded to a multiple of this (timm: 8)")] = 8
-
-    def hidden(self, channels: int) -> int:
-        return reduced_channels(channels, self.reduction, self.divisor)
-
-
-class CbamAttention(StrictModel):
-    """CBAM (Woo et al.): a shared MLP over avg- and max-pooled channels, then a k x k conv + BN over channel-wise mean and max."""
-
-    module_name: ClassVar[str] = "cbam"
-    type: Literal["cbam"]
-    reduction: Annotated[int, Field(ge=1, le=1024, description="channel reduction ratio r of the shared MLP")] = 16
-    divisor: Annotated[int, Field(ge=1, le=64, description="hidden width rounded to a multiple of this (timm: 8)")] = 8
-    spatial_kernel: Annotated[int, Field(ge=1, le=15, description="odd kernel size of the spatial attention conv")] = 7
-    mlp_bias: Annotated[bool, Field(description="biases in the shared MLP (the CBAM paper: yes; timm: no)")] = False
-
-    @field_validator("spatial_kernel")
-    @classmethod
-    def _odd_spatial_kernel(cls, value: int) -> int:
-        if value % 2 == 0:
-            raise PydanticCustomError("odd", "must be odd so the spatial map keeps its size; got {got}.", {"got": value})
-        return value
-
-    def hidden(self, channels: int) -> int:
-        return reduced_channels(channels, self.reduction, self.divisor)
-
-
-class NoAttention(StrictModel):
-    """No attention: the model is a plain ResNet with torchvision's exact names and shapes."""
-
-    module_name: ClassVar[str] = ""
-    type: Literal["none"]
-
-
-ATTENTION_TYPES = {"eca": EcaAttention, "ceca": CecaAttention, "se": SeAttention, "cbam": CbamAttention, "none": NoAttention}
+__all__ = [
+    "ATTENTION_TYPES", "AttentionSpec", "CbamAttention", "CecaAttention", "EcaAttention", "NoAttention", "SeAttention",
+    "DEPTHS", "NUM_STAGES", "ResNetSpec", "Reported", "StrictModel", "attention_model", "check_input_size", "json_schema", "reduced_channels", "suggest",
+]
 
 
 def attention_model(type_name: Any) -> type[StrictModel] | None:
     """The schema of an attention type, or None for anything that is not one of their names (lists and mappings included)."""
     return ATTENTION_TYPES.get(type_name) if isinstance(type_name, str) else None
-
-AttentionSpec = Annotated[
-    Union[EcaAttention, CecaAttention, SeAttention, CbamAttention, NoAttention], Field(discriminator="type")
-]
 
 
 class Reported(StrictModel):
@@ -207,10 +60,10 @@ class ResNetSpec(StrictModel):
         list[Annotated[int, Field(ge=1, le=64)]] | None,
         Field(min_length=NUM_STAGES, max_length=NUM_STAGES, description="blocks per stage, instead of depth"),
     ] = None
-    block: Literal["basic", "bottleneck"] | None = None
+    block: Literal[tuple(BLOCKS)] | None = None  # type: ignore[valid-type]
     stem: Annotated[
-        Literal["imagenet", "cifar", "deep", "deep_tiered"],
-        Field(description="imagenet: 7x7/2 conv + 3x3/2 max-pool; cifar: 3x3/1 conv, no pool; deep/deep_tiered: three 3x3 convs + max-pool (timm)"),
+        Literal[tuple(STEMS)],  # type: ignore[valid-type]
+        Field(description="; ".join(f"{name}: {stem.description}" for name, stem in STEMS.items())),
     ] = "imagenet"
     stem_width: Annotated[
         int | None,
@@ -222,6 +75,7 @@ class ResNetSpec(StrictModel):
     in_chans: Annotated[int, Field(ge=1, le=64)] = 3
     input_size: Annotated[int, Field(ge=MIN_INPUT_SIZE, le=MAX_INPUT_SIZE, description="square input side in pixels")] = 224
     zero_init_residual: bool = False
+    norm: Annotated[Literal[NORMS], Field(description="norm layers: batch (BatchNorm2d), frozen_batch (torchvision's FrozenBatchNorm2d, as its detection models use), group (GroupNorm, 32 groups)")] = "batch"  # type: ignore[valid-type]
     attention: AttentionSpec = EcaAttention()
     reported: Reported | None = None
 
@@ -254,6 +108,12 @@ class ResNetSpec(StrictModel):
             )
         if self.layers is not None and self.block is None:
             raise PydanticCustomError("layout", "'layers' needs 'block' (basic or bottleneck).")
+        if isinstance(self.attention, EcaKernelSettings) and isinstance(self.attention.k_size, list) and len(self.attention.k_size) != NUM_STAGES:
+            raise PydanticCustomError(
+                "layout",
+                "must be 'adaptive', an odd integer from 1 to 63, or a list of {stages} such integers (one per stage); got {got}.",
+                {"at": "attention.k_size", "stages": NUM_STAGES, "got": shown(self.attention.k_size)},
+            )
         try:
             kernels = self.stage_kernel_sizes or []
         except ValueError as exc:
@@ -269,8 +129,8 @@ class ResNetSpec(StrictModel):
             stage, k, channels = wider[0]
             raise PydanticCustomError(
                 "kernel_wider",
-                "attention: k = {k} in stage {stage} is wider than the {channels} channels it slides over; use an odd k of at most {largest} there (or a larger width).",
-                {"k": k, "stage": stage, "channels": channels, "largest": channels if channels % 2 else channels - 1},
+                "k = {k} in stage {stage} is wider than the {channels} channels it slides over; use an odd k of at most {largest} there (or a larger width).",
+                {"at": "attention.k_size", "k": k, "stage": stage, "channels": channels, "largest": channels if channels % 2 else channels - 1},
             )
         return self
 
@@ -284,7 +144,7 @@ class ResNetSpec(StrictModel):
 
     @cached_property
     def expansion(self) -> int:
-        return EXPANSION[self.block_type]
+        return BLOCKS[self.block_type].expansion
 
     @cached_property
     def stage_planes(self) -> list[int]:
@@ -299,17 +159,13 @@ class ResNetSpec(StrictModel):
     @cached_property
     def stem_channels(self) -> tuple[int, ...]:
         """Output channels of each stem conv, in order (the last feeds stage 1)."""
-        if self.stem in DEEP_STEMS:
-            inner = self.stem_width or self.width // 2
-            first = 3 * (inner // 4) if self.stem == "deep_tiered" else inner
-            return (first, inner, 2 * inner)
-        return (self.stem_width or self.width,)
+        return STEMS[self.stem].widths(self)
 
     @cached_property
     def stage_kernel_sizes(self) -> list[int] | None:
         """ECA k per stage, or None for attention types without a kernel."""
-        if isinstance(self.attention, EcaAttention):
-            return self.attention.stage_kernel_sizes(self.stage_planes, self.stage_outputs)
+        if isinstance(self.attention, EcaKernelSettings):
+            return self.attention.kernel_sizes(self.stage_outputs, self.stage_planes)
         return None
 
     @cached_property
@@ -326,7 +182,7 @@ class ResNetSpec(StrictModel):
 
     def kernel_conventions(self) -> list[dict[str, int | None]]:
         """Per stage: its widths and k under each convention in the wild, beside this spec's own."""
-        attention = self.attention if isinstance(self.attention, EcaAttention) else EcaAttention()
+        attention = self.attention if isinstance(self.attention, EcaKernelSettings) else EcaAttention()
         rows = []
         for stage, (planes, out) in enumerate(zip(self.stage_planes, self.stage_outputs), start=1):
             rows.append(

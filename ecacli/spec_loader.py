@@ -295,6 +295,8 @@ def format_validation_error(error: ValidationError, label: str, data: dict, posi
             path = path + (item["ctx"]["key"],)
         elif item["type"] == "missing" and item["loc"]:
             path = _key_path(item["loc"][:-1], data) + (item["loc"][-1],)
+        elif item["type"] in ("layout", "kernel_wider") and "at" in item.get("ctx", {}):
+            path = tuple(item["ctx"]["at"].split("."))  # a whole-spec rule about one key: name that key
         key = ".".join(str(p) for p in path) or "(top level)"
         line = positions.get(path) or (positions.get(path[:-1]) if item["type"] == "missing" else None)
         where = f" (line {line})" if line else ""

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from ecacli import build_model, load_spec
-from ecacli.layers import ATTENTION_LAYERS
+from ecacli.arch import KINDS
+from ecacli.layers.build import build
 from ecacli.layers.cbam import CbamModule
 from ecacli.layers.eca import EcaModule
 from ecacli.layers.se import SeModule
@@ -21,8 +22,15 @@ def params(name: str, *overrides: str) -> int:
         return sum(p.numel() for p in build_model(load_spec(name, overrides)).parameters())
 
 
-def test_every_spec_type_has_a_module_in_the_registry():
-    assert set(ATTENTION_TYPES) == set(ATTENTION_LAYERS)
+@pytest.mark.parametrize("name", sorted(set(ATTENTION_TYPES) - {"none"}))
+def test_every_attention_type_builds_the_module_its_description_names(name):
+    """Each registered type's node builds a module whose children are the ones its kind describes, parameters included."""
+    settings = ATTENTION_TYPES[name].model_validate({"type": name})
+    node = settings.node(64, 3)
+    module = build(node)
+    assert type(module).__name__ == KINDS[node.kind].type_name and node.name == settings.module_name
+    assert [child.name for child in node.children] == [name for name, _ in module.named_children()]
+    assert ATTENTION_TYPES["none"].model_validate({"type": "none"}).node(64, 3) is None
 
 
 def test_se_r50_equals_timm_seresnet50():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 import importlib.util
 import subprocess
 import sys
@@ -18,9 +19,11 @@ from ecacli.benchmarks.eca_overhead import main as bench_main
 from ecacli.benchmarks.eca_overhead import rows_for, saved_tensor_bytes, variant_spec
 from ecacli.errors import SpecError
 from ecacli.layers.eca import EcaModule
+from ecacli.layers import tail
 from ecacli.layers.channel_conv import ChannelConv, channel_correlation, conv1d_backward
 from ecacli.layers.fused_eca import gated_residual, plane_means, pointwise_conv_means
-from ecacli.models.resnet import BasicBlock, Bottleneck, build_model, make_downsample
+from ecacli.arch.attention import CecaAttention, EcaAttention
+from ecacli.models.resnet import BasicBlock, Bottleneck, build_model
 from ecacli.spec import ResNetSpec
 from ecacli.spec_loader import load_spec
 
@@ -30,17 +33,39 @@ BLOCKS = {"basic": BasicBlock, "bottleneck": Bottleneck}
 @pytest.fixture(autouse=True)
 def fold_every_size(monkeypatch: pytest.MonkeyPatch) -> None:
     """Test-sized blocks take the inference fold too (by default, outputs under `fold_min_elements` take the module tail)."""
-    monkeypatch.setattr(EcaModule, "fold_min_elements", 0)
+    monkeypatch.setattr(tail, "FOLD_MIN_ELEMENTS", 0)
+
+
+@pytest.fixture
+def paths(monkeypatch: pytest.MonkeyPatch) -> list[tail.TailPath]:
+    """The path every call of a block with the fast ECA takes, in order (recorded around `choose_tail_path`)."""
+    taken: list[tail.TailPath] = []
+    choose = tail.choose_tail_path
+
+    def record(call: tail.TailCall) -> tail.TailPath:
+        path = choose(call)
+        if getattr(call.attention, "impl", None) == "fast":
+            taken.append(path)
+        return path
+
+    monkeypatch.setattr(tail, "choose_tail_path", record)
+    return taken
 
 
 def randomise_batch_norms(model: nn.Module, generator: torch.Generator) -> None:
     """Non-trivial affine parameters and running statistics, so no term of the tail vanishes."""
     for module in model.modules():
-        if isinstance(module, nn.BatchNorm2d):
+        if isinstance(module, nn.BatchNorm2d) and module.affine:
             module.weight.data.uniform_(0.5, 1.5, generator=generator)
             module.bias.data.uniform_(-0.5, 0.5, generator=generator)
             module.running_mean.uniform_(-0.2, 0.2, generator=generator)
             module.running_var.uniform_(0.5, 1.5, generator=generator)
+
+
+def eca(k: int, circular: bool = False, impl: str = "fast"):
+    """The node of an ECA module with kernel size k, as a block's `attention` argument."""
+    settings = (CecaAttention if circular else EcaAttention)(impl=impl)
+    return settings.node(0, k)
 
 
 def block_pair(kind: str, downsample: str | None, circular: bool, dtype: torch.dtype) -> tuple[nn.Module, nn.Module]:
@@ -52,8 +77,7 @@ def block_pair(kind: str, downsample: str | None, circular: bool, dtype: torch.d
     stride = 2 if downsample else 1
 
     def make(impl: str) -> nn.Module:
-        shortcut = make_downsample(in_ch, out, stride, downsample) if downsample else None
-        return cls(in_ch, planes, stride, shortcut, EcaModule(3, circular, impl))
+        return cls(in_ch, planes, stride, downsample, eca(3, circular, impl))
 
     generator = torch.Generator().manual_seed(0)
     reference = make("reference")
@@ -222,7 +246,7 @@ def test_impl_in_spec() -> None:
 @pytest.mark.parametrize("training", [True, False], ids=["train", "inference"])
 def test_no_graph_breaks_under_compile(training: bool) -> None:
     """The block traces as one graph: training (BN statistics update inside it) and inference without autograd."""
-    block = Bottleneck(16, 4, 2, make_downsample(16, 16, 2, "conv"), EcaModule(3)).train(training)
+    block = Bottleneck(16, 4, 2, "conv", eca(3)).train(training)
     with torch.set_grad_enabled(training):
         explanation = torch._dynamo.explain(block)(torch.randn(2, 16, 8, 8, requires_grad=training))
     assert (explanation.graph_count, explanation.graph_break_count) == (1, 0)
@@ -255,24 +279,31 @@ def test_bfloat16_autocast_as_exact_as_reference(kind: str, channels_last: bool)
 
 
 def test_benchmark_prints_ratio_rows(capsys: pytest.CaptureFixture[str]) -> None:
-    bench_main(["--depth", "18", "--batch", "2", "--size", "32", "--repeats", "2", "--warmup", "0", "--dtypes", "float32", "--layouts", "nchw", "--no-keep-heap"])
+    bench_main(["--depth", "18", "--batch", "2", "--size", "32", "--repeats", "2", "--warmup", "1", "--dtypes", "float32", "--layouts", "nchw", "--no-keep-heap", "--threads", "1"])
     lines = capsys.readouterr().out.splitlines()
     train = next(line for line in lines if line.startswith("train float32 nchw"))
-    infer = next(line for line in lines if line.startswith("infer float32 nchw"))
+    infer = next(line for line in lines if line.startswith("eval float32 nchw"))
     assert "MiB" in train and "MiB" not in infer
+    assert re.search(r"\d\.\d{3} \[\d\.\d{3}-\d\.\d{3}\]", train)
     assert "heap not kept" in lines[0]
+
+
+def test_benchmark_help_shows_defaults() -> None:
+    result = subprocess.run([sys.executable, "-m", "ecacli.benchmarks.eca_overhead", "--help"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0
+    assert "(default: 160)" in result.stdout and "(default: 8)" in result.stdout
 
 
 def test_one_value_per_channel_refused_in_training_as_batch_norm_does() -> None:
     for impl in ("fast", "reference"):
-        block = Bottleneck(16, 4, 1, None, EcaModule(3, impl=impl))
+        block = Bottleneck(16, 4, 1, None, eca(3, impl=impl))
         with pytest.raises(ValueError, match="more than 1 value per channel"):
             block(torch.randn(1, 16, 1, 1))
 
 
 def test_gate_conv_runs_as_a_module_in_the_fused_tail() -> None:
     """Hooks on `eca.conv` (profilers, torchinfo) see the gate's conv with autograd on and off."""
-    block = Bottleneck(16, 4, 1, None, EcaModule(3))
+    block = Bottleneck(16, 4, 1, None, eca(3))
     shapes: list[tuple[int, ...]] = []
     block.eca.conv.register_forward_hook(lambda module, args, out: shapes.append(tuple(out.shape)))
     x = torch.randn(2, 16, 5, 5)
@@ -328,10 +359,7 @@ def test_pointwise_conv_means_are_the_means_of_the_conv_output() -> None:
     u = torch.randn(3, 16, 9, 9, dtype=torch.float64, generator=generator)
     assert_close(pointwise_conv_means(u, conv), conv(u).mean(dim=(2, 3)), 1e-13, "means from u")
     assert pointwise_conv_means(u[:, :, :2, :2], conv) is None  # 4 values per plane: summing conv(u) is cheaper
-    assert pointwise_conv_means(u.to("meta"), conv.to("meta")) is None  # CPU only
-    handle = conv.register_forward_hook(lambda module, args, out: out + 1)
-    assert pointwise_conv_means(u, conv) is None  # a hook may change the conv's output
-    handle.remove()
+    assert pointwise_conv_means(u.to("meta"), copy.deepcopy(conv).to("meta")) is None  # CPU only
     biased = nn.Conv2d(16, 64, 1).double()
     assert pointwise_conv_means(u, biased) is None
 
@@ -358,10 +386,10 @@ def test_gate_conv_backward_off_cpu_uses_the_library_kernel(padding_mode: str) -
 
 
 def test_benchmark_compile_option_selects_rows() -> None:
-    args = argparse.Namespace(modes=["train", "infer"], dtypes=["float32"], layouts=["nchw"])
+    args = argparse.Namespace(modes=["train", "eval"], dtypes=["float32"], layouts=["nchw"])
     labels = {mode: [row.label for row in rows_for(argparse.Namespace(**vars(args), compile=mode))] for mode in ("no", "also", "only")}
-    assert labels["no"] == ["train float32 nchw", "infer float32 nchw"]
-    assert labels["only"] == ["train float32 nchw compiled", "infer float32 nchw compiled"]
+    assert labels["no"] == ["train float32 nchw", "eval float32 nchw"]
+    assert labels["only"] == ["train float32 nchw compiled", "eval float32 nchw compiled"]
     assert labels["also"] == labels["no"] + labels["only"]
 
 
@@ -417,42 +445,26 @@ def test_higher_order_gradients_are_refused_with_a_way_out() -> None:
 
 @pytest.mark.skipif(importlib.util.find_spec("timm") is not None, reason="timm installed: the comparison would run")
 def test_timm_comparison_explains_its_missing_dependency() -> None:
-    script = Path(__file__).parents[1] / "benchmarks" / "eca_vs_timm.py"
-    result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    result = subprocess.run([sys.executable, "-m", "ecacli.benchmarks.eca_vs_timm"], capture_output=True, text=True, timeout=120)
     assert result.returncode == 2 and "needs timm" in result.stderr and "Traceback" not in result.stderr
 
 
-def last_conv_biases(block: nn.Module) -> list[bool]:
-    """Record, per call of the block's last conv, whether it ran with a bias (the eval fold gives it BN's shift)."""
-    conv = block.last_conv
-    calls: list[bool] = []
-    run_conv = conv._conv_forward
-
-    def spy(u: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-        calls.append(bias is not None)
-        return run_conv(u, weight, bias)
-
-    conv._conv_forward = spy
-    return calls
-
-
 @pytest.mark.parametrize("kind", ["basic", "bottleneck"])
-def test_eval_tail_folds_batch_norm_into_the_last_conv(kind: str) -> None:
-    """Inference on CPU runs the last conv once with BN's shift as its bias; autograd or training mode runs it bias-free."""
+def test_eval_tail_folds_batch_norm_into_the_last_conv(kind: str, paths: list[tail.TailPath]) -> None:
+    """Inference on CPU folds BN into the last conv; autograd or training mode take the fused Function."""
     reference, fast = block_pair(kind, "conv", False, torch.float64)
     reference.eval()
     fast.eval()
-    calls = last_conv_biases(fast)
     x = torch.randn(2, 16, 8, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(18))
     with torch.inference_mode():
         assert_close(fast(x), reference(x), 1e-12, "folded output")
     fast(x.requires_grad_())
     fast.train()(x)
-    assert calls == [True, False, False]
+    assert paths == [tail.TailPath.FOLDED, tail.TailPath.FUSED, tail.TailPath.FUSED]
 
 
 @pytest.mark.parametrize("case", ["zero scale", "float16 autocast"])
-def test_eval_fold_refused_where_batch_norm_has_no_such_form(case: str) -> None:
+def test_eval_fold_refused_where_batch_norm_has_no_such_form(case: str, paths: list[tail.TailPath]) -> None:
     """A zero BN scale (a pruned channel), or float16 (no room for a shift: here 100 / 1e-3 is past 65504), runs conv and BN as they are."""
     dtype = torch.float64 if case == "zero scale" else torch.float32
     reference, fast = block_pair("bottleneck", None, False, dtype)
@@ -462,13 +474,12 @@ def test_eval_fold_refused_where_batch_norm_has_no_such_form(case: str) -> None:
         with torch.no_grad():
             model.bn3.weight[0] = 0.0 if case == "zero scale" else 1e-3
             model.bn3.bias[0] = 0.5 if case == "zero scale" else 100.0  # 100 / 1e-3 is past float16's 65504
-    calls = last_conv_biases(fast)
     x = torch.randn(2, 32, 6, 6, generator=torch.Generator().manual_seed(19)).abs() + 8
     with torch.no_grad():
         out_exact = exact(x.double())
         with torch.autocast("cpu", dtype=torch.float16, enabled=case != "zero scale"):
             out_fast, out_ref = fast(x.to(dtype)), reference(x.to(dtype))
-    assert calls == [False] and torch.isfinite(out_fast).all()
+    assert paths == [tail.TailPath.FUSED] and torch.isfinite(out_fast).all()
     if case == "zero scale":
         assert_close(out_fast, out_ref, 1e-12, "output")
     else:
@@ -479,13 +490,12 @@ def test_eval_fold_refused_where_batch_norm_has_no_such_form(case: str) -> None:
 @pytest.mark.parametrize("kind", ["basic", "bottleneck"])
 @pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])
 @pytest.mark.parametrize("size", [12, 4], ids=["planes of 144", "planes of 16"])
-def test_bfloat16_inference_as_exact_as_reference(kind: str, channels_last: bool, size: int) -> None:
+def test_bfloat16_inference_as_exact_as_reference(kind: str, channels_last: bool, size: int, paths: list[tail.TailPath]) -> None:
     """bfloat16 autocast inference (the fold, small planes' two-pass gating included): no worse than 1.5x the reference's error + 2**-8."""
     reference, fast = block_pair(kind, None, False, torch.float32)
     exact = copy.deepcopy(reference).double()
     for model in (reference, fast, exact):
         model.eval()
-    calls = last_conv_biases(fast)
     x = torch.randn(4, reference.conv1.in_channels, size, size, generator=torch.Generator().manual_seed(20)).abs() + 8
     if channels_last:
         reference, fast, exact, x = (t.to(memory_format=torch.channels_last) for t in (reference, fast, exact, x))
@@ -493,7 +503,7 @@ def test_bfloat16_inference_as_exact_as_reference(kind: str, channels_last: bool
         with torch.autocast("cpu", dtype=torch.bfloat16):
             out_fast, out_ref = fast(x), reference(x)
         out_exact = exact(x.double())
-    assert calls == [True] and out_fast.dtype == torch.bfloat16
+    assert paths == [tail.TailPath.FOLDED] and out_fast.dtype == torch.bfloat16
     assert out_fast.is_contiguous(memory_format=torch.channels_last) == channels_last
     assert_half_as_exact_as_reference(out_fast, out_ref, out_exact, "output")
 
@@ -570,7 +580,7 @@ def test_a_conv_subclass_runs_its_own_forward(kind: str, grad: bool) -> None:
         assert_close(fast(x), reference(x), 1e-12, "output")
 
 
-def test_half_precision_convs_beside_float32_batch_norm() -> None:
+def test_half_precision_convs_beside_float32_batch_norm(paths: list[tail.TailPath]) -> None:
     """Convs cast to bfloat16 with BN kept in float32 (no autocast): the fold gives the conv a bias of its own dtype, as exact as the reference."""
     reference, fast = block_pair("bottleneck", None, False, torch.float32)
     exact = copy.deepcopy(reference).double().eval()
@@ -579,25 +589,23 @@ def test_half_precision_convs_beside_float32_batch_norm() -> None:
         for module in model.modules():
             if isinstance(module, nn.Conv2d):
                 module.bfloat16()
-    calls = last_conv_biases(fast)
     x = torch.randn(2, 32, 6, 6, generator=torch.Generator().manual_seed(26)).abs() + 8
     with torch.no_grad():
         out_fast, out_ref, out_exact = fast(x.bfloat16()), reference(x.bfloat16()), exact(x.double())
-    assert calls == [True] and out_fast.dtype == out_ref.dtype == torch.bfloat16
+    assert paths == [tail.TailPath.FOLDED] and out_fast.dtype == out_ref.dtype == torch.bfloat16
     assert_half_as_exact_as_reference(out_fast, out_ref, out_exact, "output")
 
 
-def test_small_blocks_infer_module_by_module(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_small_blocks_infer_module_by_module(monkeypatch: pytest.MonkeyPatch, paths: list[tail.TailPath]) -> None:
     """By default a block output under 2**18 values takes the module tail in inference, a larger one the fold; same results."""
-    monkeypatch.setattr(EcaModule, "fold_min_elements", 1 << 18)
+    monkeypatch.setattr(tail, "FOLD_MIN_ELEMENTS", 1 << 18)
     reference, fast = block_pair("bottleneck", None, False, torch.float64)
     reference.eval()
     fast.eval()
-    calls = last_conv_biases(fast)
     generator = torch.Generator().manual_seed(27)
     small = torch.randn(2, 32, 8, 8, dtype=torch.float64, generator=generator)  # 2 x 32 x 8 x 8 = 4096 values out
     large = torch.randn(2, 32, 91, 91, dtype=torch.float64, generator=generator)  # 529,984 values out
     with torch.no_grad():
         for x in (small, large):
             assert_close(fast(x), reference(x), 1e-12, f"output for {tuple(x.shape)}")
-    assert calls == [False, True]
+    assert paths == [tail.TailPath.MODULE, tail.TailPath.FOLDED]

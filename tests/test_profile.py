@@ -22,7 +22,8 @@ from torch import nn
 from ecacli.errors import UserError
 from ecacli.models import build_model
 from ecacli.profiling import OutOfMemory, ProfileConfig, Stats, count_flops, profile, runner, without_attention
-from ecacli.profiling.breakdown import attention_ranges, breakdown
+from ecacli.layers import tail
+from ecacli.profiling.breakdown import ATTENTION, FUSED, PART_NAMES, attention_ranges, breakdown
 from ecacli.profiling.device import CudaEventTimer, resolve_device
 from ecacli.profiling.report import prepare
 from ecacli.spec import ResNetSpec
@@ -252,41 +253,48 @@ def test_cuda_event_timer_phases(monkeypatch):
 
 
 @pytest.mark.parametrize("impl", ["fast", "reference"])
-def test_breakdown_separates_attention(impl):
+def test_breakdown_separates_attention(impl, monkeypatch):
+    monkeypatch.setattr(tail, "FOLD_MIN_ELEMENTS", 0)  # the tiny model's blocks take the fused paths
     spec = ResNetSpec.model_validate({**TINY.model_dump(), "attention": {"type": "eca", "impl": impl}})
     config = ProfileConfig(**FAST)
     _, workloads, _ = prepare([("model", spec), ("plain", without_attention(spec))], config)
     mine, plain = breakdown(workloads[0], config, steps=1), breakdown(workloads[1], config, steps=1)
     assert sum(g.share for g in mine.groups) == pytest.approx(1.0)
+    part = PART_NAMES[FUSED if impl == "fast" else ATTENTION]
     phases = {(g.phase, g.part) for g in mine.groups}
-    assert {("forward", "attention"), ("backward", "attention"), ("optimizer", "other")} <= phases
+    assert {("forward", part), ("backward", part), ("optimizer", "other")} <= phases
+    assert not {g.part for g in mine.groups} & {PART_NAMES[FUSED if impl == "reference" else ATTENTION]}
     assert 0 < mine.attention_share < 1 and plain.attention_share == 0
-    assert ("fused" in mine.attention_scope) == (impl == "fast")
+    assert mine.spec == spec.name
 
 
 @pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
-def test_attention_ranges_keep_the_shortcut_and_last_conv_out_of_a_fused_tail(training):
-    model = build_model(TINY).train(training)  # "fast" ECA: each block's tail, last conv and shortcut call included, runs in the attention module
+def test_breakdown_ranges_leave_the_fast_path_and_the_last_conv_alone(training, monkeypatch):
+    """The passive hooks keep fused tails fused; each fused tail marks its own ranges, its conv and shortcut outside them."""
+    monkeypatch.setattr(tail, "FOLD_MIN_ELEMENTS", 0)
+    model = build_model(TINY).train(training)
+    paths = []
+    choose = tail.choose_tail_path
+    monkeypatch.setattr(tail, "choose_tail_path", lambda call: paths.append(choose(call)) or paths[-1])
     with attention_ranges(model), torch.profiler.profile() as prof, torch.set_grad_enabled(training):
         model(torch.zeros(2, 3, 32, 32))
-    names = [e.name for e in prof.events()]
-    assert names.count("ecacli.attention") == 4 and names.count("ecacli.shortcut") == 3  # stages 2-4 project
-    assert names.count("ecacli.last_conv") == 4  # the eval tail's biased conv goes through the same method
-    assert not any(hasattr(m, "_forward_hooks") and m._forward_hooks for m in model.modules())
-    assert all("residual_tail" not in vars(m) and "_conv_forward" not in vars(m) for m in model.modules())
+    events = prof.events()
+    names = [e.name for e in events]
+    assert paths == [tail.TailPath.FUSED if training else tail.TailPath.FOLDED] * 4
+    assert names.count("ecacli.attention") == 0 and names.count(tail.FUSED_RANGE) == 8  # two ranges a block: before and after its conv
+    fused = [(e.time_range.start, e.time_range.end) for e in events if e.name == tail.FUSED_RANGE]
+    convs = [e for e in events if e.name in ("aten::conv2d", "aten::convolution")]
+    assert convs and not any(low <= c.time_range.start < high for c in convs for low, high in fused)
+    assert not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
 
 
-def test_attention_ranges_restore_what_the_instances_held():
-    """A method already patched on an instance (a spy, another profiler) is put back on exit, also when the block raises."""
-    model = build_model(TINY)
-    conv = model.layer1[0].last_conv
-    spy = conv._conv_forward
-    conv._conv_forward = spy
-    with pytest.raises(RuntimeError, match="boom"), attention_ranges(model):
-        assert conv._conv_forward is not spy
-        raise RuntimeError("boom")
-    assert vars(conv)["_conv_forward"] is spy
-    assert all("residual_tail" not in vars(m) for m in model.modules())
+def test_breakdown_ranges_mark_attention_called_as_a_module():
+    spec = ResNetSpec.model_validate({**TINY.model_dump(), "attention": {"type": "se"}})
+    model = build_model(spec)
+    with attention_ranges(model), torch.profiler.profile() as prof:
+        model(torch.zeros(2, 3, 32, 32))
+    assert [e.name for e in prof.events()].count("ecacli.attention") == 4
+    assert not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
 
 
 # --- the command ------------------------------------------------------------------------------

@@ -119,7 +119,7 @@ def test_profile_tables(monkeypatch, capsys, width):
     from ecacli.cli.profile import _render
 
     breakdown = Breakdown(
-        label="model", steps=3, clock="CUDA time per kernel", attention_scope="attention modules", total_ms_per_step=3625.9,
+        spec="r152_k3357", steps=3, clock="CUDA time per kernel", total_ms_per_step=3625.9,
         groups=[GroupRow("forward", "attention", 123.45, 0.034), GroupRow("outside the phases", "other", 3502.45, 0.966)],
         ops=[OpRow("aten::cudnn_convolution_backward_weight_with_a_very_long_name", 1234.56, 0.34, 12.34), OpRow("aten::mm", 2.5, 0.001, 0.0)],
     )

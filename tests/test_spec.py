@@ -115,7 +115,7 @@ BAD_SPECS = {
     "layers_without_block": ("name: x\nlayers: [1, 1, 1, 1]\n", ["'layers' needs 'block'"]),
     "neither_depth_nor_layers": ("name: x\n", ["give either 'depth'"]),
     "bad_literal": ("name: x\ndepth: 50\nstem: imagent\n", ["stem (line 3)", "Did you mean 'imagenet'?"]),
-    "unknown_attention_type": ("name: x\ndepth: 50\nattention:\n  type: eca2\n", ["attention (line 3)", "unknown attention type 'eca2'", "Allowed: eca, ceca, se, cbam, none"]),
+    "unknown_attention_type": ("name: x\ndepth: 50\nattention:\n  type: eca2\n", ["attention (line 3)", "unknown attention type 'eca2'", "Allowed: eca, ceca, eca_ns, se, cbam, none"]),
     "empty": ("", ["the file is empty"]),
     "not_a_mapping": ("- 1\n- 2\n", ["must be a YAML mapping", "not a list"]),
     "yaml_syntax": ("name: x\n  depth: [\n", ["YAML error at line 2, column 8"]),

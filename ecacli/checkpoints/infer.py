@@ -1,23 +1,24 @@
 """Inferring a spec from a state_dict's tensor names and shapes, and checking a state_dict against a spec.
 
-Works on ecacli's names (torchvision's plus `eca.conv`): block counts from the `layerN.M`
-indices, block type from `conv3`, widths and classes from shapes, the stem from `conv1`'s
-shape(s), shortcut pooling from `downsample.2`, and each stage's ECA k from `eca.conv.weight`.
+The names and shapes are read by the model family's own description (`ecacli.arch.resnet.infer`:
+block counts from the `layerN.M` indices, block type, widths and classes from shapes, the stem
+from the stem registry, each block's attention from the attention registry); here they are
+checked, key by key, against the model the inferred or given spec builds.
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 import torch
 
+from ecacli.arch import resnet
 from ecacli.checkpoints.io import CheckpointError
-from ecacli.spec import DEPTHS, NUM_STAGES, ResNetSpec
+from ecacli.spec import NUM_STAGES, ResNetSpec
 from ecacli.spec_loader import spec_from_data
 
-BLOCK_KEY = re.compile(r"^layer(\d+)\.(\d+)\.")
 ECA_KEY = re.compile(r"^layer(\d+)\.(\d+)\.eca\.conv\.weight$")
 BN_BUFFERS = ("running_mean", "running_var", "num_batches_tracked")
 OPTIONAL_BUFFER = "num_batches_tracked"
@@ -32,44 +33,18 @@ def parameter_count(tensors: Mapping[str, torch.Tensor]) -> int:
     return sum(t.numel() for key, t in tensors.items() if is_parameter(key))
 
 
-def _shape(tensors: Mapping[str, torch.Tensor], key: str, what: str, ndim: int) -> tuple[int, ...]:
-    """The shape of `tensors[key]`, which must exist and have `ndim` dimensions (a conv weight 4, a linear one 2)."""
-    if key not in tensors:
-        raise CheckpointError(f"cannot infer the {what}: the state_dict has no '{key}'.")
-    shape = tuple(tensors[key].shape)
-    if len(shape) != ndim:
-        raise CheckpointError(f"cannot infer the {what}: '{key}' has shape {list(shape)}; expected {ndim} dimensions.")
-    return shape
-
-
-def stage_blocks(tensors: Mapping[str, torch.Tensor]) -> list[int]:
-    """Blocks per stage from the `layerN.M.` indices; all four stages with indices 0..M-1."""
-    indices: dict[int, set[int]] = {}
-    for key in tensors:
-        found = BLOCK_KEY.match(key)
-        if found:
-            indices.setdefault(int(found.group(1)), set()).add(int(found.group(2)))
-    stages = sorted(indices)
-    if stages != list(range(1, NUM_STAGES + 1)):
-        named = ", ".join(f"layer{s}" for s in stages) or "none"
-        raise CheckpointError(f"cannot infer the layout: expected the stages layer1..layer{NUM_STAGES}, found {named}.")
-    counts = []
-    for stage in stages:
-        blocks = sorted(indices[stage])
-        if blocks != list(range(len(blocks))):
-            raise CheckpointError(f"cannot infer the layout: layer{stage} has blocks {blocks}, not 0..{len(blocks) - 1}.")
-        counts.append(len(blocks))
-    return counts
-
-
 def stage_kernel_sizes(tensors: Mapping[str, torch.Tensor]) -> list[list[int]]:
-    """The ECA k of every block, grouped by stage (empty lists when there are no ECA kernels)."""
+    """The ECA k of every block, grouped by stage (empty lists when there are no ECA kernels).
+
+    A kernel that is not 3-d ([1, 1, k]) is a CheckpointError naming it.
+    """
     per_stage: dict[int, dict[int, int]] = {}
     for key, tensor in tensors.items():
         found = ECA_KEY.match(key)
         if found:
-            _, _, k = _shape(tensors, key, "ECA kernel size", 3)
-            per_stage.setdefault(int(found.group(1)), {})[int(found.group(2))] = k
+            if tensor.dim() != 3:
+                raise CheckpointError(f"cannot infer the ECA kernel size: '{key}' has shape {list(tensor.shape)}; expected 3 dimensions.")
+            per_stage.setdefault(int(found.group(1)), {})[int(found.group(2))] = int(tensor.shape[-1])
     return [[k for _, k in sorted(per_stage.get(stage, {}).items())] for stage in range(1, NUM_STAGES + 1)]
 
 
@@ -85,60 +60,12 @@ def fitting_k_size(tensors: Mapping[str, torch.Tensor]) -> int | list[int] | Non
     return kernels[0] if len(set(kernels)) == 1 else kernels
 
 
-def _attention(tensors: Mapping[str, torch.Tensor], blocks: list[int]) -> dict:
-    stages = stage_kernel_sizes(tensors)
-    if not any(stages):
-        return {"type": "none"}
-    for stage, (ks, count) in enumerate(zip(stages, blocks), start=1):
-        if len(ks) != count:
-            raise CheckpointError(
-                f"cannot infer the attention: layer{stage} has {count} blocks but {len(ks)} ECA kernels; "
-                "a spec puts ECA in every block or in none."
-            )
-        if len(set(ks)) != 1:
-            raise CheckpointError(
-                f"cannot infer the attention: the ECA kernel sizes of layer{stage} differ between blocks ({ks}); "
-                "a spec has one k per stage, so this checkpoint cannot be described."
-            )
-    return {"type": "eca", "k_size": fitting_k_size(tensors)}
-
-
-def _stem(tensors: Mapping[str, torch.Tensor], width: int) -> dict:
-    if "conv1.weight" in tensors:
-        out_ch, in_ch, kernel, _ = _shape(tensors, "conv1.weight", "stem", 4)
-        stems = {7: "imagenet", 3: "cifar"}
-        if kernel not in stems:
-            raise CheckpointError(f"cannot infer the stem: conv1.weight is a {kernel}x{kernel} conv; expected 7x7 (imagenet) or 3x3 (cifar).")
-        return {"stem": stems[kernel], "in_chans": in_ch, **({"stem_width": out_ch} if out_ch != width else {})}
-    if "conv1.0.weight" in tensors:
-        first, in_ch, _, _ = _shape(tensors, "conv1.0.weight", "deep stem", 4)
-        inner = _shape(tensors, "conv1.3.weight", "deep stem", 4)[0]
-        if first == inner:
-            stem = "deep"
-        elif first == 3 * (inner // 4):
-            stem = "deep_tiered"
-        else:
-            raise CheckpointError(
-                f"cannot infer the stem: its first two convs have {first} and {inner} channels; "
-                f"a deep stem has equal widths, a deep_tiered one {3 * (inner // 4)} and {inner}."
-            )
-        return {"stem": stem, "in_chans": in_ch, **({"stem_width": inner} if inner != width // 2 else {})}
-    raise CheckpointError("cannot infer the stem: the state_dict has neither 'conv1.weight' nor a deep stem 'conv1.0.weight'.")
-
-
 def infer_spec_data(tensors: Mapping[str, torch.Tensor], name: str) -> dict:
     """Spec data (for `spec_from_data`) describing a state_dict with ecacli's names."""
-    blocks = stage_blocks(tensors)
-    block = "bottleneck" if "layer1.0.conv3.weight" in tensors else "basic"
-    width = _shape(tensors, "layer1.0.conv1.weight", "width", 4)[0]
-    num_classes = _shape(tensors, "fc.weight", "number of classes (the classifier fc)", 2)[0]
-    depth = next((depth for depth, known in DEPTHS.items() if known == (block, tuple(blocks))), None)
-    data: dict = {"name": name, **({"depth": depth} if depth else {"layers": blocks, "block": block})}
-    data.update(_stem(tensors, width))
-    if any(key.endswith(".downsample.2.weight") for key in tensors):
-        data["downsample"] = "avg"
-    data.update({"width": width, "num_classes": num_classes, "attention": _attention(tensors, blocks)})
-    return data
+    try:
+        return resnet.infer({key: tuple(t.shape) for key, t in tensors.items()}, name)
+    except resnet.LayoutError as exc:
+        raise CheckpointError(str(exc)) from None
 
 
 def infer_spec(tensors: Mapping[str, torch.Tensor], name: str) -> ResNetSpec:
@@ -168,10 +95,11 @@ def model_shapes(spec: ResNetSpec) -> dict[str, tuple[tuple[int, ...], torch.dty
 
 
 LOADABLE_FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+ACCEPTED_KINDS = {"float": ("float",), "integer": ("integer", "float")}
 
 
 def dtype_kind(dtype: torch.dtype) -> str:
-    """'float' for the floating types a model computes in, else 'integer', 'bool', 'complex' or the dtype's own name."""
+    """'float' for the floating types a model computes in, else 'integer', 'bool', 'complex' or the dtype's own name (float8 ...)."""
     if dtype in LOADABLE_FLOATS:
         return "float"
     if dtype == torch.bool:
@@ -181,9 +109,6 @@ def dtype_kind(dtype: torch.dtype) -> str:
     if dtype.is_floating_point:
         return str(dtype).removeprefix("torch.")
     return "integer"
-
-
-ACCEPTED_KINDS = {"float": ("float",), "integer": ("integer", "float")}
 
 
 def nonfinite_tensors(tensors: Mapping[str, torch.Tensor]) -> dict[str, int]:
@@ -265,7 +190,7 @@ def check_against(spec: ResNetSpec, tensors: Mapping[str, torch.Tensor]) -> Load
                 report.missing.append(key)
         elif tuple(tensors[key].shape) != shape:
             report.mismatched.append((key, tuple(tensors[key].shape), shape))
-        elif dtype_kind(tensors[key].dtype) not in ACCEPTED_KINDS[dtype_kind(dtype)]:
+        elif dtype_kind(tensors[key].dtype) not in ACCEPTED_KINDS.get(dtype_kind(dtype), (dtype_kind(dtype),)):
             report.wrong_kind.append((key, str(tensors[key].dtype).removeprefix("torch."), dtype_kind(dtype)))
     report.unexpected = [key for key in tensors if key not in expected]
     return report

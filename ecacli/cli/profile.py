@@ -212,15 +212,15 @@ def _render(report: ProfileReport, baseline: bool) -> None:
 def _render_breakdown(b: Breakdown) -> None:
     out = console()
     groups = [[g.phase, g.part, f"{g.ms_per_step:.2f}", f"{g.share:.1%}"] for g in b.groups]
-    groups.append(["whole step", "attention", f"{b.attention_share * b.total_ms_per_step:.2f}", f"{b.attention_share:.1%}"])
+    groups.append(["whole step", "attention + fused tails", f"{b.attention_share * b.total_ms_per_step:.2f}", f"{b.attention_share:.1%}"])
     styles = [None] * (len(groups) - 1) + ["bold"]
-    title = f"Where the step's time goes ({b.clock}, {b.steps} profiled eager steps of '{b.label}')"
+    title = f"Where the step's time goes ({b.clock}, {b.steps} profiled eager steps of {b.spec})"
     print_table(out, TableSpec(title, ["phase", "part", "ms/step", "share"], groups, [False, False, True, True], row_styles=styles))
     ops = [[o.name, f"{o.ms_per_step:.2f}", f"{o.share:.1%}", f"{o.attention_ms_per_step:.2f}"] for o in b.ops]
     wide = TableSpec("Top operators by self time", ["operator", "ms/step", "share", "in attention ms/step"], ops, [False, True, True, True])
     narrow = TableSpec("Top operators by self time", ["operator", "ms/step", "share", "in attention\nms/step"], ops, [False, True, True, True])
     print_table(out, wide, narrow)
-    out.print(f"attention = {b.attention_scope}. Profiler overhead inflates these times; read the shares.")
+    out.print("A fused tail is a block's BN, gate, residual add and ReLU in one step (its last conv and shortcut excluded). Profiler overhead inflates these times; read the shares.")
 
 
 def ddp_json_report(report: DataParallelReport, baseline: bool) -> dict[str, Any]:

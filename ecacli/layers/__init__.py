@@ -1,6 +1,5 @@
-"""Building blocks: attention modules and their registry."""
+"""Torch building blocks: attention modules, the fused residual tail, and the builder that makes modules from `ecacli.arch` nodes."""
 
 from ecacli.layers.eca import EcaModule
-from ecacli.layers.registry import ATTENTION_LAYERS, create_attention
 
-__all__ = ["ATTENTION_LAYERS", "EcaModule", "create_attention"]
+__all__ = ["EcaModule"]

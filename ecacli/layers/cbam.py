@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ecacli.layers.build import add_children
+
 
 class ChannelGate(nn.Module):
     """A shared two-layer MLP (1x1 convs) over the avg- and max-pooled channels; their sum, through a sigmoid, gates x.
@@ -14,9 +16,7 @@ class ChannelGate(nn.Module):
 
     def __init__(self, channels: int, hidden: int, bias: bool) -> None:
         super().__init__()
-        self.fc1 = nn.Conv2d(channels, hidden, 1, bias=bias)
-        self.relu = nn.ReLU(inplace=True)
-        self.fc2 = nn.Conv2d(hidden, channels, 1, bias=bias)
+        add_children(self, "ChannelGate", {"channels": channels, "hidden": hidden, "bias": bias})
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         n = x.shape[0]
@@ -30,8 +30,7 @@ class SpatialGate(nn.Module):
 
     def __init__(self, kernel_size: int) -> None:
         super().__init__()
-        self.conv = nn.Conv2d(2, 1, kernel_size, padding=kernel_size // 2, bias=False)
-        self.bn = nn.BatchNorm2d(1)
+        add_children(self, "SpatialGate", {"kernel_size": kernel_size})
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         maps = torch.cat([x.mean(dim=1, keepdim=True), x.amax(dim=1, keepdim=True)], dim=1)
@@ -43,8 +42,7 @@ class CbamModule(nn.Module):
 
     def __init__(self, channels: int, hidden: int, spatial_kernel: int = 7, mlp_bias: bool = False) -> None:
         super().__init__()
-        self.channel = ChannelGate(channels, hidden, mlp_bias)
-        self.spatial = SpatialGate(spatial_kernel)
+        add_children(self, "CbamModule", {"channels": channels, "hidden": hidden, "spatial_kernel": spatial_kernel, "mlp_bias": mlp_bias})
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.spatial(self.channel(x))

@@ -71,14 +71,26 @@ class ChannelConv(nn.Conv1d):
 
     Same parameter, name and shape as the library module ([1, 1, k], as in the paper's
     checkpoints), called as a module so hooks see it; only the kernel that computes it differs.
+    Scripted, traced, FX-traced or exported, it is the library conv (what the graph records).
     """
 
     def __init__(self, kernel_size: int, padding_mode: str = "zeros") -> None:
         super().__init__(1, 1, kernel_size, padding=(kernel_size - 1) // 2, padding_mode=padding_mode, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not torch.jit.is_scripting():
+            fast = self.fast_forward(x)
+            if fast is not None:
+                return fast
+        return self._conv_forward(x, self.weight, self.bias)
+
+    @torch.jit.unused
+    def fast_forward(self, x: torch.Tensor) -> torch.Tensor | None:
+        """The conv by a cheaper kernel where one applies: fusable tensor ops under torch.compile, the direct convolution on CPU; else None."""
+        if torch.jit.is_tracing() or isinstance(x, torch.fx.Proxy) or torch.onnx.is_in_onnx_export() or torch.compiler.is_exporting():
+            return None
         if torch.compiler.is_compiling():
             return channel_correlation(x[:, 0, :], self)[:, None, :]
         if x.device.type == "cpu":
             return direct_conv1d(x, self)
-        return super().forward(x)
+        return None

@@ -30,34 +30,15 @@ from __future__ import annotations
 from typing import Any, Callable
 
 import torch
+import torch.nn.functional as F
 from torch import nn
-from torch.nn.modules import module as module_hooks
 
 from ecacli.layers.channel_conv import conv1d_backward
 
 
-def observed(module: nn.Module) -> bool:
-    """Whether a call of `module` would run hooks: its own forward or backward hooks, or global ones.
-
-    torchinfo, profilers and feature extractors observe modules this way; a fused tail that
-    skips a module's call would hide it from them, so they get the module-by-module tail.
-    """
-    return bool(
-        module._forward_hooks
-        or module._forward_pre_hooks
-        or module._backward_hooks
-        or module._backward_pre_hooks
-        or module_hooks._global_forward_hooks
-        or module_hooks._global_forward_pre_hooks
-        or module_hooks._global_backward_hooks
-        or module_hooks._global_backward_pre_hooks
-    )
-
-
 def library_conv(module: nn.Module) -> bool:
-    """Whether `module` computes exactly what nn.Conv2d computes from its weight and bias (no subclass forward, e.g. weight standardisation)."""
-    kind = type(module)
-    return isinstance(module, nn.Conv2d) and kind.forward is nn.Conv2d.forward and kind._conv_forward is nn.Conv2d._conv_forward
+    """Whether `module` is exactly nn.Conv2d with zero padding: what F.conv2d computes from its weight and bias (a subclass may do more, e.g. weight standardisation)."""
+    return type(module) is nn.Conv2d and module.padding_mode == "zeros"
 
 
 def accumulation_dtype(t: torch.Tensor) -> torch.dtype:
@@ -90,8 +71,8 @@ def pointwise_conv_means(u: torch.Tensor, conv: nn.Conv2d, bias: torch.Tensor | 
     """
     c_out, c_in = conv.weight.shape[:2]
     pointwise = conv.kernel_size == (1, 1) and conv.stride == (1, 1) and conv.padding == (0, 0) and conv.groups == 1 and conv.bias is None
-    if not pointwise or not library_conv(conv) or observed(conv) or u.device.type != "cpu" or c_in * c_out >= 2 * (c_out - c_in) * u.shape[2] * u.shape[3]:
-        return None  # a hook or a subclass may change the conv's output: then only the output's own means are right
+    if not pointwise or not library_conv(conv) or u.device.type != "cpu" or c_in * c_out >= 2 * (c_out - c_in) * u.shape[2] * u.shape[3]:
+        return None  # a subclass may change the conv's output: then only the output's own means are right
     means = plane_means(u.detach())
     weight = conv.weight.detach().flatten(1).to(means.dtype)  # under autocast the conv rounds it to u's dtype: a difference below that rounding of its output
     with torch.autocast("cpu", enabled=False):
@@ -280,32 +261,38 @@ def gate_times_scale(gate_conv: nn.Conv1d, means: torch.Tensor, scale: torch.Ten
     return torch.sigmoid(gate_conv((means * scale)[:, None, :]))[:, 0, :] * scale
 
 
-def folded_residual(conv: nn.Conv2d, bn: nn.BatchNorm2d, gate_conv: nn.Conv1d, u: torch.Tensor, identity: Callable[[], torch.Tensor]) -> torch.Tensor | None:
-    """relu(eca(bn(conv(u))) + identity()) for an eval-mode BN without autograd, BN folded into the conv and the gate; None where it cannot fold.
+def fold_terms(norm: nn.BatchNorm2d, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """(scale, bias) of eval-mode BatchNorm written as `scale * (z + bias)`, for a conv of u to carry `bias`; None where there is no such form.
 
-    Eval-mode BN is `scale * (z + shift / scale)` per channel: the conv adds `shift / scale` as
-    its bias (free in its output stage) and the gating multiply applies `scale * gate`, so the
-    tail is one pass for gate and shortcut together plus the ReLU, where BN, the add and the
-    ReLU take three. The pooled BN output is `scale` times the biased conv's plane means. A
-    zero scale (or a `shift / scale` beyond the conv's dtype) has no such form, and float16's
-    range (65504) leaves a conv output no room for the shift it would carry: None, and the
-    caller runs conv and BN as they are. Rounding: the biased conv output carries BN's shift as
-    the BN output does, so its error, scaled back by `scale`, is the BN output's own.
+    A zero scale (or a `bias` beyond the conv's dtype) has none, and float16's range (65504)
+    leaves a conv output no room for the shift it would carry.
     """
     dtype = compute_dtype(u)
     if torch.finfo(dtype).max < torch.finfo(torch.float32).max / 2:
         return None
-    scale = bn.weight * torch.rsqrt(bn.running_var + bn.eps)  # type: ignore[operator]
-    bias = bn.bias / scale - bn.running_mean  # type: ignore[operator]
-    if conv.bias is not None:
-        bias = bias + conv.bias
+    scale = norm.weight * torch.rsqrt(norm.running_var + norm.eps)  # type: ignore[operator]
+    bias = norm.bias / scale - norm.running_mean  # type: ignore[operator]
     if not float(bias.abs().max()) < torch.finfo(dtype).max:  # also refuses NaN
         return None
+    return scale, bias
+
+
+def folded_bias(conv: nn.Conv2d, bias: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """The bias the block's last conv runs with in the fold: BatchNorm's (from `fold_terms`) plus the conv's own, in the conv's dtype."""
+    if conv.bias is not None:
+        bias = bias + conv.bias
     if not torch.is_autocast_enabled(u.device.type):
         bias = bias.to(conv.weight.dtype)  # a BN kept in float32 beside half-precision convs
-    means = pointwise_conv_means(u, conv, bias)  # before the conv runs, while u is still in cache (measured: 1-2% of the step)
-    scaled_gate = None if means is None else gate_times_scale(gate_conv, means, scale)
-    z = conv._conv_forward(u, conv.weight, bias)  # what nn.Conv2d.forward runs, BN's shift as the bias
-    if scaled_gate is None:
-        scaled_gate = gate_times_scale(gate_conv, plane_means(z), scale)
-    return gated_sum(z, scaled_gate, identity()).relu_()
+    return bias
+
+
+def folded_residual(z: torch.Tensor, scale: torch.Tensor, gate_conv: nn.Conv1d, identity: torch.Tensor, z_means: torch.Tensor | None = None) -> torch.Tensor:
+    """relu(eca(bn(conv(u))) + identity) for an eval-mode BN, given z = conv(u) + bias with (scale, bias) from `fold_terms`.
+
+    The gating multiply applies `scale * gate` and adds the shortcut in one pass, then the ReLU:
+    two passes where BN, the add and the ReLU take three. The pooled BN output is `scale` times
+    z's plane means (`z_means` where the caller has them cheaper). Rounding: z carries BN's shift
+    as the BN output does, so its error, scaled back by `scale`, is the BN output's own.
+    """
+    scaled_gate = gate_times_scale(gate_conv, plane_means(z) if z_means is None else z_means, scale)
+    return gated_sum(z, scaled_gate, identity).relu_()

@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ecacli.layers.build import add_children
+
 
 class SeModule(nn.Module):
     """Gates each channel by sigmoid(fc2(relu(fc1(mean over H, W)))), with 1x1 convs that carry biases.
@@ -14,9 +16,7 @@ class SeModule(nn.Module):
 
     def __init__(self, channels: int, hidden: int) -> None:
         super().__init__()
-        self.fc1 = nn.Conv2d(channels, hidden, 1, bias=True)
-        self.relu = nn.ReLU(inplace=True)
-        self.fc2 = nn.Conv2d(hidden, channels, 1, bias=True)
+        add_children(self, "SeModule", {"channels": channels, "hidden": hidden})
 
     def gate(self, x: torch.Tensor) -> torch.Tensor:
         """Per-sample, per-channel gates of shape [N, C, 1, 1]."""

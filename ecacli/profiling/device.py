@@ -105,22 +105,27 @@ def environment(device: torch.device) -> dict[str, str | int | None]:
     }
 
 
+CLOCKS: dict[str, tuple[Callable[[], float], str]] = {
+    "wall": (time.perf_counter, "host clock (time.perf_counter) with device synchronisation"),
+    "cpu": (time.thread_time, "this thread's CPU time (time.thread_time): with one intra-op thread on CPU, time spent descheduled by other processes is not counted"),
+}
+
+
 class HostTimer:
-    """Phase times from the host clock, read after synchronising the device at every mark."""
+    """Phase times from a host clock (`CLOCKS`), read after synchronising the device at every mark."""
 
-    name = "host clock (time.perf_counter) with device synchronisation"
-
-    def __init__(self, device: torch.device) -> None:
+    def __init__(self, device: torch.device, clock: str = "wall") -> None:
         self.device = device
+        self.now, self.name = CLOCKS[clock]
         self._marks: list[tuple[str, float]] = []
 
     def begin(self) -> None:
         synchronize(self.device)
-        self._marks = [("begin", time.perf_counter())]
+        self._marks = [("begin", self.now())]
 
     def mark(self, phase: str) -> None:
         synchronize(self.device)
-        self._marks.append((phase, time.perf_counter()))
+        self._marks.append((phase, self.now()))
 
     def finish(self) -> dict[str, float]:
         """Milliseconds per phase since the previous mark, and 'step' from begin to the last mark."""
@@ -157,8 +162,9 @@ class CudaEventTimer:
         return times
 
 
-def make_timer(device: torch.device) -> HostTimer | CudaEventTimer:
-    return CudaEventTimer(device) if device.type == "cuda" else HostTimer(device)
+def make_timer(device: torch.device, clock: str = "wall") -> HostTimer | CudaEventTimer:
+    """CUDA events on CUDA (wall time); elsewhere the host `clock`, "wall" or "cpu"."""
+    return CudaEventTimer(device) if device.type == "cuda" else HostTimer(device, clock)
 
 
 @contextmanager

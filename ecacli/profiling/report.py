@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import torch
+from torch import nn
 
 from ecacli.errors import UserError
 from ecacli.profiling.breakdown import Breakdown, breakdown
@@ -75,7 +76,7 @@ def header(config: ProfileConfig, device: torch.device, spec: ResNetSpec) -> dic
         "seconds": config.seconds,
         "seed": config.seed,
         "order": "interleaved: one step of each model per round, order rotated every round",
-        "timer": make_timer(device).name,
+        "timer": make_timer(device, config.clock).name,
         "memory_measure": memory_measure(device),
     }
 
@@ -113,8 +114,14 @@ class out_of_memory_as_error(AbstractContextManager):
         ) from None
 
 
-def prepare(entries: Sequence[tuple[str, ResNetSpec]], config: ProfileConfig) -> tuple[torch.device, list[Workload], dict[str, tuple[int, int]]]:
-    """Check the request, then build every model on its device; returns (device, workloads, FLOPs by label)."""
+def prepare(
+    entries: Sequence[tuple[str, ResNetSpec]], config: ProfileConfig, models: Mapping[str, nn.Module] | None = None
+) -> tuple[torch.device, list[Workload], dict[str, tuple[int, int]]]:
+    """Check the request, then build every model on its device; returns (device, workloads, FLOPs by label).
+
+    `models` gives, by label, a model to measure instead of the spec's own build (another
+    implementation of the same network); FLOPs are still counted on the spec's model.
+    """
     config.validate()
     device = resolve_device(config.device)
     if config.threads is not None:
@@ -123,7 +130,7 @@ def prepare(entries: Sequence[tuple[str, ResNetSpec]], config: ProfileConfig) ->
         torch.backends.cudnn.benchmark = config.cudnn_benchmark
     flops = {label: count_flops(spec, config) for label, spec in entries}
     with out_of_memory_as_error(config, device, len(entries)):
-        workloads = [make_workload(label, spec, config, device) for label, spec in entries]
+        workloads = [make_workload(label, spec, config, device, (models or {}).get(label)) for label, spec in entries]
     return device, workloads, flops
 
 

@@ -69,6 +69,7 @@ class ProfileConfig:
     seed: int = 0
     threads: int | None = None
     cudnn_benchmark: bool = False
+    clock: Literal["wall", "cpu"] = "wall"
     seconds: float | None = None
 
     def validate(self) -> None:
@@ -87,6 +88,8 @@ class ProfileConfig:
             raise UserError(f"--dtype '{self.dtype}' is not supported; use {', '.join(DTYPES)}.")
         if self.mode not in MODES:
             raise UserError(f"--mode '{self.mode}' is not supported; use train or eval.")
+        if self.clock not in ("wall", "cpu") or (self.clock == "cpu" and self.device != "cpu"):
+            raise UserError(f"clock '{self.clock}' is not supported here; use wall, or cpu with the CPU device (CUDA steps are timed with CUDA events).")
 
     @property
     def train(self) -> bool:
@@ -196,11 +199,11 @@ def count_flops(spec: ResNetSpec, config: ProfileConfig) -> tuple[int, int]:
     return counter.get_total_flops(), forward
 
 
-def make_workload(label: str, spec: ResNetSpec, config: ProfileConfig, device: torch.device) -> Workload:
-    """Build `spec`'s model on `device` with a seeded synthetic batch, random labels and (train) its optimizer."""
+def make_workload(label: str, spec: ResNetSpec, config: ProfileConfig, device: torch.device, model: nn.Module | None = None) -> Workload:
+    """Build `spec`'s model (or take `model`, another implementation of it) on `device` with a seeded synthetic batch, random labels and (train) its optimizer."""
     torch.manual_seed(config.seed)
     memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
-    model = build_model(spec).to(device=device, memory_format=memory_format)
+    model = (build_model(spec) if model is None else model).to(device=device, memory_format=memory_format)
     model.train(config.train)
     generator = torch.Generator().manual_seed(config.seed)
     inputs = torch.randn(config.input_shape(spec), generator=generator).to(device=device, memory_format=memory_format)
@@ -269,7 +272,7 @@ def measure(workloads: list[Workload], config: ProfileConfig, device: torch.devi
 
     A step cut short by Ctrl-C is discarded, so every kept sample is a whole step.
     """
-    timer = make_timer(device)
+    timer = make_timer(device, config.clock)
     report = progress or (lambda phase, done, total: None)
     budget = Budget(config.seconds)
     try:

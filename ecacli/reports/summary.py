@@ -1,6 +1,6 @@
 """`ecacli summary` data: layer rows and totals of a spec's model, without importing torch.
 
-Numbers come from `ecacli.architecture` (pure Python, equal to torchinfo's by test); only the
+Numbers come from `ecacli.arch` (pure Python, equal to torchinfo's by test); only the
 `--torchinfo` table runs torchinfo itself, on the meta device so no weight or activation exists.
 """
 
@@ -10,7 +10,7 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from ecacli.architecture import FLOAT32_BYTES, model_layers
+from ecacli.arch import FLOAT32_BYTES, model_layers
 from ecacli.spec import ResNetSpec
 
 if TYPE_CHECKING:
