@@ -286,6 +286,15 @@ def _literal_hint(value: Any, expected: str) -> str:
 SELF_DESCRIBING = ("unknown_key", "k_size", "k_size_even", "layout", "attention_type", "missing", "odd", "kernel_wider")
 
 
+def _cut_echo(message: str, value: Any) -> str:
+    """`message` with a long repr of the offending value (as a validator may echo it) cut to a readable length."""
+    try:
+        echoed = repr(value)
+    except ValueError:  # an int too long for str()
+        return message
+    return message.replace(echoed, shown(value)) if len(echoed) > len(shown(value)) else message
+
+
 def format_validation_error(error: ValidationError, label: str, data: dict, positions: dict[tuple, int]) -> str:
     """One paragraph: the file, then for each problem the key, its line, and what is allowed."""
     lines = [f"{label}: invalid spec:"]
@@ -300,7 +309,7 @@ def format_validation_error(error: ValidationError, label: str, data: dict, posi
         key = ".".join(str(p) for p in path) or "(top level)"
         line = positions.get(path) or (positions.get(path[:-1]) if item["type"] == "missing" else None)
         where = f" (line {line})" if line else ""
-        message = "required, but missing." if item["type"] == "missing" else item["msg"]
+        message = "required, but missing." if item["type"] == "missing" else _cut_echo(item["msg"], item["input"])
         if item["type"] not in SELF_DESCRIBING:
             message += f" (got {shown(item['input'])})."
         if item["type"] == "literal_error":

@@ -229,6 +229,10 @@ def test_offending_values_are_cut_in_messages(tmp_path):
     with pytest.raises(SpecError) as caught:
         load_spec(path)
     assert len(str(caught.value)) < 400 and "a list of 50,000 items" in str(caught.value)
+    path.write_text(yaml.safe_dump({"name": "x", "depth": 50, "attention": {"k_size": "k" * 100_000}}))
+    with pytest.raises(SpecError) as caught:
+        load_spec(path)  # a validator that echoes the value itself is cut too
+    assert len(str(caught.value)) < 500 and "(100,000 characters)" in str(caught.value)
 
 
 @pytest.mark.parametrize(
