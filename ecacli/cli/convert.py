@@ -24,8 +24,7 @@ def convert(
 ) -> None:
     """Detect a checkpoint's source, infer its spec from tensor names and shapes, and write spec + weights.
 
-    Plain ResNets (no ECA kernels) get initialised ECA kernels, a warm start for fine-tuning;
-    --set attention.type=none keeps them plain.
+    Plain ResNets (no ECA kernels) get initialised ECA kernels, a warm start for fine-tuning; --set attention.type=none keeps them plain.
     """
     origin = input_path(source, "a checkpoint")
     target = output_path(output, "-o", "model.safetensors")

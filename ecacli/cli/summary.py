@@ -22,8 +22,7 @@ def summary(
 ) -> None:
     """Layers, output shapes, parameters, mult-adds and ECA k of the model a spec builds.
 
-    Counted from the architecture without torch (no weights or activations exist); --torchinfo
-    runs torchinfo itself on the meta device instead.
+    Counted from the architecture without torch (no weights or activations exist); --torchinfo runs torchinfo itself on the meta device instead.
     """
     if input_size is not None:
         check_input_size(input_size)
