@@ -1,6 +1,21 @@
-"""Errors that separate a user's mistake (exit 2) from an internal failure (exit 1)."""
+"""Errors that separate a user's mistake (exit 2) from an internal failure (exit 1), and a stop (130, 143).
+
+Every access to a path the user named goes through `user_path`, so a failing file system
+(missing folder, permission, name too long, I/O error, full disk) ends as one `PathError` line
+naming the path, never as a raw `OSError`.
+"""
 
 from __future__ import annotations
+
+import errno
+import os
+import stat
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+SHOWN_CHARS = 60
 
 
 class UserError(Exception):
@@ -11,3 +26,92 @@ class UserError(Exception):
 
 class SpecError(UserError):
     """A spec file or preset that cannot be read or does not validate."""
+
+
+class PathError(UserError):
+    """A path the user named that the file system refuses (missing, not permitted, too long, I/O error, full)."""
+
+
+class Interrupted(Exception):
+    """Ctrl-C stopped a command (after it reported what it had): one line on stderr, exit code 130."""
+
+    exit_code = 130
+
+
+class Terminated(BaseException):
+    """SIGTERM arrived: unwinds like Ctrl-C (temporary files are removed), exit code 143."""
+
+    exit_code = 143
+
+
+_REASONS = {
+    errno.ENAMETOOLONG: "the name is too long for the file system",
+    errno.ENOSPC: "no space left on the device",
+    errno.EDQUOT: "the disk quota is exhausted",
+    errno.EROFS: "the file system is read-only",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "operation not permitted",
+    errno.ENOTDIR: "a part of the path is a file, not a folder",
+    errno.ELOOP: "too many symbolic links",
+    errno.EIO: "input/output error",
+}
+
+
+def os_reason(exc: OSError) -> str:
+    """A short, lower-case reason for an OSError, without Python's '[Errno N]' decoration."""
+    if exc.errno in _REASONS:
+        return _REASONS[exc.errno]
+    text = exc.strerror or (os.strerror(exc.errno) if exc.errno else str(exc) or type(exc).__name__)
+    return text[:1].lower() + text[1:]
+
+
+def describe_path(path: str | Path) -> str:
+    """The path as the user gave it, cut in the middle when it is too long to read in a message."""
+    text = str(path)
+    if len(text) <= 2 * SHOWN_CHARS:
+        return text
+    return f"{text[:SHOWN_CHARS]}...{text[-SHOWN_CHARS:]} ({len(text):,} characters)"
+
+
+def file_kind(mode: int) -> str:
+    """What a file system entry is, from its st_mode: 'a regular file', 'a folder', 'a named pipe (FIFO)', ..."""
+    kinds = (
+        (stat.S_ISREG, "a regular file"),
+        (stat.S_ISDIR, "a folder"),
+        (stat.S_ISLNK, "a symbolic link"),
+        (stat.S_ISFIFO, "a named pipe (FIFO)"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISSOCK, "a socket"),
+    )
+    return next((name for test, name in kinds if test(mode)), "a special file")
+
+
+@contextmanager
+def user_path(path: str | Path, action: str, error: type[UserError] = PathError) -> Iterator[None]:
+    """Turn any OSError raised inside into `error`: '<path>: cannot <action>: <reason>.'"""
+    try:
+        yield
+    except OSError as exc:
+        raise error(f"{describe_path(path)}: cannot {action}: {os_reason(exc)}.") from None
+
+
+def cut(text: str, limit: int = SHOWN_CHARS) -> str:
+    """`text` as it is when short, else its start and its full length: 'xxxx... (202 characters)'."""
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text):,} characters)"
+
+
+def shown(value: Any, limit: int = SHOWN_CHARS) -> str:
+    """repr(value) for a message, cut to about `limit` characters with the full length noted."""
+    if isinstance(value, (list, tuple, dict, set)) and len(value) > 20:
+        kind = type(value).__name__
+        return f"a {kind} of {len(value):,} items"
+    if isinstance(value, str) and len(value) > limit:
+        return f"{value[:limit]!r}... ({len(value):,} characters)"
+    try:
+        text = repr(value)
+    except ValueError:  # an int too long for str() (over 4,300 digits)
+        return f"an integer of about {int(value.bit_length() * 0.30103):,} digits"
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}... ({len(text):,} characters)"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from numbers import Real
 
 DEFAULT_GAMMA = 2.0
 DEFAULT_B = 1.0
@@ -22,20 +23,26 @@ def _exact_log2(channels: int) -> float:
     return math.log2(channels)
 
 
-def _check(channels: int, gamma: float) -> None:
+def _check(channels: int, gamma: float, b: float) -> None:
     if isinstance(channels, bool) or not isinstance(channels, int) or not 1 <= channels <= MAX_CHANNELS:
         raise ValueError(f"channels must be a positive integer up to 2**32, got {channels!r}")
-    if not gamma > 0:
-        raise ValueError(f"gamma must be positive, got {gamma!r}")
+    if not (isinstance(gamma, Real) and math.isfinite(gamma) and gamma > 0):
+        raise ValueError(f"gamma must be positive and finite, got {gamma!r}")
+    if not (isinstance(b, Real) and math.isfinite(b)):
+        raise ValueError(f"b must be a finite number, got {b!r}")
 
 
 def _scaled(channels: int, gamma: float, b: float) -> float:
-    return (_exact_log2(channels) + b) / gamma
+    """(log2 C + b) / gamma; a ValueError naming gamma and b when that is beyond any float."""
+    value = (_exact_log2(channels) + b) / gamma
+    if not math.isfinite(value):
+        raise ValueError(f"gamma={gamma!r} and b={b!r} give t = (log2 C + b) / gamma beyond any number; use a larger gamma or a smaller b")
+    return value
 
 
 def kernel_t(channels: int, gamma: float = DEFAULT_GAMMA, b: float = DEFAULT_B) -> int:
     """The rule's intermediate value t = int(|(log2 C + b) / gamma|)."""
-    _check(channels, gamma)
+    _check(channels, gamma, b)
     return int(abs(_scaled(channels, gamma, b)))
 
 
@@ -95,7 +102,7 @@ def _start_of_piece(end: int, low: int, gamma: float, b: float) -> int:
 
 def kernel_run(channels: int, gamma: float = DEFAULT_GAMMA, b: float = DEFAULT_B) -> KernelInterval:
     """The whole run of C (within 1 .. MAX_CHANNELS) around `channels` over which k stays the same."""
-    _check(channels, gamma)
+    _check(channels, gamma, b)
     k = kernel_size(channels, gamma, b)
     low, high = channels, channels
     while low > 1 and kernel_size(low - 1, gamma, b) == k:
@@ -109,8 +116,8 @@ def kernel_intervals(
     low: int, high: int, gamma: float = DEFAULT_GAMMA, b: float = DEFAULT_B
 ) -> list[KernelInterval]:
     """The exact runs of C inside [low, high] over which k is constant, in order."""
-    _check(low, gamma)
-    _check(high, gamma)
+    _check(low, gamma, b)
+    _check(high, gamma, b)
     if low > high:
         raise ValueError(f"low ({low}) must not exceed high ({high})")
     intervals: list[KernelInterval] = []

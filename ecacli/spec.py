@@ -16,7 +16,7 @@ from pydantic_core import PydanticCustomError
 from ecacli.arch.attention import ATTENTION_TYPES, MAX_GROUPS, MAX_KERNEL, AttentionSpec, CecaAttention, CbamAttention, EcaAttention, EcaKernelSettings, NoAttention, SeAttention, reduced_channels
 from ecacli.arch.mobilenetv2 import DEFAULT_LAST_CHANNEL, DEFAULT_SETTING, STEM_CHANNELS, hidden_width, make_divisible
 from ecacli.arch.resnet import BLOCKS, DEPTHS, NUM_STAGES, STEMS
-from ecacli.errors import UserError
+from ecacli.errors import UserError, shown
 from ecacli.kernel import kernel_size
 from ecacli.strict_model import StrictModel, suggest
 
@@ -25,8 +25,14 @@ NORMS = ("batch", "frozen_batch", "group")
 
 __all__ = [
     "ATTENTION_TYPES", "AttentionSpec", "CbamAttention", "CecaAttention", "EcaAttention", "NoAttention", "SeAttention",
-    "DEPTHS", "FAMILIES", "MobileNetV2Spec", "NUM_STAGES", "NetworkSpec", "ResNetSpec", "Reported", "Spec", "SPEC_ADAPTER", "StrictModel", "check_input_size", "json_schema", "reduced_channels", "suggest",
+    "DEPTHS", "FAMILIES", "MobileNetV2Spec", "NUM_STAGES", "NetworkSpec", "ResNetSpec", "Reported", "Spec", "SPEC_ADAPTER", "StrictModel",
+    "attention_model", "check_input_size", "json_schema", "reduced_channels", "suggest",
 ]
+
+
+def attention_model(type_name: Any) -> type[StrictModel] | None:
+    """The schema of an attention type, or None for anything that is not one of their names (lists and mappings included)."""
+    return ATTENTION_TYPES.get(type_name) if isinstance(type_name, str) else None
 
 
 class Reported(StrictModel):
@@ -74,29 +80,42 @@ class NetworkSpec(StrictModel):
     def _default_attention_type(cls, value: Any) -> Any:
         if isinstance(value, dict) and "type" not in value:
             return {"type": "eca", **value}
-        if isinstance(value, dict) and value.get("type") not in ATTENTION_TYPES:
+        if isinstance(value, dict) and attention_model(value["type"]) is None:
+            given = value["type"]
+            hint = suggest(given, list(ATTENTION_TYPES)) if isinstance(given, str) and len(given) <= 64 else ""
             raise PydanticCustomError(
                 "attention_type",
                 "unknown attention type {got}.{hint} Allowed: {allowed}.",
-                {"got": repr(value.get("type")), "hint": suggest(str(value.get("type")), list(ATTENTION_TYPES)), "allowed": ", ".join(ATTENTION_TYPES)},
+                {"got": shown(given), "hint": hint, "allowed": ", ".join(ATTENTION_TYPES)},
             )
         return value
 
     def _check_kernels(self) -> None:
-        """One k per group where k_size is a list, and no adaptive k above the largest allowed."""
+        """One k per group where k_size is a list; every k the adaptive rule can give, no larger than allowed nor wider than its channels."""
         groups = self.groups
         if isinstance(self.attention, EcaKernelSettings) and isinstance(self.attention.k_size, list) and len(self.attention.k_size) != len(groups):
             raise PydanticCustomError(
                 "layout",
                 "must be 'adaptive', an odd integer from 1 to 63, or a list of {count} such integers (one per {noun}); got {got}.",
-                {"at": "attention.k_size", "count": len(groups), "noun": self.group_noun, "got": self.attention.k_size},
+                {"at": "attention.k_size", "count": len(groups), "noun": self.group_noun, "got": shown(self.attention.k_size)},
             )
-        kernels = self.group_kernel_sizes or []
+        try:
+            kernels = self.group_kernel_sizes or []
+        except ValueError as exc:
+            raise PydanticCustomError("layout", "attention: the adaptive rule cannot give a kernel size: {reason}.", {"reason": str(exc)}) from None
         if any(k > MAX_KERNEL for k in kernels):
             raise PydanticCustomError(
                 "layout",
                 "attention: the adaptive rule gives k = {kernels} per {noun}, above the largest allowed k of {max}; raise gamma or lower b.",
-                {"kernels": kernels, "noun": self.group_noun, "max": MAX_KERNEL},
+                {"kernels": shown(kernels), "noun": self.group_noun, "max": MAX_KERNEL},
+            )
+        wider = [(i, k, group.output) for i, (k, group) in enumerate(zip(kernels, groups), start=1) if k > group.output]
+        if wider:
+            index, k, channels = wider[0]
+            raise PydanticCustomError(
+                "kernel_wider",
+                "k = {k} in {noun} {index} is wider than the {channels} channels it slides over; use an odd k of at most {largest} there (or a larger width).",
+                {"at": "attention.k_size", "k": k, "noun": self.group_noun, "index": index, "channels": channels, "largest": channels if channels % 2 else channels - 1},
             )
 
     @property

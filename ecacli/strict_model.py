@@ -8,6 +8,8 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, model_validator
 from pydantic_core import PydanticCustomError
 
+from ecacli.errors import cut
+
 
 def suggest(word: str, choices: list[str]) -> str:
     """' Did you mean 'x'?' for the closest choice, or '' when nothing is close."""
@@ -18,7 +20,7 @@ def suggest(word: str, choices: list[str]) -> str:
 class StrictModel(BaseModel):
     """Base for spec sections: unknown keys are errors that name the closest known key."""
 
-    model_config = ConfigDict(strict=True, frozen=True, validate_default=True)
+    model_config = ConfigDict(strict=True, frozen=True, validate_default=True, allow_inf_nan=False)
 
     @model_validator(mode="before")
     @classmethod
@@ -30,6 +32,6 @@ class StrictModel(BaseModel):
                     raise PydanticCustomError(
                         "unknown_key",
                         "unknown key '{key}'.{hint} Allowed keys: {allowed}.",
-                        {"key": str(key), "hint": suggest(str(key), known), "allowed": ", ".join(known)},
+                        {"key": cut(str(key)), "hint": suggest(str(key), known), "allowed": ", ".join(known)},
                     )
         return data

@@ -1,10 +1,19 @@
-"""Shared fixtures: run the installed `ecacli` entry point as a user would."""
+"""Shared fixtures: run the installed `ecacli` entry point as a user would; test markers.
+
+Markers (registered in pyproject.toml): `subprocess` for tests that run the entry point (given
+to every test that uses the `cli` fixture), `ddp` for data-parallel runs, `slow` for both and for
+the few in-process tests named in SLOW_TESTS. `pytest -m "not slow"` is the fast loop; plain
+`pytest` (the README's command and CI) runs everything.
+"""
 
 from __future__ import annotations
 
+import io
 import os
+import signal
 import subprocess
 import sys
+from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 
 import pytest
@@ -20,8 +29,91 @@ def run_ecacli(*args: str, cwd: Path | None = None, timeout: float = 300) -> sub
     return subprocess.run([str(ECACLI), *args], capture_output=True, text=True, cwd=cwd, timeout=timeout, env=env)
 
 
+def run_main(*argv: str) -> tuple[int, str, str]:
+    """`ecacli *argv` through its own main() in this process (fast: no interpreter start): (exit code, stdout, stderr)."""
+    from ecacli.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    previous, old_argv = signal.getsignal(signal.SIGTERM), sys.argv
+    sys.argv = ["ecacli", *argv]
+    code: object = 0
+    try:
+        with redirect_stdout(out), redirect_stderr(err):
+            main()
+    except SystemExit as exc:
+        code = exc.code
+    finally:
+        sys.argv = old_argv
+        signal.signal(signal.SIGTERM, previous)
+    return (code or 0) if isinstance(code, int) or code is None else 1, out.getvalue(), err.getvalue()
+
+
 @pytest.fixture
 def cli():
     """The `run_ecacli` function, for tests that call the entry point."""
     assert ECACLI.exists(), f"ecacli entry point not installed at {ECACLI}"
     return run_ecacli
+
+
+SUBPROCESS_TESTS = {
+    # tests that start `python -m ecacli` or a probe interpreter themselves instead of using `cli`
+    "test_python_m_table",
+    "test_commands_that_do_not_need_torch_do_not_import_it",
+    "test_internal_failure_exits_1_without_traceback",
+    "test_python_dash_m_runs_the_cli",
+}
+
+SLOW_TESTS = {
+    # in-process tests that take seconds each on a loaded 2-core CPU
+    "test_gradcheck_fused_function",
+    "test_benchmark_prints_ratio_rows",
+    "test_benchmark_compile_option_selects_rows",
+    "test_compiled_block_trains_like_reference",
+    "test_no_graph_breaks_under_compile",
+    "test_timm_comparison_explains_its_missing_dependency",
+    "test_every_preset_equals_torchinfo",
+    "test_generated_specs_equal_torchinfo",
+    "test_every_type_trains_a_step",
+    "test_breakdown_separates_attention",
+    "test_real_size_released_r50_k3557_checkpoint",
+    "test_ctrl_c_keeps_the_whole_steps_measured_so_far",
+    "test_cli_ctrl_c_prints_partial_and_exits_130",
+    "test_interleaving_rotates_and_reports_progress",
+    # wide parametrisations: the fast loop keeps their float32 and single-model siblings
+    "test_block_matches_reference_float64",
+    "test_model_matches_reference",
+    "test_forward_shapes_for_every_stem",
+    "test_torchvision_resnet18_converts_with_initialised_eca",
+    "test_benchmark_help_shows_defaults",
+    "test_eval_mode_has_forward_only",
+    "test_half_precision_model_trains_like_reference",
+    "test_every_rule_gives_its_path_and_the_reference_numbers",
+    "test_eca_hooks_see_input_and_gated_output",
+    # the users of test_profile's module fixture `train_report`, which times a model pair
+    "test_phases_add_up_and_units_agree",
+    "test_overhead_is_the_per_round_ratio",
+    "test_memory_fields",
+}
+
+
+FUZZ_EXAMPLES = {"full": 200, "fast": 20}
+
+
+def fuzz_examples() -> int:
+    """How many examples the property-based fuzz tests draw: fewer in the fast loop (`-m "not slow"`)."""
+    return FUZZ_EXAMPLES[os.environ.get("ECACLI_FUZZ", "full")]
+
+
+def pytest_configure(config):
+    if "not slow" in (config.getoption("markexpr", "") or ""):
+        os.environ.setdefault("ECACLI_FUZZ", "fast")
+
+
+def pytest_collection_modifyitems(config, items):
+    """`subprocess` for tests using the `cli` fixture and SUBPROCESS_TESTS; `slow` for subprocess, ddp and SLOW_TESTS tests."""
+    for item in items:
+        name = getattr(item, "originalname", item.name)
+        if "cli" in getattr(item, "fixturenames", ()) or name in SUBPROCESS_TESTS:
+            item.add_marker(pytest.mark.subprocess)
+        if name in SLOW_TESTS or item.get_closest_marker("subprocess") or item.get_closest_marker("ddp"):
+            item.add_marker(pytest.mark.slow)

@@ -79,7 +79,7 @@ def test_convert_paper_checkpoint_then_inspect(cli, tmp_path, paper_file):
 
 def test_inspect_source_checkpoint_against_a_spec(cli, paper_file, tiny_yaml):
     result = cli("inspect", str(paper_file), "--spec", str(tiny_yaml), "--set", "attention.k_size=5")
-    assert result.returncode == 0, result.stderr
+    assert result.returncode == 3, result.stderr  # read fine, does not load strictly
     assert "source:      the paper's training checkpoint (epoch 90, arch eca_resnet50, best_prec1 77.0)" in result.stdout
     assert "loads strictly: no" in result.stdout
     assert "layer1.0.eca.conv.weight: [1, 1, 3] vs [1, 1, 5]" in result.stdout

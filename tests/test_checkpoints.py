@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import pickle
@@ -331,17 +332,23 @@ def test_existing_files_are_kept_without_force(tmp_path):
     assert load_spec(tmp_path / "m.pt.yaml").name == "tiny"
 
 
-@pytest.mark.parametrize("interruption", [KeyboardInterrupt, OSError])
-def test_an_interrupted_write_leaves_the_old_file_and_no_partial_one(tmp_path, interruption):
+@pytest.mark.parametrize(
+    ("interruption", "raised"),
+    [(KeyboardInterrupt("stopped"), KeyboardInterrupt), (OSError(errno.ENOSPC, "No space left on device"), UserError)],
+    ids=["ctrl-c", "disk-full"],
+)
+def test_an_interrupted_write_leaves_the_old_file_and_no_partial_one(tmp_path, interruption, raised):
     target = tmp_path / "m.safetensors"
     target.write_bytes(b"old contents")
 
     def dies_midway(handle):
         handle.write(b"partial")
-        raise interruption("stopped")
+        raise interruption
 
-    with pytest.raises(interruption):
+    with pytest.raises(raised) as caught:
         atomic_write({target: dies_midway}, force=True)
+    if raised is UserError:
+        assert str(caught.value) == f"{target}: cannot write it: no space left on the device."
     assert target.read_bytes() == b"old contents"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.safetensors"]
 

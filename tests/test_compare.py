@@ -25,7 +25,7 @@ def test_compare_json_agrees_with_summary(cli):
     for row in rows:
         summary = json.loads(cli("summary", row["name"], "--json").stdout)
         assert row["total_params"] == summary["total_params"]
-        assert row["mult_adds"] == summary["mult_adds"]
+        assert row["mult_adds_per_image"] == summary["mult_adds"]
         assert row["attention_params"] == summary["attention_params"]
     assert [r["delta_params"] for r in rows] == [0, 80, 2_530_992, 2_516_544, 86]
     assert rows[1]["reported"]["top1"] == 77.48 and rows[0]["reported"] is None
@@ -100,4 +100,4 @@ def test_compare_time_measures_every_spec_interleaved(cli):
 def test_timing_options_without_time_are_refused(cli):
     result = cli("compare", "r18", "--iters", "5")
     assert result.returncode == 2
-    assert "--iters only apply to measured timings; add --time." in result.stderr
+    assert "--iters applies only to measured timings; add --time." in result.stderr

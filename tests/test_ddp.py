@@ -2,7 +2,8 @@
 
 The ranks are real processes started by the elastic launcher (spawn, c10d rendezvous on a free
 local port); networks are tiny and steps few. Nothing asserts a duration: the figures are checked
-for consistency with one another.
+for consistency with one another. Signals are sent on readiness (a progress line, the ranks'
+processes existing), never after a fixed sleep.
 """
 
 from __future__ import annotations
@@ -58,8 +59,11 @@ def crashing_rank(exit_code):
     time.sleep(60)
 
 
+@pytest.mark.ddp
+@pytest.mark.slow
 def test_two_ranks_through_the_launcher_report_consistent_figures(cli):
-    result = cli("profile", "r18", "--input-size", "32", "--batch", "2", "--warmup", "1", "--iters", "3", "--device", "cpu", "--nproc", "2", "--baseline", "--json", timeout=240)
+    result = cli("profile", "r18", "--input-size", "32", "--batch", "2", "--warmup", "1", "--iters", "3", "--device", "cpu", "--nproc", "2", "--baseline", "--json",
+                 "--seconds", "3600", timeout=240)  # a budget never reached: the ranks agree after every round to go on
     assert result.returncode == 0, result.stderr
     data = json.loads(result.stdout)
     assert (data["world_size"], data["nodes"], data["ranks_per_node"], data["backend"]) == (2, 1, 2, "gloo")
@@ -74,14 +78,17 @@ def test_two_ranks_through_the_launcher_report_consistent_figures(cli):
         for rank in figures["ranks"]:
             assert rank["step_ms"]["median"] <= step["median"]
             assert rank["images_per_s"] == pytest.approx(2 / (rank["step_ms"]["median"] / 1e3))
-            assert rank["communication_share"] == pytest.approx(1 - rank["no_sync_step_ms"]["median"] / rank["step_ms"]["median"])
+            assert rank["sync_share"] == pytest.approx(1 - rank["no_sync_step_ms"]["median"] / rank["step_ms"]["median"])
             assert rank["peak_memory_bytes"] > figures["bucket_bytes"]
     assert data["bucket_bytes"] == 4 * R18_ECA_PARAMS
     assert data["peak_memory_bytes"] == data["state_bytes"] + data["step_peak_bytes"]
     assert data["baseline"]["attention"] == "none" and data["attention"] == "eca"
     assert data["overhead"]["n"] == 3
+    assert "slowest rank" in data["communication_share_definition"] and "slower ranks" in data["sync_share_definition"]
 
 
+@pytest.mark.ddp
+@pytest.mark.slow
 def test_a_failing_rank_ends_the_job_with_its_own_error():
     started = time.monotonic()
     with pytest.raises(RankFailed) as caught:
@@ -91,6 +98,8 @@ def test_a_failing_rank_ends_the_job_with_its_own_error():
     assert time.monotonic() - started < 60, "the job waited for a timeout instead of ending with the failure"
 
 
+@pytest.mark.ddp
+@pytest.mark.slow
 @pytest.mark.parametrize(("exit_code", "cause"), [(3, "it left no error report"), (130, "interrupted")])
 def test_a_rank_that_exits_without_a_report_is_named(exit_code, cause):
     started = time.monotonic()
@@ -126,6 +135,9 @@ def test_ddp_needs_torchrun_environment(monkeypatch):
         launch([("tiny", TINY)], FAST, DDPOptions(), nproc=2)
 
 
+@pytest.mark.ddp
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_torchrun_ranks_print_one_report_from_rank_0(tmp_path):
     spec = tmp_path / "tiny.yaml"
     spec.write_text(TINY_YAML)
@@ -136,8 +148,9 @@ def test_torchrun_ranks_print_one_report_from_rank_0(tmp_path):
     out = result.stdout
     assert out.count("ecacli profile --ddp") == 1
     assert "world         2 ranks (1 node x 2), gloo, DDP buckets 1 MB, static graph, timeout 300 s" in out
-    for row in ("step (slowest rank)", "images/s, all ranks", "images/s, one process", "scaling efficiency", "communication share"):
+    for row in ("step (slowest rank)", "images/s, all ranks", "images/s, one process", "scaling efficiency", "communication share", "sync share"):
         assert row in out
+    assert result.stderr.startswith("rank 0: warm-up 1/1\n") and "rank 0: timing 3/3\n" in result.stderr
     cells = [[cell.strip() for cell in line.strip("│").split("│")] for line in out.splitlines() if line.startswith("│")]
     assert [(row[1], row[3]) for row in cells if row[0] == "eca"] == [("0", "cpu"), ("1", "cpu")]
 
@@ -173,21 +186,91 @@ def _session_processes(session: int) -> list[int]:
     return found
 
 
-@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc")
-def test_ctrl_c_tears_every_rank_down(tmp_path):
+def _start_profile(tmp_path: Path, *options: str) -> subprocess.Popen:
     spec = tmp_path / "tiny.yaml"
     spec.write_text(TINY_YAML)
-    launcher = subprocess.Popen([str(ECACLI), "profile", str(spec), "--nproc", "2", "--batch", "2", "--iters", "100000", "--device", "cpu"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
-    deadline = time.monotonic() + 60
-    while len(_session_processes(launcher.pid)) < 3 and time.monotonic() < deadline:
-        time.sleep(0.5)
-    assert len(_session_processes(launcher.pid)) >= 3, "the ranks did not start"
-    time.sleep(3)
+    command = [str(ECACLI), "profile", str(spec), "--nproc", "2", "--batch", "2", "--iters", "100000", "--device", "cpu", *options]
+    env = {**os.environ, "COLUMNS": "200", "NO_COLOR": "1"}
+    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True, env=env)
+
+
+def _rank_processes(session: int) -> list[int]:
+    """The ranks the launcher spawned in a session (multiprocessing's spawn_main processes)."""
+    ranks = []
+    for pid in _session_processes(session):
+        try:
+            if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                ranks.append(pid)
+        except OSError:
+            continue
+    return ranks
+
+
+def _interrupt_and_check(launcher: subprocess.Popen, err_so_far: str = "") -> None:
+    """Ctrl-C the whole session (as a terminal does); the job ends with one 'interrupted' line, exit 130, no process left."""
     os.killpg(launcher.pid, signal.SIGINT)
-    _, err = launcher.communicate(timeout=60)
+    _, err = launcher.communicate(timeout=120)
+    err = err_so_far + err
     assert launcher.returncode == 130, err
-    assert "Traceback" not in err, err
-    deadline = time.monotonic() + 10
+    assert "Traceback" not in err and "Error" not in err, err
+    assert err.splitlines()[-1] == "interrupted", err
+    deadline = time.monotonic() + 30
     while _session_processes(launcher.pid) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert _session_processes(launcher.pid) == []
+
+
+@pytest.mark.ddp
+@pytest.mark.slow
+@pytest.mark.subprocess
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc")
+def test_ctrl_c_tears_every_rank_down(tmp_path):
+    launcher = _start_profile(tmp_path)
+    seen = []
+    for line in launcher.stderr:  # readiness: rank 0 reports its first timed round
+        seen.append(line)
+        if line.startswith("rank 0: timing"):
+            break
+    assert seen and seen[-1].startswith("rank 0: timing"), "".join(seen)
+    _interrupt_and_check(launcher, "".join(seen))
+
+
+@pytest.mark.ddp
+@pytest.mark.slow
+@pytest.mark.subprocess
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc")
+def test_ctrl_c_while_the_ranks_start_prints_no_traceback(tmp_path):
+    launcher = _start_profile(tmp_path)
+    deadline = time.monotonic() + 120
+    while len(_rank_processes(launcher.pid)) < 2 and launcher.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)  # readiness: both ranks exist; they are still importing torch
+    assert len(_rank_processes(launcher.pid)) == 2, "the ranks did not start"
+    _interrupt_and_check(launcher)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("--timeout", "nan"), "error: --timeout must be a positive number of seconds up to 86,400 (a day), got nan."),
+        (("--timeout", "inf"), "error: --timeout must be a positive number of seconds up to 86,400 (a day), got inf."),
+        (("--bucket-cap-mb", "nan"), "error: --bucket-cap-mb must be positive and at most 65,536 MB, got nan."),
+        (("--batch", str(2**64)), "error: --batch must be a positive integer, got 18446744073709551616 (at most 65,536)."),
+        (("--seconds", "nan"), "error: --seconds must be a positive number of seconds"),
+    ],
+)
+def test_numbers_at_the_edges_are_refused_before_any_rank_starts(args, message, monkeypatch, capsys):
+    from ecacli.cli import main
+
+    monkeypatch.setattr(sys, "argv", ["ecacli", "profile", "r18", "--device", "cpu", "--nproc", "2", *args])
+    with pytest.raises(SystemExit) as caught:
+        main()
+    assert caught.value.code == 2
+    out, err = capsys.readouterr()
+    assert err.startswith(message) and err.count("\n") == 1, err
+    assert out == ""
+
+
+def test_more_cpu_ranks_than_cores_are_refused():
+    cores = os.cpu_count() or 1
+    with pytest.raises(UserError, match=f"this machine has {cores} CPU core"):
+        launch([("tiny", TINY)], FAST, DDPOptions(), nproc=cores + 1)

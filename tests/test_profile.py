@@ -344,16 +344,18 @@ def test_cli_bad_input_exits_2(cli, args, message):
     assert result.stdout == ""
 
 
-def test_cli_ctrl_c_prints_partial_and_exits_130(monkeypatch, tiny_yaml):
-    from typer.testing import CliRunner
-
-    from ecacli.cli import app
+def test_cli_ctrl_c_prints_partial_and_exits_130(monkeypatch, capsys, tiny_yaml):
+    from ecacli.cli import main
 
     _failing_step(monkeypatch, 2 + 3, KeyboardInterrupt())  # 1 warm-up + 1 memory step, then the 3rd timed step
-    result = CliRunner().invoke(app, ["profile", str(tiny_yaml), "--device", "cpu", "--batch", "2", "--warmup", "1", "--iters", "5", "--json"])
-    assert result.exit_code == 130
-    data = json.loads(result.stdout)
+    monkeypatch.setattr(sys, "argv", ["ecacli", "profile", str(tiny_yaml), "--device", "cpu", "--batch", "2", "--warmup", "1", "--iters", "5", "--json"])
+    with pytest.raises(SystemExit) as caught:
+        main()
+    assert caught.value.code == 130
+    out, err = capsys.readouterr()
+    data = json.loads(out)
     assert data["interrupted"] is True and data["step_ms"]["n"] == 2
+    assert err == "interrupted\n"
 
 
 def test_cli_out_of_memory_exits_1(monkeypatch, capsys, tiny_yaml):

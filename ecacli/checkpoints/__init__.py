@@ -8,6 +8,7 @@ without unpickling arbitrary objects.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from collections.abc import Iterable, Mapping
@@ -17,7 +18,7 @@ import torch
 import yaml
 
 from ecacli.checkpoints.convert import SourceState, detect
-from ecacli.checkpoints.infer import LoadReport, check_against, infer_spec, parameter_count
+from ecacli.checkpoints.infer import LoadReport, check_against, describe_nonfinite, infer_spec, nonfinite_tensors, parameter_count
 from ecacli.checkpoints.io import (
     MAX_CHECKPOINT_BYTES,
     SAFETENSORS,
@@ -30,8 +31,9 @@ from ecacli.checkpoints.io import (
     read_checkpoint,
     sha256_of,
 )
+from ecacli.errors import UserError, describe_path
 from ecacli.spec import NetworkSpec
-from ecacli.spec_loader import apply_overrides, load_spec, parse_yaml_text, spec_from_data
+from ecacli.spec_loader import apply_overrides, load_spec, parse_yaml_text, spec_from_data, with_overrides
 
 if TYPE_CHECKING:
     from torch import nn
@@ -47,6 +49,7 @@ __all__ = [
     "load_model",
     "model_with_weights",
     "new_model",
+    "nonfinite_tensors",
     "open_checkpoint",
     "parameter_count",
     "save_checkpoint",
@@ -55,6 +58,7 @@ __all__ = [
 ]
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+MAX_SEED = 2**64 - 1
 SPEC_KEY = "spec"
 NAME_SUFFIXES = (".safetensors", *TORCH_SUFFIXES)
 
@@ -115,13 +119,13 @@ class Checkpoint:
 def _embedded_spec(raw: RawCheckpoint) -> tuple[NetworkSpec | None, str | None]:
     """The spec stored with the weights: safetensors metadata, or `FILE.yaml` beside a torch file."""
     if SPEC_KEY in raw.metadata:
-        label = f"{raw.path} (metadata '{SPEC_KEY}')"
+        label = f"{describe_path(raw.path)} (metadata '{SPEC_KEY}')"
         data, positions = parse_yaml_text(raw.metadata[SPEC_KEY], label)
         if not isinstance(data, dict):
             raise CheckpointError(f"{label}: the stored spec is not a YAML mapping.")
         return spec_from_data(data, label, positions), "file metadata"
     beside = spec_path_for(raw.path)
-    if raw.container != SAFETENSORS and beside.is_file():
+    if raw.container != SAFETENSORS and os.path.isfile(beside):
         return load_spec(beside), str(beside)
     return None, None
 
@@ -140,26 +144,42 @@ def spec_for(checkpoint: Checkpoint, spec: NetworkSpec | None = None) -> tuple[N
     if checkpoint.spec is not None:
         return checkpoint.spec, checkpoint.spec_origin or "file"
     checkpoint.state.require_supported(checkpoint.path)
-    return infer_spec(checkpoint.tensors, name_from_path(checkpoint.path)), "inferred from tensor names and shapes"
+    try:
+        return infer_spec(checkpoint.tensors, name_from_path(checkpoint.path)), "inferred from tensor names and shapes"
+    except UserError as exc:
+        raise CheckpointError(f"{describe_path(checkpoint.path)}: {exc}") from None
+
+
+WARM_START_SUFFIX = "_eca_warm"
 
 
 def converted_spec(checkpoint: Checkpoint, name: str | None = None, overrides: Iterable[str] = ()) -> NetworkSpec:
-    """The spec `convert` writes: inferred from the tensors (ECA added to plain ResNets), then `--set` overrides."""
+    """The spec `convert` writes: inferred from the tensors, then `--set` overrides.
+
+    A plain network gets ECA (a warm start): unless `name` is given, its spec is then named after
+    the source with `_eca_warm` appended, so it is not mistaken for the plain network.
+    """
     base, _ = spec_for(checkpoint)
     data = base.to_yaml_dict()
-    if name:
-        data["name"] = name
     if base.attention.type == "none":
         data["attention"] = {"type": "eca"}
     overrides = list(overrides)
-    label = "converted spec" + (f" (with --set {' '.join(overrides)})" if overrides else "")
-    return spec_from_data(apply_overrides(data, overrides), label)
+    data = apply_overrides(data, overrides)
+    attention = data.get("attention")
+    warm_start = base.attention.type == "none" and not (isinstance(attention, dict) and attention.get("type") == "none")
+    if name:
+        data["name"] = name
+    elif warm_start and data.get("name") == base.name:
+        data["name"] = base.name[: 64 - len(WARM_START_SUFFIX)] + WARM_START_SUFFIX
+    return spec_from_data(data, with_overrides("converted spec", overrides))
 
 
 def new_model(spec: NetworkSpec, seed: int | None = None) -> nn.Module:
-    """A freshly initialised model; with a seed, the same weights every time (the global RNG is left as it was)."""
+    """A freshly initialised model; with a seed (0 to 2**64 - 1), the same weights every time (the global RNG is left as it was)."""
     from ecacli.models import build_model
 
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED):
+        raise ValueError(f"seed must be an integer from 0 to 2**64 - 1, got {seed!r}")
     if seed is None:
         return build_model(spec)
     with torch.random.fork_rng(devices=[]):
@@ -174,25 +194,35 @@ def floating_dtype(tensors: Mapping[str, torch.Tensor]) -> torch.dtype | None:
 
 
 def model_with_weights(
-    spec: NetworkSpec, checkpoint: Checkpoint, seed: int | None = None, init_missing_eca: bool = False
+    spec: NetworkSpec, checkpoint: Checkpoint, seed: int | None = None, init_missing_eca: bool = False, allow_nonfinite: bool = False
 ) -> tuple[nn.Module, list[str]]:
     """The spec's model holding the checkpoint's weights (in their dtype), and notes on what was done.
 
-    Any source whose tensors (after renaming) match the spec's names and shapes loads, so a
-    given spec also covers layouts `convert` cannot infer. Refuses unless the weights load
-    strictly, except that with `init_missing_eca` a checkpoint
-    without any ECA kernels (a plain ResNet) loads into an ECA spec with initialised kernels.
+    Any source whose tensors (after renaming) match the spec's names, shapes and kinds of number
+    loads, so a given spec also covers layouts `convert` cannot infer. Refuses unless the weights
+    load strictly, except that with `init_missing_eca` a checkpoint without any ECA kernels (a
+    plain ResNet) loads into an ECA spec with initialised kernels. Weights holding NaN or Inf are
+    refused unless `allow_nonfinite`.
     """
     report = check_against(spec, checkpoint.tensors)
     notes = list(checkpoint.state.notes)
+    label = describe_path(checkpoint.path)
     if not report.loads:
         if not (init_missing_eca and report.only_attention_missing and not checkpoint.state.has_eca):
             found = f" ({checkpoint.state.problem})" if checkpoint.state.problem else ""
-            raise CheckpointError(f"{checkpoint.path}: the weights do not load into spec '{spec.name}'{found}:\n{report.describe()}")
+            raise CheckpointError(f"{label}: the weights do not load into spec '{spec.name}'{found}:\n{report.describe()}")
         notes.append(
             f"the source has no ECA kernels: initialised all {len(report.missing)} of them (k per {spec.group_noun} "
             f"{spec.group_kernel_sizes}); everything else was copied - a warm start for fine-tuning"
         )
+    nonfinite = nonfinite_tensors(checkpoint.tensors)
+    if nonfinite and not allow_nonfinite:
+        raise CheckpointError(
+            f"{label}: {describe_nonfinite(nonfinite)}; a model with them computes NaN. "
+            "To load them anyway: --allow-nonfinite (library: allow_nonfinite=True)."
+        )
+    if nonfinite:
+        notes.append(f"loaded as asked although {describe_nonfinite(nonfinite)}")
     model = new_model(spec, seed)
     dtype = floating_dtype(checkpoint.tensors)
     if dtype is not None:
@@ -201,16 +231,18 @@ def model_with_weights(
     return model, notes
 
 
-def load_model(path: str | Path, spec: NetworkSpec | str | Path | None = None) -> nn.Module:
+def load_model(path: str | Path, spec: NetworkSpec | str | Path | None = None, allow_nonfinite: bool = False) -> nn.Module:
     """The model a checkpoint file describes, holding its weights, in eval mode.
 
     The spec is the one given (a spec object, preset name or YAML path), else the file's own,
-    else inferred from tensor names and shapes; the weights must load strictly.
+    else inferred from tensor names and shapes; the weights must load strictly (names, shapes,
+    float weights as float). A file whose weights hold NaN or Inf is refused unless
+    `allow_nonfinite`. Every refusal is a `CheckpointError` (a `UserError`) naming the file.
     """
     checkpoint = open_checkpoint(path)
     given = load_spec(spec) if isinstance(spec, (str, Path)) else spec
     model_spec, _ = spec_for(checkpoint, given)
-    model, _ = model_with_weights(model_spec, checkpoint)
+    model, _ = model_with_weights(model_spec, checkpoint, allow_nonfinite=allow_nonfinite)
     return model.eval()
 
 

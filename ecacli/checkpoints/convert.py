@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from ecacli.checkpoints.io import CheckpointError, RawCheckpoint
+from ecacli.errors import cut, describe_path, shown
 
 WRAPPER_KEYS = ("state_dict", "model", "model_state_dict")
 TRAINING_FIELDS = ("epoch", "arch", "best_prec1", "best_acc1", "metric")
@@ -79,21 +80,42 @@ def _plain(value: Any) -> Any:
 def unwrap(raw: RawCheckpoint) -> tuple[dict[str, torch.Tensor], dict[str, Any], list[str]]:
     """The state_dict inside a file (itself, or a training checkpoint's `state_dict`), its wrapper's fields, notes."""
     content = raw.content
+    label = describe_path(raw.path)
     if not isinstance(content, Mapping):
-        raise CheckpointError(f"{raw.path}: holds a {type(content).__name__}, not a state_dict (a mapping of names to tensors).")
+        raise CheckpointError(f"{label}: holds a {type(content).__name__}, not a state_dict (a mapping of names to tensors).")
     if _is_state_dict(content):
-        return dict(content), {}, []
+        return check_state_dict(raw.path, content), {}, []
     for key in WRAPPER_KEYS:
         if _is_state_dict(content.get(key)):
             details = {name: _plain(content[name]) for name in TRAINING_FIELDS if name in content and _plain(content[name]) is not None}
-            ignored = sorted(str(k) for k in content if k != key)
-            notes = [f"took the weights from the training checkpoint's '{key}'" + (f"; not used: {', '.join(ignored)}" if ignored else "")]
-            return dict(content[key]), {"wrapper": key, **details}, notes
-    found = ", ".join(sorted(str(k) for k in content)[:12])
+            ignored = sorted(cut(str(k), 30) for k in content if k != key)
+            notes = [f"took the weights from the training checkpoint's '{key}'" + (f"; not used: {', '.join(ignored[:12])}" if ignored else "")]
+            return check_state_dict(raw.path, content[key]), {"wrapper": key, **details}, notes
+    found = ", ".join(sorted(cut(str(k), 30) for k in content)[:12])
     raise CheckpointError(
-        f"{raw.path}: found a mapping with keys {found}, but no state_dict: expected names mapped to tensors, "
+        f"{label}: found a mapping with keys {found}, but no state_dict: expected names mapped to tensors, "
         f"or a training checkpoint with one of {', '.join(WRAPPER_KEYS)} holding them."
     )
+
+
+def check_state_dict(path: Path, tensors: Mapping[Any, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The state_dict as a dict, after refusing what no model can hold: keys that are not text, and
+    sparse, quantized, nested or meta (data-less) tensors. One line names the first offender.
+    """
+    label = describe_path(path)
+    for key, tensor in tensors.items():
+        if not isinstance(key, str):
+            raise CheckpointError(f"{label}: the state_dict has a key that is not text ({shown(key)}); expected tensor names such as 'conv1.weight'.")
+        name = shown(key)
+        if tensor.is_sparse or tensor.layout != torch.strided:
+            raise CheckpointError(f"{label}: tensor {name} is sparse ({tensor.layout}); ecacli loads dense weights only (save tensor.to_dense()).")
+        if tensor.is_quantized:
+            raise CheckpointError(f"{label}: tensor {name} is quantized ({tensor.dtype}); ecacli loads float weights only (save tensor.dequantize()).")
+        if tensor.is_nested:
+            raise CheckpointError(f"{label}: tensor {name} is a nested tensor; ecacli loads dense weights only.")
+        if tensor.is_meta:
+            raise CheckpointError(f"{label}: tensor {name} holds no data (a meta tensor: a shape without values); save the weights themselves.")
+    return dict(tensors)
 
 
 def strip_prefix(tensors: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], list[str]]:
@@ -108,10 +130,8 @@ def _unknown(tensors: dict[str, torch.Tensor], problem: str) -> SourceState:
     return SourceState(UNKNOWN, "unrecognised state_dict", tensors, problem=problem)
 
 
-def classify_mobilenet(tensors: dict[str, torch.Tensor], wrapped: bool, prefixed: bool, ecacli_file: bool) -> SourceState:
-    """A MobileNetV2 state_dict with torchvision's names: ecacli's, the paper's ECA-MobileNetV2, or torchvision's."""
-    if ecacli_file:
-        return SourceState(ECACLI, "ecacli checkpoint", tensors)
+def classify_mobilenet(tensors: dict[str, torch.Tensor], wrapped: bool, prefixed: bool) -> SourceState:
+    """A MobileNetV2 state_dict with torchvision's names: the paper's ECA-MobileNetV2, or torchvision's."""
     if has_eca_kernels(tensors):
         label = "the paper's training checkpoint (ECA-MobileNetV2)" if wrapped or prefixed else "ECA-MobileNetV2 state_dict (the paper's names)"
         return SourceState(PAPER, label, tensors)
@@ -119,9 +139,14 @@ def classify_mobilenet(tensors: dict[str, torch.Tensor], wrapped: bool, prefixed
 
 
 def classify(tensors: dict[str, torch.Tensor], wrapped: bool, prefixed: bool, ecacli_file: bool) -> SourceState:
-    """Name the source from the keys and rename timm's attention; unknown layouts carry the reason."""
+    """Name the source from the keys and rename timm's attention; unknown layouts carry the reason.
+
+    A file with ecacli's spec beside or inside it keeps its names as they are: the spec says what they are.
+    """
+    if ecacli_file:
+        return SourceState(ECACLI, "ecacli checkpoint", tensors)
     if tensors and all(MOBILENET_KEYS.match(key) for key in tensors):
-        return classify_mobilenet(tensors, wrapped, prefixed, ecacli_file)
+        return classify_mobilenet(tensors, wrapped, prefixed)
     foreign = [key for key in tensors if not RESNET_KEYS.match(key)]
     if foreign or "layer1.0.conv1.weight" not in tensors:
         sample = ", ".join((foreign or sorted(tensors))[:5])
@@ -143,8 +168,6 @@ def classify(tensors: dict[str, torch.Tensor], wrapped: bool, prefixed: bool, ec
         renamed = {TIMM_ECA.sub(r"\1.eca.conv.weight", key): t for key, t in tensors.items()}
         return SourceState(TIMM, "timm ResNet with ECA attention", renamed, notes=[TIMM_ECA_NOTE])
     has_eca = has_eca_kernels(tensors)
-    if ecacli_file:
-        return SourceState(ECACLI, "ecacli checkpoint", tensors)
     if has_eca:
         label = "the paper's training checkpoint" if wrapped or prefixed else "ECA-ResNet state_dict (the paper's names)"
         return SourceState(PAPER, label, tensors)

@@ -76,14 +76,49 @@ def is_attention_module(module: torch.nn.Module) -> bool:
     return any(is_attention(kind.name) and type(module).__name__ == kind.type_name for kind in KINDS.values())
 
 
-def model_shapes(spec: NetworkSpec) -> tuple[dict[str, tuple[int, ...]], set[str]]:
-    """Every state_dict key of the spec's model with its shape, and the keys of its attention modules, computed without allocating weights."""
+def model_shapes(spec: NetworkSpec) -> tuple[dict[str, tuple[tuple[int, ...], torch.dtype]], set[str]]:
+    """Every state_dict key of the spec's model with its shape and dtype, and the keys of its attention modules, computed without allocating weights."""
     from ecacli.models import build_model
 
     with torch.device("meta"):
         model = build_model(spec)
     attention = {f"{prefix}.{key}" for prefix, module in model.named_modules() if is_attention_module(module) for key in module.state_dict()}
-    return {key: tuple(t.shape) for key, t in model.state_dict().items()}, attention
+    return {key: (tuple(t.shape), t.dtype) for key, t in model.state_dict().items()}, attention
+
+
+LOADABLE_FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+ACCEPTED_KINDS = {"float": ("float",), "integer": ("integer", "float")}
+
+
+def dtype_kind(dtype: torch.dtype) -> str:
+    """'float' for the floating types a model computes in, else 'integer', 'bool', 'complex' or the dtype's own name (float8 ...)."""
+    if dtype in LOADABLE_FLOATS:
+        return "float"
+    if dtype == torch.bool:
+        return "bool"
+    if dtype.is_complex:
+        return "complex"
+    if dtype.is_floating_point:
+        return str(dtype).removeprefix("torch.")
+    return "integer"
+
+
+def nonfinite_tensors(tensors: Mapping[str, torch.Tensor]) -> dict[str, int]:
+    """Names of the floating-point (or complex) tensors holding NaN or Inf, with how many such values each holds."""
+    counts = {}
+    for key, tensor in tensors.items():
+        if tensor.is_floating_point() or tensor.is_complex():
+            bad = int(tensor.numel() - torch.isfinite(tensor).sum())
+            if bad:
+                counts[key] = bad
+    return counts
+
+
+def describe_nonfinite(counts: Mapping[str, int], limit: int = 3) -> str:
+    """'3 tensors hold NaN or Inf values: fc.weight (2 values), ...' for messages."""
+    shown_items = [f"{key} ({count:,} value{'s' if count > 1 else ''})" for key, count in list(counts.items())[:limit]]
+    more = f", ... ({len(counts) - limit} more)" if len(counts) > limit else ""
+    return f"{len(counts)} tensor{'s hold' if len(counts) > 1 else ' holds'} NaN or Inf values: {', '.join(shown_items)}{more}"
 
 
 @dataclass
@@ -93,17 +128,18 @@ class LoadReport:
     missing: list[str] = field(default_factory=list)
     unexpected: list[str] = field(default_factory=list)
     mismatched: list[tuple[str, tuple[int, ...], tuple[int, ...]]] = field(default_factory=list)
+    wrong_kind: list[tuple[str, str, str]] = field(default_factory=list)
     fitting_k_size: int | list[int] | None = None
     attention_keys: set[str] = field(default_factory=set)
 
     @property
     def loads(self) -> bool:
-        return not (self.missing or self.unexpected or self.mismatched)
+        return not (self.missing or self.unexpected or self.mismatched or self.wrong_kind)
 
     @property
     def only_attention_missing(self) -> bool:
         """True when everything loads but the attention modules' weights (a plain network into an ECA one)."""
-        return bool(self.missing) and not (self.unexpected or self.mismatched) and all(key in self.attention_keys for key in self.missing)
+        return bool(self.missing) and not (self.unexpected or self.mismatched or self.wrong_kind) and all(key in self.attention_keys for key in self.missing)
 
     def describe(self, limit: int = 12) -> str:
         lines = []
@@ -111,6 +147,7 @@ class LoadReport:
             ("missing from the file", self.missing),
             ("not in the model", self.unexpected),
             ("shape differs (file vs model)", [f"{key}: {list(a)} vs {list(b)}" for key, a, b in self.mismatched]),
+            ("wrong kind of number (file vs model)", [f"{key}: {a} vs {b}" for key, a, b in self.wrong_kind]),
         ):
             if items:
                 shown = ", ".join(items[:limit]) + (f", ... ({len(items) - limit} more)" if len(items) > limit else "")
@@ -128,19 +165,25 @@ class LoadReport:
             "missing": self.missing,
             "unexpected": self.unexpected,
             "mismatched": [{"key": key, "file": list(a), "model": list(b)} for key, a, b in self.mismatched],
+            "wrong_kind": [{"key": key, "file": a, "model": b} for key, a, b in self.wrong_kind],
             "fitting_k_size": self.fitting_k_size,
         }
 
 
 def check_against(spec: NetworkSpec, tensors: Mapping[str, torch.Tensor]) -> LoadReport:
-    """Compare a state_dict with the spec's model key by key; a missing BN step counter is not a mismatch."""
+    """Compare a state_dict with the spec's model key by key: names, shapes, and the kind of number
+    (float weights must be float16, bfloat16, float32 or float64; integer counters real numbers).
+    A missing BN step counter is not a mismatch.
+    """
     expected, attention = model_shapes(spec)
     report = LoadReport(fitting_k_size=fitting_k_size(tensors), attention_keys=attention)
-    for key, shape in expected.items():
+    for key, (shape, dtype) in expected.items():
         if key not in tensors:
             if not key.endswith(OPTIONAL_BUFFER):
                 report.missing.append(key)
         elif tuple(tensors[key].shape) != shape:
             report.mismatched.append((key, tuple(tensors[key].shape), shape))
+        elif dtype_kind(tensors[key].dtype) not in ACCEPTED_KINDS.get(dtype_kind(dtype), (dtype_kind(dtype),)):
+            report.wrong_kind.append((key, str(tensors[key].dtype).removeprefix("torch."), dtype_kind(dtype)))
     report.unexpected = [key for key in tensors if key not in expected]
     return report

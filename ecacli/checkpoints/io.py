@@ -9,17 +9,18 @@ interrupted or failed write leaves no partial file and the previous file intact.
 from __future__ import annotations
 
 import hashlib
+import os
 import re
+import stat
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from collections.abc import Callable
-from typing import IO, Any
+from typing import Any
 
 import torch
 
 from ecacli.atomic import atomic_write, check_writable
-from ecacli.errors import UserError
+from ecacli.errors import UserError, describe_path, file_kind, user_path
 
 MAX_CHECKPOINT_BYTES = 4 * 1024**3
 SAFETENSORS = "safetensors"
@@ -28,8 +29,10 @@ FORMATS = (SAFETENSORS, TORCH)
 TORCH_SUFFIXES = (".pt", ".pth", ".tar", ".bin", ".ckpt")
 
 ZIP_MAGIC = b"PK\x03\x04"
-PICKLE_PROTO = b"\x80"
+PICKLE_PROTO = 0x80
+PICKLE_PROTOCOLS = range(2, 6)
 SAFETENSORS_MAX_HEADER = 100 * 1024 * 1024
+SNIFF_BYTES = 16
 
 
 class CheckpointError(UserError):
@@ -48,35 +51,44 @@ class RawCheckpoint:
 
 
 def sniff_container(path: Path, head: bytes) -> str:
-    """'safetensors', 'torch-zip' or 'torch-legacy' from a file's first bytes; refuses anything else."""
-    if head.startswith(ZIP_MAGIC):
-        return "torch-zip"
-    if head.startswith(PICKLE_PROTO):
-        return "torch-legacy"
+    """'safetensors', 'torch-zip' or 'torch-legacy' from a file's first bytes; refuses anything else.
+
+    safetensors is recognised first, by its structure (an 8-byte little-endian header length of at
+    most 100 MB, then a JSON object): the length's low byte can be anything, 0x80 included, so
+    testing first for the pickle protocol byte took such files for legacy torch pickles.
+    """
+    label = describe_path(path)
     if len(head) >= 9:
         header_len = int.from_bytes(head[:8], "little")
         if 2 <= header_len <= SAFETENSORS_MAX_HEADER and head[8:9] == b"{":
             return SAFETENSORS
+    if head.startswith(ZIP_MAGIC):
+        return "torch-zip"
+    if len(head) >= 2 and head[0] == PICKLE_PROTO and head[1] in PICKLE_PROTOCOLS:
+        return "torch-legacy"
     if not head:
-        raise CheckpointError(f"{path}: the file is empty; expected a .safetensors file or a PyTorch checkpoint.")
+        raise CheckpointError(f"{label}: the file is empty; expected a .safetensors file or a PyTorch checkpoint.")
     text = head.isascii() and all(chr(c).isprintable() or chr(c).isspace() for c in head)
     described = "text" if text else "binary data of an unknown format"
     raise CheckpointError(
-        f"{path}: not a checkpoint (the file starts with {described}, {head[:16]!r}); "
+        f"{label}: not a checkpoint (the file starts with {described}, {head[:16]!r}); "
         "expected a .safetensors file or a PyTorch file written by torch.save (zip or legacy format)."
     )
 
 
 def check_readable(path: Path, max_bytes: int) -> int:
-    """The file's size, after refusing a missing path, a folder or a file over the size limit."""
-    if not path.exists():
-        raise CheckpointError(f"{path}: no such file.")
-    if not path.is_file():
-        raise CheckpointError(f"{path}: not a regular file; give the path of a checkpoint file.")
-    size = path.stat().st_size
-    if size > max_bytes:
-        raise CheckpointError(f"{path}: {size:,} bytes is over the {max_bytes:,}-byte limit for checkpoints.")
-    return size
+    """The file's size, after refusing a missing path, anything but a regular file, or a file over the size limit."""
+    label = describe_path(path)
+    with user_path(path, "read it", CheckpointError):
+        try:
+            info = os.stat(path)
+        except FileNotFoundError:
+            raise CheckpointError(f"{label}: no such file.") from None
+    if not stat.S_ISREG(info.st_mode):
+        raise CheckpointError(f"{label}: is {file_kind(info.st_mode)}, not a regular file; give the path of a checkpoint file.")
+    if info.st_size > max_bytes:
+        raise CheckpointError(f"{label}: {info.st_size:,} bytes is over the {max_bytes:,}-byte limit for checkpoints.")
+    return info.st_size
 
 
 def _refused_global(message: str) -> str:
@@ -86,6 +98,7 @@ def _refused_global(message: str) -> str:
 
 
 def _torch_load(path: Path, container: str) -> Any:
+    label = describe_path(path)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -93,11 +106,11 @@ def _torch_load(path: Path, container: str) -> Any:
     except Exception as exc:
         if "Weights only load failed" in str(exc):
             raise CheckpointError(
-                f"{path}: refused: loading it would unpickle {_refused_global(str(exc))}, which could run code. "
+                f"{label}: refused: loading it would unpickle {_refused_global(str(exc))}, which could run code. "
                 "ecacli only loads tensors and plain data (torch.load with weights_only=True); nothing from the file ran. "
                 "Re-save the weights from trusted code as a state_dict or .safetensors file."
             ) from None
-        raise CheckpointError(f"{path}: cannot read it as a PyTorch checkpoint (truncated or corrupt?): {_first_line(exc)}") from None
+        raise CheckpointError(f"{label}: cannot read it as a PyTorch checkpoint (truncated or corrupt?): {_first_line(exc)}") from None
 
 
 def _safetensors_load(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -108,21 +121,23 @@ def _safetensors_load(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, st
             metadata = handle.metadata() or {}
             tensors = {name: handle.get_tensor(name) for name in handle.keys()}
     except Exception as exc:
-        raise CheckpointError(f"{path}: cannot read it as a safetensors file (truncated or corrupt?): {_first_line(exc)}") from None
+        raise CheckpointError(f"{describe_path(path)}: cannot read it as a safetensors file (truncated or corrupt?): {_first_line(exc)}") from None
     return tensors, metadata
 
 
-def _first_line(exc: BaseException) -> str:
+def _first_line(exc: BaseException, limit: int = 200) -> str:
     text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
+    line = text[0] if text else type(exc).__name__
+    return line if len(line) <= limit else line[:limit] + "..."
 
 
 def read_checkpoint(path: str | Path, max_bytes: int = MAX_CHECKPOINT_BYTES) -> RawCheckpoint:
     """Load a checkpoint file without running code from it: safetensors, or torch.save output as plain data."""
     path = Path(path)
     size = check_readable(path, max_bytes)
-    with path.open("rb") as handle:
-        container = sniff_container(path, handle.read(16))
+    with user_path(path, "read it", CheckpointError), path.open("rb") as handle:
+        head = handle.read(SNIFF_BYTES)
+    container = sniff_container(path, head)
     if container == SAFETENSORS:
         tensors, metadata = _safetensors_load(path)
         return RawCheckpoint(path, container, tensors, metadata, size)
@@ -131,7 +146,7 @@ def read_checkpoint(path: str | Path, max_bytes: int = MAX_CHECKPOINT_BYTES) -> 
 
 def sha256_of(path: Path) -> str:
     digest = hashlib.sha256()
-    with path.open("rb") as handle:
+    with user_path(path, "read it", CheckpointError), path.open("rb") as handle:
         for chunk in iter(lambda: handle.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()

@@ -1,13 +1,18 @@
 """The `ecacli` command line: thin typer commands over the library, one module per command.
 
 `main` maps outcomes to exit codes: 0 success, 2 a user mistake (one paragraph, no traceback),
-1 an internal failure, 130 interrupted.
+1 an internal failure, 130 interrupted (Ctrl-C), 143 terminated (SIGTERM); the last two print
+one line saying so on stderr, and unwind first, so no temporary file is left behind.
 """
 
 from __future__ import annotations
 
+import functools
 import os
+import signal
 import sys
+from collections.abc import Callable
+from typing import Any
 
 import typer
 
@@ -21,7 +26,7 @@ from ecacli.cli.schema import schema
 from ecacli.cli.specs import specs
 from ecacli.cli.summary import summary
 from ecacli.cli.validate import validate
-from ecacli.errors import UserError
+from ecacli.errors import Interrupted, Terminated, UserError, describe_path, os_reason
 
 app = typer.Typer(
     name="ecacli",
@@ -31,8 +36,23 @@ app = typer.Typer(
     add_completion=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
+
+
+def _reporting_interrupts(command: Callable[..., Any]) -> Callable[..., Any]:
+    """The command, with Ctrl-C raised as `Interrupted` (typer would turn it into a silent exit 130)."""
+
+    @functools.wraps(command)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except KeyboardInterrupt:
+            raise Interrupted() from None
+
+    return run
+
+
 for command in (summary, ksize, specs, validate, schema, compare, export, inspect, convert, profile):
-    app.command()(command)
+    app.command()(_reporting_interrupts(command))
 
 
 def _version_callback(value: bool) -> None:
@@ -50,18 +70,29 @@ def _root(
     """ECA-Net / ECA-ResNet toolkit: specs, kernel sizes, summaries, profiles and checkpoints."""
 
 
+def _terminate(signum: int, frame: Any) -> None:
+    raise Terminated()
+
+
 def main() -> None:
     """Console-script entry point."""
+    signal.signal(signal.SIGTERM, _terminate)
     try:
         app()
     except UserError as exc:
         sys.stderr.write(f"error: {exc}\n")
         sys.exit(exc.exit_code)
-    except KeyboardInterrupt:
+    except (Interrupted, KeyboardInterrupt):
         sys.stderr.write("interrupted\n")
-        sys.exit(130)
+        sys.exit(Interrupted.exit_code)
+    except Terminated:
+        sys.stderr.write("terminated\n")
+        sys.exit(Terminated.exit_code)
     except Exception as exc:
         if os.environ.get("ECACLI_DEBUG"):
             raise
+        if isinstance(exc, OSError) and exc.filename is not None:
+            sys.stderr.write(f"error: {describe_path(exc.filename)}: {os_reason(exc)}.\n")
+            sys.exit(2)
         sys.stderr.write(f"internal error: {type(exc).__name__}: {exc}\n(set ECACLI_DEBUG=1 for the traceback; please report it)\n")
         sys.exit(1)

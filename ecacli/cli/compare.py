@@ -2,21 +2,20 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from ecacli.cli.common import JsonOption, SetOption, console, load_spec_arg, print_json
-from ecacli.errors import UserError
+from ecacli.cli.common import JsonOption, SetOption, TableSpec, console, load_spec_arg, only_with, output_path, print_json, print_table
+from ecacli.errors import Interrupted, UserError
 from ecacli.spec import check_input_size
 
 
 def compare(
     specs: Annotated[list[str], typer.Argument(help="Spec files or preset names; deltas are against the first.", show_default=False)],
     input_size: Annotated[int | None, typer.Option(help="Square input side in pixels (default: each spec's).", show_default=False)] = None,
-    batch: Annotated[int, typer.Option(min=1, max=65536, help="Batch size for mult-adds and, with --time, for the timed steps.")] = 1,
     time: Annotated[bool, typer.Option("--time", help="Also measure forward and training-step time and peak memory, interleaved across the specs (as `ecacli profile`).")] = False,
+    batch: Annotated[int, typer.Option(help="With --time: images per timed step (mult-adds are always per image).")] = 1,
     device: Annotated[str, typer.Option(help="With --time: cpu, cuda, cuda:N, mps, or auto.")] = "auto",
     warmup: Annotated[int, typer.Option(help="With --time: untimed steps per spec.")] = 3,
     iters: Annotated[int, typer.Option(help="With --time: timed steps per spec.")] = 10,
@@ -26,32 +25,33 @@ def compare(
     as_json: JsonOption = False,
     as_csv: Annotated[bool, typer.Option("--csv", help="Print CSV.")] = False,
     as_markdown: Annotated[bool, typer.Option("--markdown", help="Print a Markdown table.")] = False,
-    plot: Annotated[Path | None, typer.Option(help="Write a PNG of params vs reported top-1 (with --time: vs measured images/s); needs the `plot` extra.", show_default=False)] = None,
+    plot: Annotated[str | None, typer.Option(help="Write a PNG of params vs reported top-1 (with --time: vs measured images/s); needs the `plot` extra.", show_default=False)] = None,
 ) -> None:
-    """Compare specs: params, Δ params, attention params, mult-adds, reported top-1 (labelled reported)."""
+    """Compare specs: params, Δ params, attention params, mult-adds per image, reported top-1 (labelled reported)."""
     if input_size is not None:
         check_input_size(input_size)
     if sum([as_json, as_csv, as_markdown]) > 1:
         raise UserError("choose one of --json, --csv and --markdown.")
-    timing_options = {"--device": device != "auto", "--warmup": warmup != 3, "--iters": iters != 10, "--threads": threads is not None}
+    timing_options = {"--batch": batch != 1, "--device": device != "auto", "--warmup": warmup != 3, "--iters": iters != 10, "--threads": threads is not None}
     if not time and any(timing_options.values()):
-        raise UserError(f"{', '.join(k for k, v in timing_options.items() if v)} only apply to measured timings; add --time.")
+        raise UserError(f"{only_with([k for k, v in timing_options.items() if v], 'measured timings')}; add --time.")
+    plot_path = output_path(plot, "--plot", "params.png") if plot is not None else None
     loaded = [load_spec_arg(s, overrides) for s in specs]
-    if plot is not None:
+    if plot_path is not None:
         from ecacli.atomic import check_writable
 
-        check_writable([plot], force)
-    from ecacli.reports.compare import MEASURED_COLUMNS, TABLE_COLUMNS, compare_specs, measured_cells, table_cells, to_csv, to_markdown
+        check_writable([plot_path], force)
+    from ecacli.reports.compare import compare_specs, to_csv, to_markdown
 
-    rows = compare_specs(loaded, batch, input_size)
+    rows = compare_specs(loaded, input_size)
     if time:
         _attach_timings(rows, loaded, batch, input_size, device, warmup, iters, threads, show_progress=not (as_json or as_csv or as_markdown))
-    if plot is not None:
+    if plot_path is not None:
         from ecacli.reports.plot import plot_params_vs
 
         y = "images_per_s" if time else "top1"
-        plotted = plot_params_vs(rows, y, plot, force)
-        typer.echo(f"wrote {plot} ({plotted} of {len(rows)} specs plotted)", err=True)
+        plotted = plot_params_vs(rows, y, plot_path, force)
+        typer.echo(f"wrote {plot_path} ({plotted} of {len(rows)} specs plotted)", err=True)
     if as_json:
         print_json([row.to_dict() for row in rows])
     elif as_csv:
@@ -59,16 +59,36 @@ def compare(
     elif as_markdown:
         typer.echo(to_markdown(rows, with_measured=time), nl=False)
     else:
-        from rich.table import Table
+        _render(rows, time, overrides or [])
 
-        table = Table(title=f"{len(rows)} spec{'s' if len(rows) > 1 else ''}, deltas against {rows[0].name}", caption="reported = cited in the spec's `reported:` block, not measured" + (f"; measured: {rows[0].measured['device']}, batch {rows[0].measured['batch']}, training steps interleaved" if time else ""))
-        for i, name in enumerate(TABLE_COLUMNS):
-            table.add_column(name, justify="left" if i < 2 else "right", no_wrap=True)
-        for name in MEASURED_COLUMNS if time else ():
-            table.add_column(name, justify="right", no_wrap=True)
-        for row in rows:
-            table.add_row(*table_cells(row), *(measured_cells(row) if time else ()))
-        console().print(table)
+
+def _render(rows, time: bool, overrides: list[str]) -> None:
+    from ecacli.reports.compare import (
+        MEASURED_COLUMNS,
+        NARROW_MEASURED_COLUMNS,
+        NUMERIC_COLUMNS,
+        STACKED_COLUMNS,
+        STACKED_NUMERIC,
+        TABLE_COLUMNS,
+        measured_cells,
+        stacked_cells,
+        table_cells,
+    )
+    from ecacli.spec_loader import with_overrides
+
+    title = f"{len(rows)} spec{'s' if len(rows) > 1 else ''}, deltas against {rows[0].name}"
+    notes = ["GMACs/img: 10^9 multiply-adds per image", "reported: cited in the spec's `reported:` block, not measured"]
+    if overrides:
+        notes.append(with_overrides("every spec", overrides))
+    if time:
+        measured = rows[0].measured
+        notes.append(f"measured: {measured['device']}, batch {measured['batch']}, training steps interleaved; step / first: median (p10-p90) of per-round ratios")
+    measured = [True] * len(MEASURED_COLUMNS) if time else []
+    wide = TableSpec(title, TABLE_COLUMNS + (MEASURED_COLUMNS if time else []),
+                     [table_cells(row) + (measured_cells(row) if time else []) for row in rows], NUMERIC_COLUMNS + measured, caption="; ".join(notes))
+    narrow = TableSpec(title, STACKED_COLUMNS + (NARROW_MEASURED_COLUMNS if time else []),
+                       [stacked_cells(row) + (measured_cells(row, stacked=True) if time else []) for row in rows], STACKED_NUMERIC + measured, caption="\n".join(notes))
+    print_table(console(), wide, narrow)
 
 
 def _attach_timings(rows, specs, batch: int, input_size: int | None, device: str, warmup: int, iters: int, threads: int | None, show_progress: bool) -> None:
@@ -87,4 +107,5 @@ def _attach_timings(rows, specs, batch: int, input_size: int | None, device: str
     for row, label in zip(rows, labels):
         row.measured = measured_figures(report, label, labels[0])
     if report.interrupted:
-        raise UserError("interrupted before every spec was timed; nothing is reported as measured from a partial run.")
+        typer.echo("stopped before every spec was timed; nothing is reported as measured from a partial run.", err=True)
+        raise Interrupted()

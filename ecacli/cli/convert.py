@@ -2,38 +2,39 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from ecacli.cli.common import JsonOption, SetOption
-from ecacli.cli.export import DtypeOption, ForceOption, FormatOption, OutputOption, SeedOption, report_saved
+from ecacli.cli.common import JsonOption, SetOption, input_path, output_path
+from ecacli.cli.export import AllowNonfiniteOption, DtypeOption, ForceOption, FormatOption, OutputOption, SeedOption, report_saved
 
 
 def convert(
-    source: Annotated[Path, typer.Argument(help="Checkpoint to convert: the paper's .pth.tar, a torchvision or timm ResNet state_dict.", show_default=False)],
+    source: Annotated[str, typer.Argument(help="Checkpoint to convert: the paper's .pth.tar, a torchvision or timm ResNet state_dict.", show_default=False)],
     output: OutputOption,
-    name: Annotated[str | None, typer.Option("--name", help="Name of the written spec (default: from the source's file name).", show_default=False)] = None,
+    name: Annotated[str | None, typer.Option("--name", help="Name of the written spec (default: from the source's file name, + _eca_warm when ECA is added to a plain ResNet).", show_default=False)] = None,
     seed: SeedOption = None,
     dtype: DtypeOption = None,
     fmt: FormatOption = None,
     force: ForceOption = False,
+    allow_nonfinite: AllowNonfiniteOption = False,
     overrides: SetOption = None,
     as_json: JsonOption = False,
 ) -> None:
     """Detect a checkpoint's source, infer its spec from tensor names and shapes, and write spec + weights.
 
-    Plain ResNets (no ECA kernels) get initialised ECA kernels, a warm start for fine-tuning;
-    --set attention.type=none keeps them plain.
+    Plain ResNets (no ECA kernels) get initialised ECA kernels, a warm start for fine-tuning; --set attention.type=none keeps them plain.
     """
+    origin = input_path(source, "a checkpoint")
+    target = output_path(output, "-o", "model.safetensors")
     from ecacli.checkpoints import check_writable_outputs, converted_spec, model_with_weights, open_checkpoint, save_checkpoint
 
-    check_writable_outputs(output, fmt, force)
-    checkpoint = open_checkpoint(source)
+    check_writable_outputs(target, fmt, force)
+    checkpoint = open_checkpoint(origin)
     spec = converted_spec(checkpoint, name, overrides or ())
-    model, notes = model_with_weights(spec, checkpoint, seed, init_missing_eca=True)
-    saved = save_checkpoint(model.state_dict(), spec, output, fmt, dtype, force, source=f"{source.name} ({checkpoint.state.label})")
+    model, notes = model_with_weights(spec, checkpoint, seed, init_missing_eca=True, allow_nonfinite=allow_nonfinite)
+    saved = save_checkpoint(model.state_dict(), spec, target, fmt, dtype, force, source=f"{origin.name} ({checkpoint.state.label})")
     if not as_json:
         typer.echo(f"source: {checkpoint.state.label}")
         typer.echo(f"spec:   {spec.layout_text()}, {spec.num_classes} classes, attention {spec.attention.type}, k per {spec.group_noun} {spec.group_kernel_sizes}")

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from ecacli.cli.common import JsonOption, SetOption, console, fmt_int, load_optional_spec_arg, print_json
+from ecacli.cli.common import JsonOption, SetOption, TableSpec, console, fmt_int, load_optional_spec_arg, print_json, print_table
 from ecacli.errors import UserError
 from ecacli.kernel import DEFAULT_B, DEFAULT_GAMMA, MAX_CHANNELS, kernel_intervals, kernel_run, kernel_t, se_params, table_widths
 
@@ -16,6 +16,7 @@ if TYPE_CHECKING:
 
 DEFAULT_RANGE = (64, 2048)
 MIN_GAMMA = 0.05  # below this nearly every width gets its own k: tables of millions of runs
+MAX_GAMMA = MAX_ABS_B = 64.0  # the spec's bounds
 
 
 def width_row(channels: int, gamma: float, b: float) -> dict[str, int]:
@@ -33,10 +34,10 @@ def width_row(channels: int, gamma: float, b: float) -> dict[str, int]:
 
 
 def _check_inputs(widths: list[int], channels: tuple[int, int] | None, gamma: float, b: float) -> None:
-    if not math.isfinite(b):
-        raise UserError(f"--b must be a finite number, got {b}.")
-    if not (math.isfinite(gamma) and MIN_GAMMA <= gamma):
-        raise UserError(f"--gamma must be a finite number of at least {MIN_GAMMA}, got {gamma}.")
+    if not (math.isfinite(b) and abs(b) <= MAX_ABS_B):
+        raise UserError(f"--b must be a finite number from -{MAX_ABS_B:g} to {MAX_ABS_B:g} (as in a spec), got {b}.")
+    if not (math.isfinite(gamma) and MIN_GAMMA <= gamma <= MAX_GAMMA):
+        raise UserError(f"--gamma must be a finite number of at least {MIN_GAMMA} and at most {MAX_GAMMA:g}, got {gamma}.")
     for c in [*widths, *(channels or ())]:
         if not 1 <= c <= MAX_CHANNELS:
             raise UserError(f"channel widths must be between 1 and {MAX_CHANNELS:,}, got {c}.")
@@ -75,25 +76,34 @@ def ksize(
 
 
 def _render_rows(rows: list[dict[str, int]], intervals: list, gamma: float, b: float) -> None:
-    from rich.table import Table
-
     out = console()
-    table = Table(title=f"ECA kernel size per width (gamma={gamma:g}, b={b:g})")
-    for name in ("C", "t", "k", "ECA params", "SE params (r=16)", "k constant for C in"):
-        table.add_column(name, justify="right")
-    for r in rows:
-        table.add_row(
-            fmt_int(r["channels"]), str(r["t"]), str(r["k"]), str(r["eca_params"]), fmt_int(r["se_params_r16"]),
-            f"{fmt_int(r['k_constant_from'])} .. {fmt_int(r['k_constant_to'])}",
-        )
-    out.print(table)
+    cells = [
+        [fmt_int(r["channels"]), str(r["t"]), str(r["k"]), str(r["eca_params"]), fmt_int(r["se_params_r16"]),
+         f"{fmt_int(r['k_constant_from'])} .. {fmt_int(r['k_constant_to'])}"]
+        for r in rows
+    ]
+    stacked = [[*row[:5], row[5].replace(" .. ", " ..\n")] for row in cells]
+    title = f"ECA kernel size per width (gamma={gamma:g}, b={b:g})"
+    numeric = [True] * 6
+    print_table(
+        out,
+        TableSpec(title, ["C", "t", "k", "ECA params", "SE params (r=16)", "k constant for C in"], cells, numeric),
+        TableSpec(title, ["C", "t", "k", "ECA\nparams", "SE params\n(r=16)", "k constant\nfor C in"], stacked, numeric),
+    )
     if intervals:
-        runs = Table(title="Exact runs of C with constant k", min_width=40)
-        for name in ("C from", "C to", "k"):
-            runs.add_column(name, justify="right")
-        for i in intervals:
-            runs.add_row(fmt_int(i.low), fmt_int(i.high), str(i.k))
-        out.print(runs)
+        runs = [[fmt_int(i.low), fmt_int(i.high), str(i.k)] for i in intervals]
+        print_table(out, TableSpec("Exact runs of C with constant k", ["C from", "C to", "k"], runs, [True] * 3))
+
+
+def describe_attention(spec: NetworkSpec) -> str:
+    """The attention settings in words: 'eca, k_size adaptive (gamma 2, b 1, on output width)'."""
+    attention = spec.attention
+    if not attention.has_kernel:
+        return attention.type
+    k = attention.k_size
+    if k == "adaptive":
+        return f"{attention.type}, k_size adaptive (gamma {attention.gamma:g}, b {attention.b:g}, on the {attention.adaptive_on} width)"
+    return f"{attention.type}, k_size {k if isinstance(k, int) else ', '.join(map(str, k))}"
 
 
 def _spec_table(spec: NetworkSpec, as_json: bool) -> None:
@@ -101,18 +111,21 @@ def _spec_table(spec: NetworkSpec, as_json: bool) -> None:
     if as_json:
         print_json(rows)
         return
-    from rich.table import Table
-
-    setting = spec.attention.model_dump() if spec.attention.type == "eca" else {"type": spec.attention.type}
     noun, inner = spec.group_noun, spec.inner_noun
-    table = Table(title=f"{spec.name}: ECA k per {noun} under each width convention", caption=f"this spec's attention: {setting}")
-    for name in (noun.split()[-1], "blocks", inner, "output width", "k (output width)", f"k ({inner})", "k (this spec)"):
-        table.add_column(name, justify="right")
-    for r in rows:
-        mine = "-" if r["k_spec"] is None else str(r["k_spec"])
-        table.add_row(str(r[noun.split()[-1]]), str(r["blocks"]), fmt_int(r["planes"]), fmt_int(r["output"]), str(r["k_output"]), str(r["k_planes"]), mine)
+    key = noun.split()[-1]
+    cells = [
+        [str(r[key]), str(r["blocks"]), fmt_int(r["planes"]), fmt_int(r["output"]), str(r["k_output"]), str(r["k_planes"]), "-" if r["k_spec"] is None else str(r["k_spec"])]
+        for r in rows
+    ]
+    title = f"{spec.name}: ECA k per {noun} under each width convention"
+    caption = f"this spec's attention: {describe_attention(spec)}"
+    numeric = [True] * 7
     out = console()
-    out.print(table)
+    print_table(
+        out,
+        TableSpec(title, [key, "blocks", inner, "output width", "k (output width)", f"k ({inner})", "k (this spec)"], cells, numeric, caption),
+        TableSpec(title, [key, "blocks", inner, "output\nwidth", "k (output\nwidth)", f"k\n({inner})", "k (this\nspec)"], cells, numeric, caption),
+    )
     out.print(
         f"A checkpoint loads only when every {noun}'s k matches: output width is timm's and the write-up's "
         f"convention, {inner} is what readers of the paper compute, and the paper's releases use explicit k "

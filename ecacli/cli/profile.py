@@ -6,8 +6,20 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from ecacli.cli.common import JsonOption, SetOption, console, fmt_bytes, load_spec_arg, print_json, progress_callback
-from ecacli.errors import UserError
+from ecacli.cli.common import (
+    JsonOption,
+    ProgressLines,
+    SetOption,
+    TableSpec,
+    console,
+    fmt_bytes,
+    load_spec_arg,
+    only_with,
+    print_json,
+    print_table,
+    progress_callback,
+)
+from ecacli.errors import Interrupted, UserError
 
 if TYPE_CHECKING:
     from ecacli.profiling import ModelProfile, ProfileReport, Stats
@@ -17,7 +29,6 @@ if TYPE_CHECKING:
 DEFAULT_SPEC = "r50"
 MODEL_LABEL, BASELINE_LABEL = "model", "plain"
 PHASES = ("forward", "backward", "optimizer", "step")
-INTERRUPTED = 130
 
 
 def profile(
@@ -29,9 +40,10 @@ def profile(
     channels_last: Annotated[bool, typer.Option("--channels-last", help="Model and input in channels_last memory format.")] = False,
     compile_model: Annotated[bool, typer.Option("--compile", help="torch.compile the model; compile time is reported separately.")] = False,
     mode: Annotated[str, typer.Option(help="train: forward + backward + SGD step; eval: forward under inference_mode.")] = "train",
-    warmup: Annotated[int, typer.Option(help="Untimed steps per model before timing.")] = 5,
-    iters: Annotated[int, typer.Option(help="Timed steps per model.")] = 20,
-    seed: Annotated[int, typer.Option(help="Seed for weights, input and labels.")] = 0,
+    warmup: Annotated[int, typer.Option(help="Untimed steps per model before timing (at most).")] = 5,
+    iters: Annotated[int, typer.Option(help="Timed steps per model (at most).")] = 20,
+    seconds: Annotated[float | None, typer.Option(help="Time budget: warm-up stops after a quarter of it, timing when it is spent (after 3 rounds at least), or at --warmup / --iters.", show_default=False)] = None,
+    seed: Annotated[int, typer.Option(help="Seed for weights, input and labels (0 to 2**64 - 1).")] = 0,
     threads: Annotated[int | None, typer.Option(help="CPU threads, torch.set_num_threads (default: torch's choice).", show_default=False)] = None,
     cudnn_benchmark: Annotated[bool, typer.Option("--cudnn-benchmark", help="CUDA: let cuDNN pick the fastest conv algorithms (torch.backends.cudnn.benchmark).")] = False,
     baseline: Annotated[bool, typer.Option("--baseline", help="Also time the same spec with attention.type none, interleaved, and report the ECA overhead.")] = False,
@@ -65,6 +77,7 @@ def profile(
         seed=seed,
         threads=threads,
         cudnn_benchmark=cudnn_benchmark,
+        seconds=seconds,
     )
     entries = [(MODEL_LABEL, model_spec)]
     if baseline:
@@ -78,12 +91,13 @@ def profile(
     if ddp or nproc is not None:
         if show_breakdown:
             raise UserError("--breakdown profiles one process; drop it with --ddp or --nproc.")
-        ddp_report = profile_data_parallel(entries, config, options, ddp, nproc)
+        progress = None if as_json else ProgressLines(prefix="rank 0: ")
+        ddp_report = profile_data_parallel(entries, config, options, ddp, nproc, progress)
         if ddp_report is not None:
             print_json(ddp_json_report(ddp_report, baseline)) if as_json else _render_ddp(ddp_report, baseline)
         return
     if options.changed_flags():
-        raise UserError(f"{', '.join(options.changed_flags())} apply only to data-parallel runs; add --nproc N, or --ddp under torchrun.")
+        raise UserError(f"{only_with(options.changed_flags(), 'data-parallel runs')}; add --nproc N, or --ddp under torchrun.")
     with progress_callback(enabled=not as_json) as progress:
         report = run_profile(entries, config, progress, with_breakdown=show_breakdown)
     if as_json:
@@ -91,7 +105,7 @@ def profile(
     else:
         _render(report, baseline)
     if report.interrupted:
-        raise typer.Exit(INTERRUPTED)
+        raise Interrupted()
 
 
 def json_report(report: ProfileReport, baseline: bool) -> dict[str, Any]:
@@ -107,14 +121,20 @@ def json_report(report: ProfileReport, baseline: bool) -> dict[str, Any]:
     return data
 
 
-def _fmt_ms(stats: Stats | None) -> str:
+def _fmt_ms(stats: Stats | None, stacked: bool = False) -> str:
     if stats is None:
         return "-"
-    return f"{stats.median:.2f} ms  ({stats.p10:.2f} - {stats.p90:.2f})"
+    return f"{stats.median:.2f} ms" + ("\n" if stacked else "  ") + f"({stats.p10:.2f} - {stats.p90:.2f})"
 
 
-def _fmt_ratio(stats: Stats | None) -> str:
-    return "-" if stats is None else f"{stats.median:.3f}x  ({stats.p10:.3f} - {stats.p90:.3f})"
+def _fmt_ratio(stats: Stats | None, stacked: bool = False) -> str:
+    if stats is None:
+        return "-"
+    return f"{stats.median:.3f}x" + ("\n" if stacked else "  ") + f"({stats.p10:.3f} - {stats.p90:.3f})"
+
+
+def _fmt_share(stats: Stats, stacked: bool = False) -> str:
+    return f"{stats.median:.1%}" + ("\n" if stacked else "  ") + f"({stats.p10:.1%} - {stats.p90:.1%})"
 
 
 def _fmt_rate(value: float | None, unit: str) -> str:
@@ -126,23 +146,24 @@ def _fmt_rate(value: float | None, unit: str) -> str:
     return f"{value:.2f} {unit}"
 
 
-def _header_text(report: ProfileReport) -> str:
+def _header_text(report: ProfileReport | DataParallelReport, warmup_steps: int, timed_steps: int) -> str:
     h = report.header
     versions = f"torch {h['torch_version']}" + (f", CUDA {h['cuda_version']}" if h["cuda_version"] else "") + (f", cuDNN {h['cudnn_version']}" if h["cudnn_version"] else "")
     cuda = f"; cudnn.benchmark {h['cudnn_benchmark']}, TF32 matmul {h['tf32_matmul']}, TF32 cuDNN {h['tf32_cudnn']}" if h["cudnn_version"] else ""
+    budget = f" (time budget {h['seconds']:g} s)" if h.get("seconds") else ""
     return "\n".join(
         [
             f"device        {h['device']} ({h['device_name']}), {h['threads']} CPU threads",
             f"versions      {versions}, Python {h['python_version']}, {h['platform']}",
             f"spec          {h['spec']}, input {h['input_shape']}, {h['dtype']}{' (autocast)' if h['autocast'] else ''}, {h['memory_format']}{', torch.compile' if h['compile'] else ''}{cuda}",
             f"step          {h['mode']}: {h['step']}",
-            f"timing        {h['timer']}; {h['warmup']} warm-up + {h['iters']} timed steps per model, seed {h['seed']}",
+            f"timing        {h['timer']}; {warmup_steps} warm-up + {timed_steps} timed steps per model{budget}, seed {h['seed']}",
         ]
     )
 
 
-def _model_rows(m: ModelProfile) -> list[tuple[str, str]]:
-    rows = [(phase, _fmt_ms(getattr(m, f"{phase}_ms"))) for phase in PHASES if getattr(m, f"{phase}_ms") is not None]
+def _model_rows(m: ModelProfile, stacked: bool) -> list[tuple[str, str]]:
+    rows = [(phase, _fmt_ms(getattr(m, f"{phase}_ms"), stacked)) for phase in PHASES if getattr(m, f"{phase}_ms") is not None]
     rows += [
         ("timed steps", str(m.step_ms.n if m.step_ms else 0)),
         ("images/s", f"{m.images_per_s:,.1f}" if m.images_per_s else "-"),
@@ -157,53 +178,48 @@ def _model_rows(m: ModelProfile) -> list[tuple[str, str]]:
     return rows
 
 
+def _steps_table(report: ProfileReport, baseline: bool, stacked: bool) -> TableSpec:
+    labels = [MODEL_LABEL] + ([BASELINE_LABEL] if baseline else [])
+    headers = [""] + [f"{report.model(label).spec} ({report.model(label).attention})" for label in labels]
+    if baseline:
+        headers.append(f"{report.model(MODEL_LABEL).attention} / none,{chr(10) if stacked else ' '}per round")
+    columns = [_model_rows(report.model(label), stacked) for label in labels]
+    rows = []
+    for i, (name, _) in enumerate(columns[0]):
+        cells = [name] + [rows_of[i][1] for rows_of in columns]
+        if baseline:
+            cells.append(_fmt_ratio(report.ratio(MODEL_LABEL, BASELINE_LABEL, name), stacked) if name in PHASES else "")
+        rows.append(cells)
+    return TableSpec("median (p10 - p90) per step", headers, rows, [False] + [True] * (len(headers) - 1))
+
+
 def _render(report: ProfileReport, baseline: bool) -> None:
     from rich.panel import Panel
-    from rich.table import Table
 
     out = console()
-    out.print(Panel(_header_text(report), title="ecacli profile", expand=False))
-    labels = [MODEL_LABEL] + ([BASELINE_LABEL] if baseline else [])
-    table = Table(title="median (p10 - p90) per step", title_justify="left")
-    table.add_column("")
-    for label in labels:
-        m = report.model(label)
-        table.add_column(f"{m.spec} ({m.attention})", justify="right")
-    if baseline:
-        table.add_column(f"{report.model(MODEL_LABEL).attention} / none, per round", justify="right")
-    columns = [_model_rows(report.model(label)) for label in labels]
-    for i, (name, _) in enumerate(columns[0]):
-        cells = [rows[i][1] for rows in columns]
-        if baseline:
-            cells.append(_fmt_ratio(report.ratio(MODEL_LABEL, BASELINE_LABEL, name)) if name in PHASES else "")
-        table.add_row(name, *cells)
-    out.print(table)
+    first = report.models[0]
+    out.print(Panel(_header_text(report, first.warmup_steps, first.step_ms.n if first.step_ms else 0), title="ecacli profile", expand=False))
+    print_table(out, _steps_table(report, baseline, stacked=False), _steps_table(report, baseline, stacked=True))
     out.print("FLOPs: torch.utils.flop_counter (2 per multiply-add, convolutions and matmuls only); achieved = FLOPs per step / median step time.")
     out.print(f"Peak memory: resident tensors (weights, buffers, optimizer state, batch) + the step's peak: {report.header['memory_measure']}.")
     if report.breakdown is not None:
         _render_breakdown(report.breakdown)
     if report.interrupted:
-        done = report.models[0].step_ms.n if report.models[0].step_ms else 0
+        done = first.step_ms.n if first.step_ms else 0
         out.print(f"[bold]Interrupted[/] after {done} of {report.header['iters']} timed steps: the figures above cover only those.")
 
 
 def _render_breakdown(b: Breakdown) -> None:
-    from rich.table import Table
-
     out = console()
-    groups = Table(title=f"Where the step's time goes ({b.clock}, {b.steps} profiled eager steps of {b.spec})", title_justify="left")
-    for name in ("phase", "part", "ms/step", "share"):
-        groups.add_column(name, justify="left" if name in ("phase", "part") else "right")
-    for g in b.groups:
-        groups.add_row(g.phase, g.part, f"{g.ms_per_step:.2f}", f"{g.share:.1%}")
-    groups.add_row("whole step", "attention + fused tails", f"{b.attention_share * b.total_ms_per_step:.2f}", f"{b.attention_share:.1%}", style="bold")
-    out.print(groups)
-    ops = Table(title="Top operators by self time", title_justify="left")
-    for name in ("operator", "ms/step", "share", "in attention ms/step"):
-        ops.add_column(name, justify="left" if name == "operator" else "right")
-    for o in b.ops:
-        ops.add_row(o.name, f"{o.ms_per_step:.2f}", f"{o.share:.1%}", f"{o.attention_ms_per_step:.2f}")
-    out.print(ops)
+    groups = [[g.phase, g.part, f"{g.ms_per_step:.2f}", f"{g.share:.1%}"] for g in b.groups]
+    groups.append(["whole step", "attention + fused tails", f"{b.attention_share * b.total_ms_per_step:.2f}", f"{b.attention_share:.1%}"])
+    styles = [None] * (len(groups) - 1) + ["bold"]
+    title = f"Where the step's time goes ({b.clock}, {b.steps} profiled eager steps of {b.spec})"
+    print_table(out, TableSpec(title, ["phase", "part", "ms/step", "share"], groups, [False, False, True, True], row_styles=styles))
+    ops = [[o.name, f"{o.ms_per_step:.2f}", f"{o.share:.1%}", f"{o.attention_ms_per_step:.2f}"] for o in b.ops]
+    wide = TableSpec("Top operators by self time", ["operator", "ms/step", "share", "in attention ms/step"], ops, [False, True, True, True])
+    narrow = TableSpec("Top operators by self time", ["operator", "ms/step", "share", "in attention\nms/step"], ops, [False, True, True, True])
+    print_table(out, wide, narrow)
     out.print("A fused tail is a block's BN, gate, residual add and ReLU in one step (its last conv and shortcut excluded). Profiler overhead inflates these times; read the shares.")
 
 
@@ -217,9 +233,42 @@ def ddp_json_report(report: DataParallelReport, baseline: bool) -> dict[str, Any
     return data
 
 
+def _ddp_table(report: DataParallelReport, profiles: list, baseline: bool, stacked: bool) -> TableSpec:
+    rows = {
+        "step (slowest rank)": lambda p: _fmt_ms(p.step_ms, stacked),
+        "images/s, all ranks": lambda p: f"{p.images_per_s:,.1f}",
+        "images/s, one process": lambda p: f"{p.single_process.images_per_s:,.1f}",
+        "scaling efficiency": lambda p: f"{p.scaling_efficiency:.1%}",
+        "communication share": lambda p: _fmt_share(p.communication_share, stacked),
+        "FLOPs/image": lambda p: _fmt_rate(p.model.flops_per_image, "FLOP"),
+        "achieved, all ranks": lambda p: _fmt_rate(p.achieved_flops_per_s, "FLOP/s"),
+        "peak memory, max rank": lambda p: _fmt_bytes_or_none(max((r.peak_memory_bytes for r in p.ranks), key=lambda b: b or 0)),
+    }
+    cells = [[name, *(cell(p) for p in profiles)] for name, cell in rows.items()]
+    styles: list[str | None] = [None] * len(cells)
+    if baseline:
+        cells.append(["ECA / plain step, per round", _fmt_ratio(report.ratio(MODEL_LABEL, BASELINE_LABEL), stacked), ""])
+        styles.append("bold")
+    headers = [""] + [f"{p.model.spec} ({p.model.attention})" for p in profiles]
+    return TableSpec("data-parallel training step, median (p10 - p90)", headers, cells, [False] + [True] * len(profiles), row_styles=styles)
+
+
+def _ranks_table(profiles: list, stacked: bool) -> TableSpec:
+    headers = ["model", "rank", "host", "device", "DDP step", "no_sync() step", "sync share", "images/s", "peak memory"]
+    if stacked:
+        headers = ["model", "rank", "host", "device", "DDP step", "no_sync()\nstep", "sync\nshare", "images/s", "peak\nmemory"]
+    rows = [
+        [p.model.attention, str(r.rank), r.host, r.device, _fmt_ms(r.step_ms, stacked), _fmt_ms(r.no_sync_step_ms, stacked),
+         f"{r.sync_share:.1%}", f"{r.images_per_s:,.1f}", _fmt_bytes_or_none(r.peak_memory_bytes)]
+        for p in profiles
+        for r in p.ranks
+    ]
+    numeric = [False, True, False, False, True, True, True, True, True]
+    return TableSpec("per rank, median (p10 - p90)", headers, rows, numeric, keep=2)
+
+
 def _render_ddp(report: DataParallelReport, baseline: bool) -> None:
     from rich.panel import Panel
-    from rich.table import Table
 
     out = console()
     h, ddp = report.header, report.header["ddp"]
@@ -228,35 +277,12 @@ def _render_ddp(report: DataParallelReport, baseline: bool) -> None:
         f"world         {h['world_size']} ranks ({h['nodes']} node{'s' if h['nodes'] > 1 else ''} x {h['ranks_per_node']}), {h['backend']}, "
         + ", ".join([f"DDP buckets {ddp['bucket_cap_mb']:g} MB", *switches, f"timeout {ddp['timeout_s']:g} s"])
     )
-    out.print(Panel(_header_text(report) + "\n" + world, title="ecacli profile --ddp", expand=False))
     profiles = [report.profile(label) for label in [MODEL_LABEL] + ([BASELINE_LABEL] if baseline else [])]
-    table = Table(title="data-parallel training step, median (p10 - p90)", title_justify="left")
-    table.add_column("")
-    for p in profiles:
-        table.add_column(f"{p.model.spec} ({p.model.attention})", justify="right")
-    rows = {
-        "step (slowest rank)": lambda p: _fmt_ms(p.step_ms),
-        "images/s, all ranks": lambda p: f"{p.images_per_s:,.1f}",
-        "images/s, one process": lambda p: f"{p.single_process.images_per_s:,.1f}",
-        "scaling efficiency": lambda p: f"{p.scaling_efficiency:.1%}",
-        "communication share": lambda p: f"{p.communication_share.median:.1%}  ({p.communication_share.p10:.1%} - {p.communication_share.p90:.1%})",
-        "FLOPs/image": lambda p: _fmt_rate(p.model.flops_per_image, "FLOP"),
-        "achieved, all ranks": lambda p: _fmt_rate(p.achieved_flops_per_s, "FLOP/s"),
-        "peak memory, max rank": lambda p: _fmt_bytes_or_none(max((r.peak_memory_bytes for r in p.ranks), key=lambda b: b or 0)),
-    }
-    for name, cell in rows.items():
-        table.add_row(name, *(cell(p) for p in profiles))
-    if baseline:
-        table.add_row("ECA / plain step, per round", _fmt_ratio(report.ratio(MODEL_LABEL, BASELINE_LABEL)), "", style="bold")
-    out.print(table)
-    ranks = Table(title="per rank, median (p10 - p90)", title_justify="left")
-    for name in ("model", "rank", "host", "device", "DDP step", "no_sync() step", "comm. share", "images/s", "peak memory"):
-        ranks.add_column(name, justify="left" if name in ("model", "host", "device") else "right")
-    for p in profiles:
-        for r in p.ranks:
-            ranks.add_row(p.model.attention, str(r.rank), r.host, r.device, _fmt_ms(r.step_ms), _fmt_ms(r.no_sync_step_ms), f"{r.communication_share:.1%}", f"{r.images_per_s:,.1f}", _fmt_bytes_or_none(r.peak_memory_bytes))
-    out.print(ranks)
-    for key in ("data_parallel_step", "single_process", "communication_share", "peak_memory"):
+    first = profiles[0].model
+    out.print(Panel(_header_text(report, first.warmup_steps, profiles[0].step_ms.n) + "\n" + world, title="ecacli profile --ddp", expand=False))
+    print_table(out, _ddp_table(report, profiles, baseline, stacked=False), _ddp_table(report, profiles, baseline, stacked=True))
+    print_table(out, _ranks_table(profiles, stacked=False), _ranks_table(profiles, stacked=True))
+    for key in ("data_parallel_step", "single_process", "communication_share", "sync_share", "peak_memory"):
         out.print(f"{key.replace('_', ' ').capitalize()}: {h[key + '_definition']}.")
     out.print("Scaling efficiency = images/s of all ranks / (world size x images/s of one process).")
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ecacli.cli.common import JsonOption, console, print_json
+from ecacli.cli.common import JsonOption, TableSpec, console, print_json, print_table
 
 
 def specs(as_json: JsonOption = False) -> None:
@@ -13,11 +13,4 @@ def specs(as_json: JsonOption = False) -> None:
     if as_json:
         print_json([{"name": name, "description": text} for name, text in rows])
         return
-    from rich.table import Table
-
-    table = Table(title="Preset specs", caption=f"in {presets_dir()}")
-    table.add_column("name")
-    table.add_column("description")
-    for name, text in rows:
-        table.add_row(name, text)
-    console().print(table)
+    print_table(console(), TableSpec("Preset specs", ["name", "description"], [list(row) for row in rows], [False, False], caption=f"in {presets_dir()}"))

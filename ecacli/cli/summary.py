@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from ecacli.cli.common import JsonOption, SetOption, SpecArgument, console, fmt_bytes, fmt_int, load_spec_arg, print_json
+from ecacli.cli.common import JsonOption, SetOption, SpecArgument, TableSpec, console, fmt_bytes, fmt_int, load_spec_arg, print_json, print_table
 from ecacli.errors import UserError
 from ecacli.spec import check_input_size
 
@@ -20,7 +20,10 @@ def summary(
     overrides: SetOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Rich summary of the model a spec builds, computed on the meta device (no memory for weights or activations)."""
+    """Layers, output shapes, parameters, mult-adds and ECA k of the model a spec builds.
+
+    Counted from the architecture without torch (no weights or activations exist); --torchinfo runs torchinfo itself on the meta device instead.
+    """
     if input_size is not None:
         check_input_size(input_size)
     model_spec = load_spec_arg(spec, overrides)
@@ -35,7 +38,9 @@ def summary(
     if as_json:
         print_json(report.to_dict())
         return
-    _render(report)
+    from ecacli.spec_loader import with_overrides
+
+    _render(report, with_overrides(model_spec.name, overrides or []))
 
 
 def _runs(values: list[int]) -> str:
@@ -49,42 +54,46 @@ def _runs(values: list[int]) -> str:
     return ", ".join(f"{value} x{count}" for value, count in runs)
 
 
-def _render(report) -> None:
-    from rich.panel import Panel
-    from rich.table import Table
+def short_type(name: str) -> str:
+    """A module type without the words a narrow table can spare: AdaptiveAvgPool2d -> AvgPool, EcaModule -> Eca."""
+    name = name.removeprefix("Adaptive").removesuffix("Module")
+    return name[:-2] if name.endswith(("1d", "2d", "3d")) else name
 
-    table = Table(title=f"{report.spec}  input {list(report.input_size)}")
-    widest_params = max((len(fmt_int(r.params)) for r in report.layers), default=1)
-    widest_macs = max((len(fmt_int(r.mult_adds)) for r in report.layers), default=1)
-    table.add_column("Module", no_wrap=True)
-    table.add_column("Type", no_wrap=True, overflow="ellipsis", max_width=12)
-    table.add_column("Output shape", no_wrap=True)
-    table.add_column("Params", justify="right", no_wrap=True, min_width=widest_params)
-    table.add_column("Mult-adds", justify="right", no_wrap=True, min_width=widest_macs)
-    table.add_column("ECA k", justify="right", no_wrap=True)
-    for row in report.layers:
-        table.add_row(
-            "  " * (row.depth - 1) + row.name,
-            row.type,
-            "x".join(map(str, row.output_shape)),
-            fmt_int(row.params) if row.params else "-",
-            fmt_int(row.mult_adds) if row.mult_adds else "-",
-            ",".join(map(str, row.eca_k)),
-        )
+
+def _render(report, title: str) -> None:
+    from rich.panel import Panel
+
+    def rows(indent: bool, types) -> list[list[str]]:
+        return [
+            [
+                ("  " * (row.depth - 1) if indent else "") + row.name,
+                types(row.type),
+                "x".join(map(str, row.output_shape)),
+                fmt_int(row.params) if row.params else "-",
+                fmt_int(row.mult_adds) if row.mult_adds else "-",
+                ",".join(map(str, row.eca_k)),
+            ]
+            for row in report.layers
+        ]
+
+    caption = f"{title}  input {list(report.input_size)}"
+    numeric = [False, False, True, True, True, True]
+    wide = TableSpec(caption, ["Module", "Type", "Output shape", "Params", "Mult-adds", "ECA k"], rows(True, str), numeric)
+    narrow = TableSpec(caption, ["Module", "Type", "Output", "Params", "Mult-adds", "k"], rows(False, short_type), numeric)
     kernels = _runs(report.eca_kernel_sizes)
     totals = "\n".join(
         [
             f"Total params:        {fmt_int(report.total_params)}",
             f"Trainable params:    {fmt_int(report.trainable_params)}",
-            f"Mult-adds:           {fmt_int(report.mult_adds)} ({report.mult_adds / 1e9:.2f} G)",
+            f"Mult-adds:           {fmt_int(report.mult_adds)} ({report.mult_adds / 1e9:,.2f} G)",
             f"Input:               {list(report.input_size)} ({fmt_bytes(report.input_bytes)})",
             f"Parameter memory:    {fmt_bytes(report.param_bytes)}",
-            f"Activation memory:   {fmt_bytes(report.activation_bytes)} (forward + backward, torchinfo's estimate)",
+            f"Activation memory:   {fmt_bytes(report.activation_bytes)} (fwd + bwd, torchinfo's estimate)",
             f"Attention:           {report.attention_type}, {fmt_int(report.attention_params)} params ({report.attention_params / report.total_params:.5%} of all)",
             *([f"ECA k per block:     {kernels}"] if kernels else []),
         ]
     )
     out = console()
     if report.layers:
-        out.print(table)
-    out.print(Panel(totals, title=f"{report.spec} totals", expand=False))
+        print_table(out, wide, narrow)
+    out.print(Panel(totals, title=f"{title} totals", expand=False))

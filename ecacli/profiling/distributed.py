@@ -12,10 +12,17 @@ interleaved rounds, rotated as `ecacli.profiling.runner` does. A round runs, for
 
 A barrier precedes every timed step, so ranks start together. A round's data-parallel step time
 is the slowest rank's; aggregate images/s = world size x batch / its median; scaling efficiency =
-aggregate images/s / (world size x single-process images/s); communication share =
-1 - no-sync step / DDP step, per round: the time the all-reduce adds to the step (the part that
-backward hides is not counted). Peak memory per rank adds DDP's gradient buckets to the runner's
-figure (resident tensors + the step's peak).
+aggregate images/s / (world size x single-process images/s). Two shares of the step are reported,
+under two names because they measure different things:
+
+- communication share (the job's): 1 - no-sync step / DDP step of the slowest rank, per round:
+  the time the gradient all-reduce adds to the job's step (the part backward hides is not counted);
+- sync share (each rank's): 1 - that rank's median no-sync step / its median DDP step: the
+  all-reduce plus the time the rank waits in it for slower ranks, so it is larger on fast ranks.
+
+Peak memory per rank adds DDP's gradient buckets to the runner's figure (resident tensors + the
+step's peak). With a time budget (`ProfileConfig.seconds`) every rank stops after the same round:
+they agree on it with one small all-reduce after each round.
 
 Faults: a rank's failure is raised as `RankFailed`, naming the rank, host, device and cause; the
 launcher (torchrun, or `start_ranks` here) then stops the other ranks, and `start_ranks` reports
@@ -27,10 +34,12 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import os
 import signal
 import socket
 import sys
+import threading
 import uuid
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
@@ -42,10 +51,21 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
-from ecacli.errors import UserError
+from ecacli.errors import Terminated, UserError
 from ecacli.profiling.device import make_timer, resolve_device, step_peak_bytes
 from ecacli.profiling.report import header, out_of_memory_as_error, prepare
-from ecacli.profiling.runner import ModelProfile, ProfileConfig, Workload, rotated, count_flops, make_workload, run_step, summarize
+from ecacli.profiling.runner import (
+    Budget,
+    ModelProfile,
+    ProfileConfig,
+    ProgressCallback,
+    Workload,
+    count_flops,
+    make_workload,
+    rotated,
+    run_step,
+    summarize,
+)
 from ecacli.profiling.stats import Stats
 from ecacli.spec import NetworkSpec
 
@@ -54,8 +74,10 @@ if TYPE_CHECKING:
 
 TORCHRUN_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 DEFAULT_TIMEOUT_S = 300.0
+MAX_TIMEOUT_S = 24 * 3600.0
 INTERRUPTED = 130
 DEFAULT_BUCKET_CAP_MB = 25.0
+MAX_BUCKET_CAP_MB = 65536.0
 LAUNCHER_LOGGERS = ("torch.distributed.elastic", "torch.multiprocessing")
 
 
@@ -80,10 +102,10 @@ class DDPOptions:
     timeout_s: float = DEFAULT_TIMEOUT_S
 
     def validate(self) -> None:
-        if self.bucket_cap_mb <= 0:
-            raise UserError(f"--bucket-cap-mb must be positive, got {self.bucket_cap_mb}.")
-        if self.timeout_s <= 0:
-            raise UserError(f"--timeout must be a positive number of seconds, got {self.timeout_s}.")
+        if not (math.isfinite(self.bucket_cap_mb) and 0 < self.bucket_cap_mb <= MAX_BUCKET_CAP_MB):
+            raise UserError(f"--bucket-cap-mb must be positive and at most {MAX_BUCKET_CAP_MB:,.0f} MB, got {self.bucket_cap_mb}.")
+        if not (math.isfinite(self.timeout_s) and 0 < self.timeout_s <= MAX_TIMEOUT_S):
+            raise UserError(f"--timeout must be a positive number of seconds up to {MAX_TIMEOUT_S:,.0f} (a day), got {self.timeout_s}.")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -98,14 +120,19 @@ FLAGS = {"bucket_cap_mb": "--bucket-cap-mb", "static_graph": "--static-graph", "
 
 @dataclass(frozen=True)
 class RankFigures:
-    """One rank's DDP step of one model: its own step times, communication share and peak memory."""
+    """One rank's DDP step of one model: its own step times, sync share and peak memory.
+
+    `sync_share` = 1 - median no_sync() step / median DDP step of this rank: the all-reduce plus
+    the time this rank waits in it for slower ranks (the job's `communication_share` counts only
+    what the slowest rank pays).
+    """
 
     rank: int
     host: str
     device: str
     step_ms: Stats
     no_sync_step_ms: Stats
-    communication_share: float
+    sync_share: float
     images_per_s: float
     peak_memory_bytes: int | None
 
@@ -272,10 +299,25 @@ def _wrap(w: Workload, config: ProfileConfig, options: DDPOptions, device: torch
     return _Runs(ddp, synced, dataclasses.replace(synced, samples=[]), None)
 
 
-def _rounds(runs: list[_Runs], config: ProfileConfig, device: torch.device, count: int, record: bool) -> None:
-    """`count` rounds of every model's step kinds, a barrier before each step."""
+def _agreed(stop: bool, device: torch.device) -> bool:
+    """True on every rank when any rank says stop (a one-element all-reduce), so all run the same rounds."""
+    flag = torch.tensor([int(stop)], device=device)
+    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    return bool(flag.item())
+
+
+def _rounds(
+    runs: list[_Runs], config: ProfileConfig, device: torch.device, count: int, record: bool,
+    stop: Callable[[int], bool], progress: ProgressCallback | None,
+) -> None:
+    """Up to `count` rounds of every model's step kinds, a barrier before each step; ends early
+    when the ranks agree that `stop(rounds done)` (the time budget, with `config.seconds`).
+    """
     timer = make_timer(device)
+    phase = "timing" if record else "warm-up"
     for i in range(count):
+        if config.seconds is not None and _agreed(stop(i), device):
+            return
         for r in rotated(runs, i):
             for w, context in r.kinds():
                 _barrier(device)
@@ -285,6 +327,10 @@ def _rounds(runs: list[_Runs], config: ProfileConfig, device: torch.device, coun
                     sample = run_step(w, config, timer)
                 if record:
                     w.samples.append(sample)
+                else:
+                    w.warmup_steps += 1
+        if progress is not None:
+            progress(phase, i + 1, count)
 
 
 def _peaks(runs: list[_Runs], config: ProfileConfig, device: torch.device) -> None:
@@ -316,17 +362,22 @@ class _RankResult:
     single: dict[str, ModelProfile]
 
 
-def _measure_rank(entries: Sequence[tuple[str, NetworkSpec]], config: ProfileConfig, options: DDPOptions, world: World, device: torch.device) -> _RankResult:
+def _measure_rank(
+    entries: Sequence[tuple[str, NetworkSpec]], config: ProfileConfig, options: DDPOptions, world: World, device: torch.device,
+    progress: ProgressCallback | None,
+) -> _RankResult:
     rank_config = dataclasses.replace(config, device=str(device))
     _, workloads, flops = prepare(entries, rank_config)
     root = world.rank == 0
+    shown = progress if root else None
     with out_of_memory_as_error(rank_config, device, len(workloads) * (2 if root else 1)):
         runs = [_wrap(w, rank_config, options, device) for w in workloads]
         for r in runs:
             r.single = make_workload(r.synced.label, r.synced.spec, rank_config, device) if root else None
-        _rounds(runs, rank_config, device, config.warmup, record=False)
+        budget = Budget(config.seconds)
+        _rounds(runs, rank_config, device, config.warmup, False, budget.stop_warmup, shown)
         _peaks(runs, rank_config, device)
-        _rounds(runs, rank_config, device, config.iters, record=True)
+        _rounds(runs, rank_config, device, config.iters, True, budget.stop_timing, shown)
     buckets = {r.synced.label: bucket_bytes(r.synced.model) for r in runs}
     return _RankResult(
         rank=world.rank,
@@ -356,7 +407,7 @@ def _combine(label: str, results: list[_RankResult], config: ProfileConfig) -> D
             device=r.device,
             step_ms=Stats.of(r.synced_ms[label]),
             no_sync_step_ms=Stats.of(r.unsynced_ms[label]),
-            communication_share=1 - Stats.of(r.unsynced_ms[label]).median / Stats.of(r.synced_ms[label]).median,
+            sync_share=1 - Stats.of(r.unsynced_ms[label]).median / Stats.of(r.synced_ms[label]).median,
             images_per_s=config.batch / (Stats.of(r.synced_ms[label]).median / 1e3),
             peak_memory_bytes=r.profiles[label].peak_memory_bytes,
         )
@@ -388,7 +439,8 @@ def _header(entries: Sequence[tuple[str, NetworkSpec]], config: ProfileConfig, o
         "ddp": options.to_dict(),
         "order": "interleaved rounds, a barrier before every step: per model a DDP step, a no_sync() step, and on rank 0 an unwrapped single-process step",
         "data_parallel_step_definition": "the slowest rank's DDP step in each round",
-        "communication_share_definition": "1 - no_sync() step / DDP step, per round (slowest ranks): the time the gradient all-reduce adds to the step",
+        "communication_share_definition": "1 - no_sync() step / DDP step of the slowest rank, per round: the time the gradient all-reduce adds to the job's step",
+        "sync_share_definition": "per rank, 1 - its median no_sync() step / its median DDP step: the all-reduce plus the wait in it for slower ranks",
         "single_process_definition": "rank 0 alone, the same model unwrapped at the same per-rank batch, while the other ranks wait at a barrier",
         "peak_memory_definition": "per rank: resident tensors + DDP gradient buckets (one copy of the trainable parameters' gradients) + the step's peak",
     }
@@ -407,8 +459,11 @@ def _leave_interrupted() -> NoReturn:
     os._exit(INTERRUPTED)
 
 
-def run_rank(entries: Sequence[tuple[str, NetworkSpec]], config: ProfileConfig, options: DDPOptions) -> DataParallelReport | None:
-    """Run this process's rank of the job (torchrun's environment says which); rank 0 returns the report.
+def run_rank(
+    entries: Sequence[tuple[str, NetworkSpec]], config: ProfileConfig, options: DDPOptions, progress: ProgressCallback | None = None
+) -> DataParallelReport | None:
+    """Run this process's rank of the job (torchrun's environment says which); rank 0 returns the report
+    and calls `progress(phase, round, rounds)` after each round.
 
     Any failure is raised as `RankFailed` naming the rank, host, device and cause (`PeerLost` when
     a collective failed because another rank did). Collectives wait at most `options.timeout_s`.
@@ -422,11 +477,11 @@ def run_rank(entries: Sequence[tuple[str, NetworkSpec]], config: ProfileConfig, 
     where = f"rank {world.rank} of {world.world_size} on {socket.gethostname()} ({device})"
     try:
         dist.init_process_group(backend, timeout=timedelta(seconds=options.timeout_s), device_id=device if device.type == "cuda" else None)
-        result = _measure_rank(entries, config, options, world, device)
+        result = _measure_rank(entries, config, options, world, device, progress)
         gathered: list[_RankResult] | None = [None] * world.world_size if world.rank == 0 else None  # type: ignore[list-item]
         dist.gather_object(result, gathered, dst=0)
         dist.destroy_process_group()
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, Terminated):
         _leave_interrupted()
     except dist.DistError as exc:
         raise PeerLost(f"{where} failed: {_cause(exc)}") from exc
@@ -439,15 +494,19 @@ def run_rank(entries: Sequence[tuple[str, NetworkSpec]], config: ProfileConfig, 
 
 
 def profile_data_parallel(
-    entries: Sequence[tuple[str, NetworkSpec]], config: ProfileConfig, options: DDPOptions, ddp: bool, nproc: int | None
+    entries: Sequence[tuple[str, NetworkSpec]], config: ProfileConfig, options: DDPOptions, ddp: bool, nproc: int | None,
+    progress: ProgressCallback | None = None,
 ) -> DataParallelReport | None:
-    """`run_rank` under torchrun (`ddp`), or `launch` of `nproc` ranks here; the report, or None on ranks but 0."""
+    """`run_rank` under torchrun (`ddp`), or `launch` of `nproc` ranks here; the report, or None on ranks but 0.
+
+    `progress` is called by rank 0 after every round; with `launch` it must be picklable (the ranks are spawned).
+    """
     if ddp and nproc is not None:
         raise UserError("--ddp and --nproc: use --ddp when torchrun starts the ranks, --nproc N to start N ranks here; not both.")
     if ddp:
-        return run_rank(entries, config, options)
+        return run_rank(entries, config, options, progress)
     assert nproc is not None, "profile_data_parallel needs ddp or nproc"
-    return launch(entries, config, options, nproc)
+    return launch(entries, config, options, nproc, progress)
 
 
 def _cpu_threads(config: ProfileConfig, nproc: int) -> ProfileConfig:
@@ -498,15 +557,60 @@ def _launch_failure(exc: ChildFailedError, nproc: int) -> RankFailed:
     return RankFailed(message)
 
 
-def launch(entries: Sequence[tuple[str, NetworkSpec]], config: ProfileConfig, options: DDPOptions, nproc: int) -> DataParallelReport:
+def launch(
+    entries: Sequence[tuple[str, NetworkSpec]], config: ProfileConfig, options: DDPOptions, nproc: int, progress: ProgressCallback | None = None
+) -> DataParallelReport:
     """Profile on `nproc` ranks on this machine (`start_ranks` running `run_rank`); returns rank 0's report.
 
     Requests that cannot work are refused before any rank starts (UserError, exit 2).
     """
     if under_torchrun():
         raise UserError("--nproc starts its own ranks; under torchrun use --ddp instead.")
+    cores = os.cpu_count() or 1
+    if nproc > cores and device_type(config.device) == "cpu":
+        raise UserError(f"--nproc {nproc}: this machine has {cores} CPU core{'s' if cores > 1 else ''}; CPU ranks need one each, so use --nproc {cores} or fewer.")
     check_request(entries, config, options, nproc)
-    return start_ranks(run_rank, (list(entries), _cpu_threads(config, nproc), options), nproc, options.timeout_s)
+    return start_ranks(run_rank, (list(entries), _cpu_threads(config, nproc), options, progress), nproc, options.timeout_s)
+
+
+def _rank_entry(worker: Callable[..., Any], *args: Any) -> Any:
+    """What a spawned rank runs: `worker(*args)` once the rank may be interrupted.
+
+    A rank starts with SIGINT blocked (see `start_ranks`), so a Ctrl-C while it still imports torch
+    waits instead of printing a traceback from the middle of an import; unblocked here, a pending
+    one ends the rank quietly (the launcher stops the job and reports it).
+    """
+    try:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+        return worker(*args)
+    except KeyboardInterrupt:
+        _leave_interrupted()
+
+
+@contextmanager
+def _ranks_start_uninterruptible() -> Iterator[None]:
+    """Block SIGINT in this (the main) thread while the launcher spawns ranks, which inherit the mask.
+
+    A helper thread that leaves SIGINT unblocked is started first, so a Ctrl-C still reaches this
+    process: the kernel hands it to that thread, and Python runs the handler (the launcher's) in
+    the main thread as usual. multiprocessing's resource tracker is started first too: starting it
+    unblocks SIGINT in the calling thread.
+    """
+    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    from multiprocessing import resource_tracker
+
+    resource_tracker.ensure_running()
+    done = threading.Event()
+    receiver = threading.Thread(target=done.wait, name="ecacli-sigint-receiver", daemon=True)
+    receiver.start()
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+        done.set()
 
 
 def start_ranks(worker: Callable[..., Any], args: tuple[Any, ...], nproc: int, timeout_s: float) -> Any:
@@ -514,7 +618,8 @@ def start_ranks(worker: Callable[..., Any], args: tuple[Any, ...], nproc: int, t
     does: c10d rendezvous on a free local port, no restarts) and return rank 0's return value.
 
     A failing rank ends the job: the launcher stops the others and `RankFailed` names the rank and
-    its cause; Ctrl-C (or SIGTERM) stops every rank and raises KeyboardInterrupt.
+    its cause; Ctrl-C (or SIGTERM) stops every rank, at any moment (ranks that are still starting
+    included), and raises KeyboardInterrupt.
     """
     from torch.distributed.elastic.multiprocessing import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
@@ -527,13 +632,13 @@ def start_ranks(worker: Callable[..., Any], args: tuple[Any, ...], nproc: int, t
         run_id=str(uuid.uuid4()),
         rdzv_backend="c10d",
         rdzv_endpoint="localhost:0",
-        rdzv_configs={"timeout": int(timeout_s)},
+        rdzv_configs={"timeout": math.ceil(timeout_s)},
         max_restarts=0,
         start_method="spawn",
     )
     try:
-        with _quiet_launcher_logs():
-            results = elastic_launch(launch_config, worker)(*args)
+        with _quiet_launcher_logs(), _ranks_start_uninterruptible():
+            results = elastic_launch(launch_config, _rank_entry)(worker, *args)
     except ChildFailedError as exc:
         raise _launch_failure(exc, nproc) from None
     except SignalException as exc:

@@ -73,6 +73,7 @@ def header(config: ProfileConfig, device: torch.device, spec: NetworkSpec) -> di
         "compile": config.compile,
         "warmup": config.warmup,
         "iters": config.iters,
+        "seconds": config.seconds,
         "seed": config.seed,
         "order": "interleaved: one step of each model per round, order rotated every round",
         "timer": make_timer(device, config.clock).name,

@@ -12,10 +12,14 @@ so that clock drift, thermal state and cache effects fall on all models alike. A
 
 Each phase is timed separately (see `ecacli.profiling.device` for the clocks), and the step
 time is read from the first mark to the last, so step = forward + backward + optimizer.
+
+With a time budget (`seconds`), warm-up stops once a quarter of it is spent (after one round at
+least) and timing once all of it is (after `MIN_TIMED_ROUNDS` at least), or after `iters` rounds.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
@@ -36,6 +40,13 @@ from ecacli.spec import NetworkSpec, check_input_size
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 MODES = ("train", "eval")
 SGD_LR, SGD_MOMENTUM = 0.01, 0.9
+MAX_BATCH = 65536
+MAX_STEPS = 1_000_000
+MAX_THREADS = 4096
+MAX_SEED = 2**64 - 1
+MAX_SECONDS = 7 * 24 * 3600.0
+MIN_TIMED_ROUNDS = 3
+WARMUP_SHARE = 0.25
 
 ProgressCallback = Callable[[str, int, int], None]
 """Called as progress(phase, done, total) with phase 'warm-up' or 'timing'."""
@@ -59,14 +70,18 @@ class ProfileConfig:
     threads: int | None = None
     cudnn_benchmark: bool = False
     clock: Literal["wall", "cpu"] = "wall"
+    seconds: float | None = None
 
     def validate(self) -> None:
         """Raise a UserError naming the first option that cannot work."""
-        for option, value in (("--batch", self.batch), ("--iters", self.iters), ("--warmup", self.warmup)):
-            if value <= 0:
-                raise UserError(f"{option} must be a positive integer, got {value}.")
-        if self.threads is not None and self.threads <= 0:
-            raise UserError(f"--threads must be a positive integer, got {self.threads}.")
+        bounded = (("--batch", self.batch, MAX_BATCH), ("--iters", self.iters, MAX_STEPS), ("--warmup", self.warmup, MAX_STEPS))
+        for option, value, largest in (*bounded, ("--threads", self.threads, MAX_THREADS)):
+            if value is not None and not 1 <= value <= largest:
+                raise UserError(f"{option} must be a positive integer, got {_short_number(value)} (at most {largest:,}).")
+        if not 0 <= self.seed <= MAX_SEED:
+            raise UserError(f"--seed must be an integer from 0 to 2**64 - 1, got {_short_number(self.seed)}.")
+        if self.seconds is not None and not (math.isfinite(self.seconds) and 0 < self.seconds <= MAX_SECONDS):
+            raise UserError(f"--seconds must be a positive number of seconds up to {MAX_SECONDS:,.0f} (a week), got {self.seconds}.")
         if self.input_size is not None:
             check_input_size(self.input_size)
         if self.dtype not in DTYPES:
@@ -95,6 +110,12 @@ class ProfileConfig:
         return f"forward + cross-entropy, backward, SGD step (momentum {SGD_MOMENTUM})"
 
 
+def _short_number(value: int) -> str:
+    """An integer for a message: as it is, or its digit count when it is too long to read."""
+    digits = len(str(abs(value))) if value.bit_length() < 10_000 else int(value.bit_length() * 0.30103) + 1
+    return str(value) if digits <= 24 else f"an integer of {digits:,} digits"
+
+
 @dataclass
 class Workload:
     """One model with its synthetic batch and optimizer, and the measurements taken of it."""
@@ -108,6 +129,7 @@ class Workload:
     optimizer: torch.optim.Optimizer | None
     scaler: torch.amp.GradScaler | None
     samples: list[dict[str, float]] = field(default_factory=list)
+    warmup_steps: int = 0
     step_peak: int | None = None
     compile_s: float | None = None
 
@@ -132,6 +154,7 @@ class ModelProfile:
     state_bytes: int
     step_peak_bytes: int | None
     compile_s: float | None
+    warmup_steps: int = 0
     samples: list[dict[str, float]] = field(default_factory=list, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
@@ -226,21 +249,42 @@ def rotated(workloads: list[Workload], round_index: int) -> list[Workload]:
     return workloads[start:] + workloads[:start]
 
 
+class Budget:
+    """The time budget of a measurement (`ProfileConfig.seconds`): when to stop warming up and timing."""
+
+    def __init__(self, seconds: float | None) -> None:
+        self.seconds = seconds
+        self.start = time.perf_counter()
+
+    def spent(self, share: float = 1.0) -> bool:
+        return self.seconds is not None and time.perf_counter() - self.start >= share * self.seconds
+
+    def stop_warmup(self, rounds_done: int) -> bool:
+        return rounds_done >= 1 and self.spent(WARMUP_SHARE)
+
+    def stop_timing(self, rounds_done: int) -> bool:
+        return rounds_done >= MIN_TIMED_ROUNDS and self.spent()
+
+
 def measure(workloads: list[Workload], config: ProfileConfig, device: torch.device, progress: ProgressCallback | None = None) -> bool:
-    """Warm up, read each model's peak memory over one untimed step, then time `config.iters`
-    interleaved rounds; True when Ctrl-C stopped it early.
+    """Warm up, read each model's peak memory over one untimed step, then time up to `config.iters`
+    interleaved rounds (fewer when `config.seconds` runs out); True when Ctrl-C stopped it early.
 
     A step cut short by Ctrl-C is discarded, so every kept sample is a whole step.
     """
     timer = make_timer(device, config.clock)
     report = progress or (lambda phase, done, total: None)
+    budget = Budget(config.seconds)
     try:
         total = config.warmup * len(workloads)
         for i in range(config.warmup):
+            if budget.stop_warmup(i):
+                break
             for j, w in enumerate(rotated(workloads, i)):
                 synchronize(device)
                 start = time.perf_counter()
                 run_step(w, config, timer)
+                w.warmup_steps += 1
                 if i == 0 and config.compile:
                     w.compile_s = time.perf_counter() - start
                 report("warm-up", i * len(workloads) + j + 1, total)
@@ -248,6 +292,8 @@ def measure(workloads: list[Workload], config: ProfileConfig, device: torch.devi
             w.step_peak = step_peak_bytes(device, partial(run_step, w, config, timer))
         total = config.iters * len(workloads)
         for i in range(config.iters):
+            if budget.stop_timing(i):
+                break
             for j, w in enumerate(rotated(workloads, i)):
                 w.samples.append(run_step(w, config, timer))
                 report("timing", i * len(workloads) + j + 1, total)
@@ -290,5 +336,6 @@ def summarize(w: Workload, config: ProfileConfig, flops: tuple[int, int]) -> Mod
         state_bytes=resident,
         step_peak_bytes=w.step_peak,
         compile_s=w.compile_s,
+        warmup_steps=w.warmup_steps,
         samples=list(w.samples),
     )

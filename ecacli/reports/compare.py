@@ -1,7 +1,8 @@
 """Side-by-side comparison of specs: parameters, attention cost, mult-adds, reported accuracy (torch-free).
 
-The static numbers come from the same torch-free accounting as `ecacli summary`; measured
-timings, when asked for, are attached by the caller from `ecacli.profiling`.
+The static numbers come from the same torch-free accounting as `ecacli summary`; mult-adds are
+per image (one image at the input size). Measured timings, when asked for, are attached by the
+caller from `ecacli.profiling`.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ class CompareRow:
     delta_params: int
     delta_params_pct: float
     attention_params: int
-    mult_adds: int
+    mult_adds_per_image: int
     delta_mult_adds_pct: float
     param_bytes: int
     reported: dict[str, Any] | None
@@ -35,9 +36,9 @@ class CompareRow:
         return asdict(self)
 
 
-def compare_specs(specs: list[NetworkSpec], batch: int = 1, input_size: int | None = None) -> list[CompareRow]:
-    """Static comparison rows, one per spec, in the order given."""
-    reports = [summarize(spec, batch, input_size, depth=0) for spec in specs]
+def compare_specs(specs: list[NetworkSpec], input_size: int | None = None) -> list[CompareRow]:
+    """Static comparison rows, one per spec, in the order given; mult-adds per image at `input_size` (default: each spec's)."""
+    reports = [summarize(spec, 1, input_size, depth=0) for spec in specs]
     base = reports[0]
     return [
         CompareRow(
@@ -47,7 +48,7 @@ def compare_specs(specs: list[NetworkSpec], batch: int = 1, input_size: int | No
             delta_params=r.total_params - base.total_params,
             delta_params_pct=100 * (r.total_params - base.total_params) / base.total_params,
             attention_params=r.attention_params,
-            mult_adds=r.mult_adds,
+            mult_adds_per_image=r.mult_adds,
             delta_mult_adds_pct=100 * (r.mult_adds - base.mult_adds) / base.mult_adds,
             param_bytes=r.param_bytes,
             reported=spec.reported.model_dump(exclude_none=True) if spec.reported else None,
@@ -56,7 +57,10 @@ def compare_specs(specs: list[NetworkSpec], batch: int = 1, input_size: int | No
     ]
 
 
-TABLE_COLUMNS = ["name", "attention", "params", "Δ params", "Δ %", "attn params", "GMACs", "Δ MACs %", "top-1 (reported)"]
+TABLE_COLUMNS = ["name", "attention", "params", "Δ params", "Δ %", "attn params", "GMACs/img", "Δ MACs %", "top-1 (reported)"]
+NUMERIC_COLUMNS = [False, False, True, True, True, True, True, True, True]
+STACKED_COLUMNS = ["name", "attn", "params\nΔ params", "Δ params\n%", "attn\nparams", "GMACs/img\nΔ MACs %", "top-1\n(reported)"]
+STACKED_NUMERIC = [False, False, True, True, True, True, True]
 
 
 def table_cells(row: CompareRow) -> list[str]:
@@ -69,13 +73,20 @@ def table_cells(row: CompareRow) -> list[str]:
         f"{row.delta_params:+,}",
         f"{row.delta_params_pct:+.4f}",
         f"{row.attention_params:,}",
-        f"{row.mult_adds / 1e9:.3f}",
+        f"{row.mult_adds_per_image / 1e9:.3f}",
         f"{row.delta_mult_adds_pct:+.4f}",
         f"{top1:.2f}" if top1 is not None else "-",
     ]
 
 
+def stacked_cells(row: CompareRow) -> list[str]:
+    """`table_cells` in STACKED_COLUMNS order: each delta below its figure, for narrow screens."""
+    name, attention, params, delta, delta_pct, attention_params, gmacs, delta_macs, top1 = table_cells(row)
+    return [name, attention, f"{params}\n{delta}", delta_pct, attention_params, f"{gmacs}\n{delta_macs}", top1]
+
+
 MEASURED_COLUMNS = ["fwd ms", "step ms", "step / first (p10-p90)", "img/s", "peak MB"]
+NARROW_MEASURED_COLUMNS = ["fwd\nms", "step\nms", "step /\nfirst", "img/s", "peak\nMB"]
 
 
 def measured_figures(report: Any, label: str, first_label: str) -> dict[str, Any]:
@@ -95,28 +106,31 @@ def measured_figures(report: Any, label: str, first_label: str) -> dict[str, Any
     }
 
 
-def measured_cells(row: CompareRow) -> list[str]:
-    """The measured figures as display strings, in MEASURED_COLUMNS order."""
+def measured_cells(row: CompareRow, stacked: bool = False) -> list[str]:
+    """The measured figures as display strings, in MEASURED_COLUMNS order; `stacked` puts the ratio's p10-p90 on a line of its own."""
     m = row.measured or {}
 
     def number(key: str, fmt: str) -> str:
         return format(m[key], fmt) if m.get(key) is not None else "-"
 
-    ratio = f"{m['step_ratio_to_first']:.3f} ({m['step_ratio_p10']:.3f}-{m['step_ratio_p90']:.3f})" if m.get("step_ratio_to_first") is not None else "-"
+    ratio = "-"
+    if m.get("step_ratio_to_first") is not None:
+        spread = f"({m['step_ratio_p10']:.3f}-{m['step_ratio_p90']:.3f})"
+        ratio = f"{m['step_ratio_to_first']:.3f}{chr(10) if stacked else ' '}{spread}"
     memory = f"{m['peak_memory_bytes'] / 1e6:,.1f}" if m.get("peak_memory_bytes") is not None else "-"
     return [number("forward_ms", ".1f"), number("step_ms", ".1f"), ratio, number("images_per_s", ",.1f"), memory]
 
 
 def to_csv(rows: list[CompareRow]) -> str:
     """Flat CSV with raw numbers (no thousands separators), one line per spec."""
-    fields = ["name", "attention", "total_params", "delta_params", "delta_params_pct", "attention_params", "mult_adds", "delta_mult_adds_pct", "param_bytes", "reported_top1", "reported_top5", "reported_source"]
+    fields = ["name", "attention", "total_params", "delta_params", "delta_params_pct", "attention_params", "mult_adds_per_image", "delta_mult_adds_pct", "param_bytes", "reported_top1", "reported_top5", "reported_source"]
     measured_keys = sorted({k for r in rows if r.measured for k in r.measured})
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(fields + [f"measured_{k}" for k in measured_keys])
     for r in rows:
         reported = r.reported or {}
-        base = [r.name, r.attention, r.total_params, r.delta_params, f"{r.delta_params_pct:.4f}", r.attention_params, r.mult_adds, f"{r.delta_mult_adds_pct:.4f}", r.param_bytes, reported.get("top1", ""), reported.get("top5", ""), reported.get("source", "")]
+        base = [r.name, r.attention, r.total_params, r.delta_params, f"{r.delta_params_pct:.4f}", r.attention_params, r.mult_adds_per_image, f"{r.delta_mult_adds_pct:.4f}", r.param_bytes, reported.get("top1", ""), reported.get("top5", ""), reported.get("source", "")]
         writer.writerow(base + [(r.measured or {}).get(k, "") for k in measured_keys])
     return buffer.getvalue()
 

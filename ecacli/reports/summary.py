@@ -84,7 +84,10 @@ def summarize(spec: NetworkSpec, batch: int = 1, input_size: int | None = None, 
 
 
 def run_torchinfo(spec: NetworkSpec, batch: int = 1, input_size: int | None = None, depth: int = 3, **kwargs: Any) -> torchinfo.ModelStatistics:
-    """torchinfo's own statistics for the spec's model, traced on the meta device (no storage)."""
+    """torchinfo's own statistics for the spec's model, traced on the meta device: the model and its
+    input are meta tensors (torchinfo's `input_size` would allocate a real input first), so no
+    weight, input or activation takes memory at any batch or input size.
+    """
     import torch
     import torchinfo
 
@@ -92,7 +95,8 @@ def run_torchinfo(spec: NetworkSpec, batch: int = 1, input_size: int | None = No
 
     with torch.device("meta"):
         model = build_model(spec)
-    return torchinfo.summary(model, input_size=spec.input_shape(batch, input_size), device="meta", depth=depth, verbose=0, **kwargs)
+        inputs = torch.empty(spec.input_shape(batch, input_size))
+    return torchinfo.summary(model, input_data=[inputs], device="meta", depth=depth, verbose=0, **kwargs)
 
 
 def torchinfo_table(spec: NetworkSpec, batch: int = 1, input_size: int | None = None, depth: int = 3) -> str:
