@@ -28,6 +28,10 @@ class SpecError(UserError):
     """A spec file or preset that cannot be read or does not validate."""
 
 
+class OptionError(UserError, ValueError):
+    """A library argument (or command option) outside what the model allows; the message names the argument."""
+
+
 class PathError(UserError):
     """A path the user named that the file system refuses (missing, not permitted, too long, I/O error, full)."""
 

@@ -14,7 +14,7 @@ from pydantic import ConfigDict, Discriminator, Field, Tag, TypeAdapter, field_v
 from pydantic_core import PydanticCustomError
 
 from ecacli.arch.attention import ATTENTION_TYPES, MAX_GROUPS, MAX_KERNEL, AttentionSpec, CecaAttention, CbamAttention, EcaAttention, EcaKernelSettings, NoAttention, SeAttention, reduced_channels
-from ecacli.arch.mobilenetv2 import DEFAULT_LAST_CHANNEL, DEFAULT_SETTING, STEM_CHANNELS, hidden_width, make_divisible
+from ecacli.arch.mobilenetv2 import DEFAULT_LAST_CHANNEL, DEFAULT_SETTING, STEM_CHANNELS, hidden_width, level_blocks, make_divisible
 from ecacli.arch.resnet import BLOCKS, DEPTHS, NUM_STAGES, STEMS
 from ecacli.errors import UserError, shown
 from ecacli.kernel import kernel_size
@@ -63,11 +63,13 @@ class NetworkSpec(StrictModel):
     arch: str
     name: Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")]
     description: Annotated[str, Field(max_length=300)] = ""
-    num_classes: Annotated[int, Field(ge=1, le=100_000)] = 1000
+    num_classes: Annotated[int, Field(ge=0, le=100_000, description="classes of the classifier; 0: no classifier, the model returns its pooled features")] = 1000
     in_chans: Annotated[int, Field(ge=1, le=64)] = 3
     input_size: Annotated[int, Field(ge=MIN_INPUT_SIZE, le=MAX_INPUT_SIZE, description="square input side in pixels")] = 224
     norm: Annotated[Literal[NORMS], Field(description="norm layers: batch (BatchNorm2d), frozen_batch (torchvision's FrozenBatchNorm2d, as its detection models use), group (GroupNorm, 32 groups)")] = "batch"  # type: ignore[valid-type]
     attention: AttentionSpec = EcaAttention()
+    frozen_stages: Annotated[int, Field(ge=-1, le=MAX_GROUPS, description="fine-tuning: the stem (0) and the first N stages keep their weights (requires_grad off) and stay in eval mode; -1 freezes nothing")] = -1
+    norm_eval: Annotated[bool, Field(description="fine-tuning: norm layers stay in eval mode (running statistics fixed) while the model trains")] = False
     reported: Reported | None = None
 
     group_noun: ClassVar[str] = "stage"
@@ -89,6 +91,19 @@ class NetworkSpec(StrictModel):
                 {"got": shown(given), "hint": hint, "allowed": ", ".join(ATTENTION_TYPES)},
             )
         return value
+
+    @property
+    def num_stages(self) -> int:
+        """Stages after the stem, as `frozen_stages` and feature levels count them."""
+        raise NotImplementedError
+
+    def _check_stages(self) -> None:
+        if self.frozen_stages > self.num_stages:
+            raise PydanticCustomError(
+                "layout",
+                "{got} is beyond this network's {stages} stages; use -1 (nothing frozen), 0 (the stem) up to {stages}.",
+                {"at": "frozen_stages", "got": self.frozen_stages, "stages": self.num_stages},
+            )
 
     def _check_kernels(self) -> None:
         """One k per group where k_size is a list; every k the adaptive rule can give, no larger than allowed nor wider than its channels."""
@@ -211,6 +226,7 @@ class ResNetSpec(NetworkSpec):
         if self.layers is not None and self.block is None:
             raise PydanticCustomError("layout", "'layers' needs 'block' (basic or bottleneck).")
         self._check_kernels()
+        self._check_stages()
         return self
 
     @cached_property
@@ -243,6 +259,10 @@ class ResNetSpec(NetworkSpec):
     @property
     def groups(self) -> list[BlockGroup]:
         return [BlockGroup(f"layer{i}", n, p, o) for i, (n, p, o) in enumerate(zip(self.stage_blocks, self.stage_planes, self.stage_outputs), start=1)]
+
+    @property
+    def num_stages(self) -> int:
+        return NUM_STAGES
 
     @property
     def stage_kernel_sizes(self) -> list[int] | None:
@@ -285,6 +305,7 @@ class MobileNetV2Spec(NetworkSpec):
             if s not in (1, 2):
                 raise PydanticCustomError("layout", "row {row} [t, c, n, s] = {got}: the stride s must be 1 or 2.", {"at": "inverted_residual_setting", "row": i, "got": [t, c, n, s]})
         self._check_kernels()
+        self._check_stages()
         return self
 
     @cached_property
@@ -305,6 +326,10 @@ class MobileNetV2Spec(NetworkSpec):
             groups.append(BlockGroup(f"row {i} (t={t}, c={c}, n={n}, s={s})", n, hidden_width(channels, t), out))
             channels = out
         return groups
+
+    @property
+    def num_stages(self) -> int:
+        return len(level_blocks(self)) - 1  # the first level's blocks count with the stem
 
     def layout_text(self) -> str:
         rows = " ".join(f"{t},{c},{n},{s}" for t, c, n, s in self.inverted_residual_setting)

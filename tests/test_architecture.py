@@ -86,7 +86,7 @@ specs = st.fixed_dictionaries(
         "downsample": st.sampled_from(["conv", "avg"]),
         "width": st.sampled_from([8, 16, 24]),
         "in_chans": st.integers(1, 4),
-        "num_classes": st.integers(1, 20),
+        "num_classes": st.integers(0, 20),
         "norm": st.sampled_from(["batch", "group", "frozen_batch"]),
         "attention": attentions,
     }
@@ -111,7 +111,7 @@ mobilenet_specs = st.fixed_dictionaries(
         ),
         "last_channel": st.sampled_from([32, 64, 1280]),
         "in_chans": st.integers(1, 4),
-        "num_classes": st.integers(1, 20),
+        "num_classes": st.integers(0, 20),
         "norm": st.sampled_from(["batch", "group"]),
         "attention": attentions,
     }

@@ -111,7 +111,7 @@ BAD_SPECS = {
     "unknown_top_key": ("name: x\ndepth: 50\nwidht: 32\n", ["widht (line 3)", "Did you mean 'width'?", "Allowed keys:"]),
     "wrong_type": ("name: x\ndepth: '50'\n", ["depth (line 2)", "18, 34, 50, 101 or 152", "without quotes"]),
     "bool_for_int": ("name: x\ndepth: 50\nnum_classes: true\n", ["num_classes (line 3)", "valid integer"]),
-    "out_of_range": ("name: x\ndepth: 50\nnum_classes: 0\n", ["num_classes (line 3)", "greater than or equal to 1"]),
+    "out_of_range": ("name: x\ndepth: 50\nnum_classes: -1\n", ["num_classes (line 3)", "greater than or equal to 0"]),
     "huge_width": ("name: x\ndepth: 50\nwidth: 100000\n", ["width (line 3)", "less than or equal to 256"]),
     "even_k": ("name: x\ndepth: 50\nattention:\n  k_size: 4\n", ["attention.k_size (line 4)", "must be odd"]),
     "per_stage_wrong_length": ("name: x\ndepth: 50\nattention:\n  k_size: [3, 5, 7]\n", ["attention.k_size (line 4)", "list of 4"]),

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from ecacli.arch.attention import ATTENTION_TYPES
-from ecacli.arch.nodes import Kind, Layer, Node, Shape, chain, conv, norm, register, sequential
+from ecacli.arch.nodes import FeatureLevel, Kind, Layer, Node, Shape, chain, conv, norm, register, sequential
 from ecacli.arch.resnet import LayoutError, shape_of
 
 if TYPE_CHECKING:
@@ -77,25 +77,33 @@ def block_rows(spec: MobileNetV2Spec) -> list[tuple[int, int, int, int, int]]:
     return rows
 
 
+def feature_nodes(spec: MobileNetV2Spec) -> list[Node]:
+    """`features`' layers: the stem, every inverted residual, the last 1x1 conv."""
+    n = spec.norm
+    layers = [sequential("x", conv_norm_activation(spec.in_chans, spec.stem_channels, 3, 2, 1, n))]
+    kernels = spec.group_kernel_sizes
+    rows = block_rows(spec)
+    for row, inp, out, stride, t in rows:
+        attention = spec.attention.node(out, kernels[row] if kernels else None)
+        args = {"in_channels": inp, "out_channels": out, "stride": stride, "expand_ratio": t, "attention": attention, "norm": n}
+        layers.append(Node("x", "InvertedResidual", args))
+    layers.append(sequential("x", conv_norm_activation(rows[-1][2], spec.last_channel_width, 1, 1, 1, n)))
+    return layers
+
+
 @register("MobileNetV2")
 class MobileNetV2Model(Kind):
-    """The whole network: `features` (stem, inverted residuals, last 1x1 conv), global average pool (functional), `classifier`."""
+    """The whole network: `features` (stem, inverted residuals, last 1x1 conv), global average pool (functional), `classifier` (an Identity when `num_classes` is 0)."""
 
     module = "ecacli.models.mobilenetv2:MobileNetV2"
 
     def children(self, args: Mapping[str, Any]) -> list[Node]:
         spec = args["spec"]
-        n = spec.norm
-        features = [sequential("x", conv_norm_activation(spec.in_chans, spec.stem_channels, 3, 2, 1, n))]
-        kernels = spec.group_kernel_sizes
-        for row, inp, out, stride, t in block_rows(spec):
-            attention = spec.attention.node(out, kernels[row] if kernels else None)
-            args = {"in_channels": inp, "out_channels": out, "stride": stride, "expand_ratio": t, "attention": attention, "norm": n}
-            features.append(Node("x", "InvertedResidual", args))
-        last_in = block_rows(spec)[-1][2]
-        features.append(sequential("x", conv_norm_activation(last_in, spec.last_channel_width, 1, 1, 1, n)))
-        classifier = sequential("classifier", [Node("x", "Dropout", {"p": spec.dropout}), Node("x", "Linear", {"in_features": spec.last_channel_width, "out_features": spec.num_classes})])
-        return [sequential("features", features), classifier]
+        if spec.num_classes == 0:
+            classifier = Node("classifier", "Identity")
+        else:
+            classifier = sequential("classifier", [Node("x", "Dropout", {"p": spec.dropout}), Node("x", "Linear", {"in_features": spec.last_channel_width, "out_features": spec.num_classes})])
+        return [sequential("features", feature_nodes(spec)), classifier]
 
     def account(self, node: Node, shape: Shape, path: str) -> Layer:
         features, classifier = node.children
@@ -104,9 +112,56 @@ class MobileNetV2Model(Kind):
         return Layer(path, self.type_name, out, children=layers + head)
 
 
-def plan(spec: MobileNetV2Spec) -> Node:
-    """The model a MobileNetV2 spec describes."""
+@register("MobileNetV2Features")
+class MobileNetV2Features(Kind):
+    """A feature extractor: `features` up to the deepest level asked for; `args` give spec and out_indices."""
+
+    module = "ecacli.models.mobilenetv2:MobileNetV2Features"
+
+    def children(self, args: Mapping[str, Any]) -> list[Node]:
+        spec = args["spec"]
+        last = int(feature_levels(spec)[max(args["out_indices"])].module.rpartition(".")[2])
+        return [sequential("features", feature_nodes(spec)[: last + 1])]
+
+    def account(self, node: Node, shape: Shape, path: str) -> Layer:
+        layers, out = chain(node, shape, path)
+        return Layer(path, self.type_name, out, children=layers)
+
+
+def plan(spec: MobileNetV2Spec, out_indices: tuple[int, ...] | None = None) -> Node:
+    """The model a MobileNetV2 spec describes, or with `out_indices` its feature extractor."""
+    if out_indices is not None:
+        return Node("", "MobileNetV2Features", {"spec": spec, "out_indices": tuple(out_indices)})
     return Node("", "MobileNetV2", {"spec": spec})
+
+
+def level_blocks(spec: MobileNetV2Spec) -> list[list[int]]:
+    """The `features` indices of each feature level: every block (from features.1) grouped by its reduction."""
+    groups: list[list[int]] = []
+    reduction, last = 2, None
+    for index, (_, _, _, stride, _) in enumerate(block_rows(spec), start=1):
+        reduction *= stride
+        if reduction != last:
+            groups.append([])
+            last = reduction
+        groups[-1].append(index)
+    return groups
+
+
+def feature_levels(spec: MobileNetV2Spec) -> list[FeatureLevel]:
+    """One level per reduction: the output of its last inverted residual (as timm's MobileNetV2 features)."""
+    rows = block_rows(spec)
+    levels = []
+    for group in level_blocks(spec):
+        reduction = 2 * 2 ** sum(1 for row in rows[: group[-1]] if row[3] == 2)
+        levels.append(FeatureLevel(f"features.{group[-1]}", rows[group[-1] - 1][2], reduction))
+    return levels
+
+
+def stage_modules(spec: MobileNetV2Spec) -> list[list[str]]:
+    """Index 0: the stem (features.0) with the blocks at its reduction (level 0's); then each further level's blocks, as `frozen_stages` counts them."""
+    first, *rest = level_blocks(spec)
+    return [["features.0"] + [f"features.{i}" for i in first]] + [[f"features.{i}" for i in group] for group in rest]
 
 
 # --- reading a state_dict -----------------------------------------------------------------------

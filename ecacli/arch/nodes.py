@@ -34,6 +34,15 @@ class Node:
         return KINDS[self.kind].children(self.args)
 
 
+@dataclass(frozen=True)
+class FeatureLevel:
+    """One level a feature extractor returns: the module whose output it is, its channels and its reduction (input side / level side)."""
+
+    module: str
+    channels: int
+    reduction: int
+
+
 @dataclass
 class Layer:
     """A module's accounting on one input: its output shape and, summed over its leaves, parameters and mult-adds."""

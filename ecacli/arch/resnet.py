@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ecacli.arch.attention import ATTENTION_TYPES, is_attention
-from ecacli.arch.nodes import KINDS, Kind, Layer, Node, Shape, account, chain, child_path, conv, norm, register, sequential
+from ecacli.arch.nodes import KINDS, FeatureLevel, Kind, Layer, Node, Shape, account, chain, child_path, conv, norm, register, sequential
 
 if TYPE_CHECKING:
     from ecacli.spec import ResNetSpec
@@ -204,31 +204,74 @@ def stage_nodes(spec: ResNetSpec, stage: int, in_channels: int) -> tuple[Node, i
     return Node(f"layer{stage + 1}", "Sequential", {"layers": blocks}), out
 
 
+def trunk_nodes(spec: ResNetSpec, stages: int = NUM_STAGES) -> tuple[list[Node], int]:
+    """The stem and the first `stages` stages, and the last one's output width."""
+    nodes = STEMS[spec.stem].nodes(spec)
+    channels = spec.stem_channels[-1]
+    for stage in range(stages):
+        layer, channels = stage_nodes(spec, stage, channels)
+        nodes.append(layer)
+    return nodes, channels
+
+
+def head_node(spec: ResNetSpec, channels: int) -> Node:
+    """The classifier `fc`: a Linear layer, or with `num_classes: 0` an Identity (the model returns its pooled features)."""
+    if spec.num_classes == 0:
+        return Node("fc", "Identity")
+    return Node("fc", "Linear", {"in_features": channels, "out_features": spec.num_classes})
+
+
 @register("ECAResNet")
 class ResNetModel(Kind):
-    """The whole network: stem, four stages, global average pool and (unless `num_classes` is 0) the classifier `fc`."""
+    """The whole network: stem, four stages, global average pool and the classifier `fc` (an Identity when `num_classes` is 0)."""
 
     module = "ecacli.models.resnet:ECAResNet"
 
     def children(self, args: Mapping[str, Any]) -> list[Node]:
         spec = args["spec"]
-        nodes = STEMS[spec.stem].nodes(spec)
-        channels = spec.stem_channels[-1]
-        for stage in range(NUM_STAGES):
-            layer, channels = stage_nodes(spec, stage, channels)
-            nodes.append(layer)
-        nodes.append(Node("avgpool", "AdaptiveAvgPool2d", {"output_size": 1}))
-        nodes.append(Node("fc", "Linear", {"in_features": channels, "out_features": spec.num_classes}))
-        return nodes
+        nodes, channels = trunk_nodes(spec)
+        return nodes + [Node("avgpool", "AdaptiveAvgPool2d", {"output_size": 1}), head_node(spec, channels)]
+
+    def account(self, node: Node, shape: Shape, path: str) -> Layer:
+        *body, head = node.children
+        layers, out = chain(node, shape, path, body)
+        head_layers, out = chain(node, out[:2], path, [head])  # the forward flattens the pooled features
+        return Layer(path, self.type_name, out, children=layers + head_layers)
+
+
+@register("ResNetFeatures")
+class ResNetFeatures(Kind):
+    """A feature extractor: the stem and the stages up to the deepest level asked for; `args` give spec and out_indices."""
+
+    module = "ecacli.models.resnet:ResNetFeatures"
+
+    def children(self, args: Mapping[str, Any]) -> list[Node]:
+        spec, deepest = args["spec"], max(args["out_indices"])
+        nodes, _ = trunk_nodes(spec, deepest)
+        return nodes if deepest else nodes[:3]  # level 0 is the stem's ReLU output, before the max-pool
 
     def account(self, node: Node, shape: Shape, path: str) -> Layer:
         layers, out = chain(node, shape, path)
         return Layer(path, self.type_name, out, children=layers)
 
 
-def plan(spec: ResNetSpec) -> Node:
-    """The model a ResNet spec describes."""
+def plan(spec: ResNetSpec, out_indices: tuple[int, ...] | None = None) -> Node:
+    """The model a ResNet spec describes, or with `out_indices` its feature extractor."""
+    if out_indices is not None:
+        return Node("", "ResNetFeatures", {"spec": spec, "out_indices": tuple(out_indices)})
     return Node("", "ECAResNet", {"spec": spec})
+
+
+def feature_levels(spec: ResNetSpec) -> list[FeatureLevel]:
+    """Level 0, the stem's ReLU output (before any max-pool), then each stage's output."""
+    stem = STEMS[spec.stem]
+    levels = [FeatureLevel("relu", spec.stem_channels[-1], stem.stride)]
+    return levels + [FeatureLevel(f"layer{i + 1}", out, stem.reduction * 2**i) for i, out in enumerate(spec.stage_outputs)]
+
+
+def stage_modules(spec: ResNetSpec) -> list[list[str]]:
+    """The modules of the stem (index 0) and of each stage (1..4), as `frozen_stages` counts them."""
+    return [["conv1", "bn1"]] + [[f"layer{i}"] for i in range(1, NUM_STAGES + 1)]
 
 
 # --- reading a state_dict -----------------------------------------------------------------------
@@ -324,11 +367,11 @@ def block_type_of(shapes: Mapping[str, tuple[int, ...]]) -> str:
 
 
 def infer(shapes: Mapping[str, tuple[int, ...]], name: str) -> dict[str, Any]:
-    """Spec data (before validation) describing a state_dict with this family's names; LayoutError where none can."""
+    """Spec data (before validation) describing a state_dict with this family's names (without `fc`: a headless trunk, num_classes 0); LayoutError where none can."""
     blocks = stage_blocks(shapes)
     block = block_type_of(shapes)
     width = shape_of(shapes, "layer1.0.conv1.weight", "width", 4)[0]
-    num_classes = shape_of(shapes, "fc.weight", "number of classes (the classifier fc)", 2)[0]
+    num_classes = shape_of(shapes, "fc.weight", "number of classes (the classifier fc)", 2)[0] if "fc.weight" in shapes or "fc.bias" in shapes else 0
     depth = next((depth for depth, known in DEPTHS.items() if known == (block, tuple(blocks))), None)
     data: dict[str, Any] = {"name": name, **({"depth": depth} if depth else {"layers": blocks, "block": block})}
     stems = [(stem, found) for stem, found in ((stem, entry.from_shapes(shapes, width)) for stem, entry in STEMS.items()) if found is not None]

@@ -9,10 +9,11 @@ without unpickling arbitrary objects.
 from __future__ import annotations
 
 import os
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from collections.abc import Iterable, Mapping
-from typing import IO, TYPE_CHECKING
+from typing import IO, TYPE_CHECKING, Any
 
 import torch
 import yaml
@@ -174,17 +175,17 @@ def converted_spec(checkpoint: Checkpoint, name: str | None = None, overrides: I
     return spec_from_data(data, with_overrides("converted spec", overrides))
 
 
-def new_model(spec: NetworkSpec, seed: int | None = None) -> nn.Module:
-    """A freshly initialised model; with a seed (0 to 2**64 - 1), the same weights every time (the global RNG is left as it was)."""
+def new_model(spec: NetworkSpec, seed: int | None = None, **build: Any) -> nn.Module:
+    """A freshly initialised model (`build`: `build_model`'s options); with a seed (0 to 2**64 - 1), the same weights every time (the global RNG is left as it was)."""
     from ecacli.models import build_model
 
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED):
         raise ValueError(f"seed must be an integer from 0 to 2**64 - 1, got {seed!r}")
     if seed is None:
-        return build_model(spec)
+        return build_model(spec, **build)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return build_model(spec)
+        return build_model(spec, **build)
 
 
 def floating_dtype(tensors: Mapping[str, torch.Tensor]) -> torch.dtype | None:
@@ -194,7 +195,7 @@ def floating_dtype(tensors: Mapping[str, torch.Tensor]) -> torch.dtype | None:
 
 
 def model_with_weights(
-    spec: NetworkSpec, checkpoint: Checkpoint, seed: int | None = None, init_missing_eca: bool = False, allow_nonfinite: bool = False
+    spec: NetworkSpec, checkpoint: Checkpoint, seed: int | None = None, init_missing_eca: bool = False, allow_nonfinite: bool = False, **build: Any
 ) -> tuple[nn.Module, list[str]]:
     """The spec's model holding the checkpoint's weights (in their dtype), and notes on what was done.
 
@@ -202,9 +203,10 @@ def model_with_weights(
     loads, so a given spec also covers layouts `convert` cannot infer. Refuses unless the weights
     load strictly, except that with `init_missing_eca` a checkpoint without any ECA kernels (a
     plain ResNet) loads into an ECA spec with initialised kernels. Weights holding NaN or Inf are
-    refused unless `allow_nonfinite`.
+    refused unless `allow_nonfinite`. `build` gives `build_model`'s options (a feature extractor
+    takes what it has and leaves the rest, noted).
     """
-    report = check_against(spec, checkpoint.tensors)
+    report = check_against(spec, checkpoint.tensors, **build)
     notes = list(checkpoint.state.notes)
     label = describe_path(checkpoint.path)
     if not report.loads:
@@ -223,7 +225,9 @@ def model_with_weights(
         )
     if nonfinite:
         notes.append(f"loaded as asked although {describe_nonfinite(nonfinite)}")
-    model = new_model(spec, seed)
+    if report.dropped:
+        notes.append(f"the feature extractor left {len(report.dropped)} of the file's tensors unused ({summarise_keys(report.dropped)})")
+    model = new_model(spec, seed, **build)
     dtype = floating_dtype(checkpoint.tensors)
     if dtype is not None:
         model.to(dtype)
@@ -231,18 +235,33 @@ def model_with_weights(
     return model, notes
 
 
-def load_model(path: str | Path, spec: NetworkSpec | str | Path | None = None, allow_nonfinite: bool = False) -> nn.Module:
+def summarise_keys(keys: list[str]) -> str:
+    """'fc (2), layer4 (30)': how many keys fall under each top-level name."""
+    counts = Counter(key.split(".")[0] for key in keys)
+    return ", ".join(f"{name} ({count})" for name, count in counts.items())
+
+
+def load_model(
+    path: str | Path,
+    spec: NetworkSpec | str | Path | None = None,
+    allow_nonfinite: bool = False,
+    features_only: bool = False,
+    out_indices: Sequence[int] | None = None,
+) -> nn.Module:
     """The model a checkpoint file describes, holding its weights, in eval mode.
 
     The spec is the one given (a spec object, preset name or YAML path), else the file's own,
     else inferred from tensor names and shapes; the weights must load strictly (names, shapes,
     float weights as float). A file whose weights hold NaN or Inf is refused unless
-    `allow_nonfinite`. Every refusal is a `CheckpointError` (a `UserError`) naming the file.
+    `allow_nonfinite`. With `features_only` it is the spec's feature extractor (`out_indices` as
+    in `build_model`), which takes the trunk's weights and leaves the classifier's. Every refusal
+    is a `CheckpointError` (a `UserError`) naming the file.
     """
     checkpoint = open_checkpoint(path)
     given = load_spec(spec) if isinstance(spec, (str, Path)) else spec
     model_spec, _ = spec_for(checkpoint, given)
-    model, _ = model_with_weights(model_spec, checkpoint, allow_nonfinite=allow_nonfinite)
+    build = {"features_only": True, "out_indices": out_indices} if features_only else {}
+    model, _ = model_with_weights(model_spec, checkpoint, allow_nonfinite=allow_nonfinite, **build)
     return model.eval()
 
 

@@ -13,6 +13,7 @@ import re
 from dataclasses import dataclass, field
 from numbers import Number
 from pathlib import Path
+from collections import Counter
 from collections.abc import Mapping
 from typing import Any
 
@@ -175,11 +176,38 @@ def classify(tensors: dict[str, torch.Tensor], wrapped: bool, prefixed: bool, ec
     return SourceState(TORCHVISION if "conv1.weight" in tensors else TIMM, label, tensors)
 
 
+DETECTION_BACKBONES = {"torchvision": "backbone.body.", "mmdetection": "backbone."}
+"""Where a detection checkpoint keeps its backbone: torchvision's detectors under `backbone.body.`
+(beside `backbone.fpn.`, `rpn.`, `roi_heads.`), mmdetection's under `backbone.` (beside `neck.`,
+`rpn_head.`, `roi_head.` or older `bbox_head.` and `mask_head.`)."""
+
+
+def detection_parts(key: str, prefix: str) -> str:
+    """The part of a detector a key belongs to: 'backbone.fpn' for torchvision's FPN, else its first name."""
+    return "backbone.fpn" if prefix == DETECTION_BACKBONES["torchvision"] and key.startswith("backbone.fpn.") else key.split(".")[0]
+
+
+def split_detection(tensors: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, Any], list[str]]:
+    """A detector's backbone tensors (prefix stripped), what kind of detector checkpoint it was and what was dropped; the tensors as they are otherwise."""
+    for layout, prefix in DETECTION_BACKBONES.items():
+        taken = {key for key in tensors if key.startswith(prefix) and not key.startswith("backbone.fpn.")}
+        if taken and len(taken) < len(tensors):
+            backbone = {key[len(prefix):]: t for key, t in tensors.items() if key in taken}
+            dropped = Counter(detection_parts(key, prefix) for key in tensors if key not in taken)
+            described = ", ".join(f"{part} ({count})" for part, count in dropped.items())
+            notes = [f"took the backbone's {len(backbone)} tensors from a {layout} detection checkpoint ({prefix}*); dropped {described}"]
+            return backbone, {"detection": layout, "dropped": dict(dropped)}, notes
+    return tensors, {}, []
+
+
 def detect(raw: RawCheckpoint, has_spec: bool) -> SourceState:
-    """Unwrap, strip prefixes and rename a loaded file's tensors; `problem` says why a layout is unsupported."""
+    """Unwrap, strip prefixes, take a detector's backbone and rename a loaded file's tensors; `problem` says why a layout is unsupported."""
     tensors, details, notes = unwrap(raw)
     tensors, prefix_notes = strip_prefix(tensors)
-    state = classify(tensors, wrapped=bool(details), prefixed=bool(prefix_notes), ecacli_file=has_spec)
-    state.details = details
-    state.notes = notes + prefix_notes + state.notes
+    tensors, detection, detection_notes = split_detection(tensors)
+    state = classify(tensors, wrapped=bool(details) and not detection, prefixed=bool(prefix_notes), ecacli_file=has_spec)
+    if detection and not state.problem:
+        state.label = f"{detection['detection']} detection checkpoint, backbone: {state.label}"
+    state.details = {**details, **detection}
+    state.notes = notes + prefix_notes + detection_notes + state.notes
     return state

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -76,12 +77,12 @@ def is_attention_module(module: torch.nn.Module) -> bool:
     return any(is_attention(kind.name) and type(module).__name__ == kind.type_name for kind in KINDS.values())
 
 
-def model_shapes(spec: NetworkSpec) -> tuple[dict[str, tuple[tuple[int, ...], torch.dtype]], set[str]]:
-    """Every state_dict key of the spec's model with its shape and dtype, and the keys of its attention modules, computed without allocating weights."""
+def model_shapes(spec: NetworkSpec, **build: Any) -> tuple[dict[str, tuple[tuple[int, ...], torch.dtype]], set[str]]:
+    """Every state_dict key of the spec's model (`build`: `build_model`'s options) with its shape and dtype, and the keys of its attention modules, computed without allocating weights."""
     from ecacli.models import build_model
 
     with torch.device("meta"):
-        model = build_model(spec)
+        model = build_model(spec, **build)
     attention = {f"{prefix}.{key}" for prefix, module in model.named_modules() if is_attention_module(module) for key in module.state_dict()}
     return {key: (tuple(t.shape), t.dtype) for key, t in model.state_dict().items()}, attention
 
@@ -131,6 +132,8 @@ class LoadReport:
     wrong_kind: list[tuple[str, str, str]] = field(default_factory=list)
     fitting_k_size: int | list[int] | None = None
     attention_keys: set[str] = field(default_factory=set)
+    dropped: list[str] = field(default_factory=list)
+    """Keys of the file a feature extractor has no use for (its classifier, deeper stages)."""
 
     @property
     def loads(self) -> bool:
@@ -170,12 +173,14 @@ class LoadReport:
         }
 
 
-def check_against(spec: NetworkSpec, tensors: Mapping[str, torch.Tensor]) -> LoadReport:
+def check_against(spec: NetworkSpec, tensors: Mapping[str, torch.Tensor], **build: Any) -> LoadReport:
     """Compare a state_dict with the spec's model key by key: names, shapes, and the kind of number
     (float weights must be float16, bfloat16, float32 or float64; integer counters real numbers).
-    A missing BN step counter is not a mismatch.
+    A BN step counter, missing or extra (a frozen BN has none), is not a mismatch. For a feature
+    extractor (`build`: `build_model`'s options) the file's other keys (classifier, deeper stages)
+    are `dropped`, not unexpected.
     """
-    expected, attention = model_shapes(spec)
+    expected, attention = model_shapes(spec, **build)
     report = LoadReport(fitting_k_size=fitting_k_size(tensors), attention_keys=attention)
     for key, (shape, dtype) in expected.items():
         if key not in tensors:
@@ -185,5 +190,9 @@ def check_against(spec: NetworkSpec, tensors: Mapping[str, torch.Tensor]) -> Loa
             report.mismatched.append((key, tuple(tensors[key].shape), shape))
         elif dtype_kind(tensors[key].dtype) not in ACCEPTED_KINDS.get(dtype_kind(dtype), (dtype_kind(dtype),)):
             report.wrong_kind.append((key, str(tensors[key].dtype).removeprefix("torch."), dtype_kind(dtype)))
-    report.unexpected = [key for key in tensors if key not in expected]
+    extra = [key for key in tensors if key not in expected and not key.endswith(OPTIONAL_BUFFER)]
+    if build.get("features_only"):
+        report.dropped = extra
+    else:
+        report.unexpected = extra
     return report

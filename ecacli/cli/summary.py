@@ -17,6 +17,7 @@ def summary(
     input_size: Annotated[int | None, typer.Option(help="Square input side in pixels (default: the spec's).", show_default=False)] = None,
     batch: Annotated[int, typer.Option(min=1, max=65536, help="Batch size of the traced input.")] = 1,
     use_torchinfo: Annotated[bool, typer.Option("--torchinfo", help="Print torchinfo's own table instead.")] = False,
+    features: Annotated[bool, typer.Option("--features", help="Show the feature levels a backbone returns (module, channels, stride, shape) instead of the layers.")] = False,
     overrides: SetOption = None,
     as_json: JsonOption = False,
 ) -> None:
@@ -31,6 +32,17 @@ def summary(
 
     if use_torchinfo and as_json:
         raise UserError("--torchinfo prints torchinfo's text table; for JSON drop --torchinfo (the numbers are the same).")
+    if features and use_torchinfo:
+        raise UserError("--features shows the feature levels, --torchinfo torchinfo's table of layers: choose one.")
+    if features:
+        from ecacli.reports.summary import feature_rows
+
+        rows = feature_rows(model_spec, batch, input_size)
+        if as_json:
+            print_json([vars(row) for row in rows])
+            return
+        _render_features(rows, model_spec, input_size)
+        return
     if use_torchinfo:
         typer.echo(torchinfo_table(model_spec, batch, input_size, depth))
         return
@@ -97,3 +109,11 @@ def _render(report, title: str) -> None:
     if report.layers:
         print_table(out, wide, narrow)
     out.print(Panel(totals, title=f"{title} totals", expand=False))
+
+
+def _render_features(rows, spec, input_size: int | None) -> None:
+    side = input_size or spec.input_size
+    cells = [[str(r.index), r.module, fmt_int(r.channels), str(r.stride), "x".join(map(str, r.output_shape))] for r in rows]
+    title = f"{spec.name}: feature levels at {side} px"
+    numeric = [True, False, True, True, True]
+    print_table(console(), TableSpec(title, ["index", "module", "channels", "stride", "output shape"], cells, numeric))

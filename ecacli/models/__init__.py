@@ -2,17 +2,60 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from torch import nn
 
 from ecacli.arch import plan
+from ecacli.errors import OptionError, SpecError
 from ecacli.layers.build import build
-from ecacli.models.mobilenetv2 import InvertedResidual, MobileNetV2
-from ecacli.models.resnet import BasicBlock, Bottleneck, ECAResNet
+from ecacli.models.mobilenetv2 import InvertedResidual, MobileNetV2, MobileNetV2Features
+from ecacli.models.network import FeatureInfo, check_out_indices
+from ecacli.models.resnet import BasicBlock, Bottleneck, ECAResNet, ResNetFeatures
 from ecacli.spec import NetworkSpec
+from ecacli.spec_loader import spec_from_data
 
-__all__ = ["BasicBlock", "Bottleneck", "ECAResNet", "InvertedResidual", "MobileNetV2", "build_model"]
+__all__ = [
+    "BasicBlock", "Bottleneck", "ECAResNet", "FeatureInfo", "InvertedResidual", "MobileNetV2", "MobileNetV2Features", "ResNetFeatures",
+    "build_model", "with_options",
+]
+
+DEFAULT_OUT_INDICES = (1, 2, 3, 4)
+CLASSIFIER_ONLY = ("dropout", "last_channel")
+"""Spec keys that shape only the classifier, which a feature extractor drops."""
 
 
-def build_model(spec: NetworkSpec) -> nn.Module:
-    """Build the model a spec describes (on the current default device; use `torch.device('meta')` for shapes only)."""
-    return build(plan(spec))
+def with_options(spec: NetworkSpec, frozen_stages: int | None = None, norm_eval: bool | None = None) -> NetworkSpec:
+    """The spec with the fine-tuning options given as arguments in place of its own (validated as spec keys would be)."""
+    changes = {key: value for key, value in (("frozen_stages", frozen_stages), ("norm_eval", norm_eval)) if value is not None}
+    if not changes:
+        return spec
+    try:
+        return spec_from_data({**spec.to_yaml_dict(), **changes}, label=f"spec '{spec.name}' with {', '.join(f'{k}={v!r}' for k, v in changes.items())}")
+    except SpecError as exc:
+        raise OptionError(str(exc)) from None
+
+
+def build_model(
+    spec: NetworkSpec,
+    features_only: bool = False,
+    out_indices: Sequence[int] | None = None,
+    frozen_stages: int | None = None,
+    norm_eval: bool | None = None,
+) -> nn.Module:
+    """Build the model a spec describes (on the current default device; use `torch.device('meta')` for shapes only).
+
+    With `features_only` it is the trunk alone, returning the feature maps of the levels
+    `out_indices` names (default 1-4: ResNet's stages; 0 is the stem's level; see
+    `model.feature_info`). `frozen_stages` and `norm_eval` override the spec's fine-tuning options.
+    """
+    spec = with_options(spec, frozen_stages, norm_eval)
+    if not features_only:
+        if out_indices is not None:
+            raise OptionError("out_indices chooses the levels of a feature extractor; give it with features_only=True.")
+        return build(plan(spec))
+    explicit = [key for key in CLASSIFIER_ONLY if key in spec.model_fields_set]
+    if explicit:
+        raise OptionError(f"spec '{spec.name}' sets {', '.join(explicit)}, which only shape the classifier; features_only drops it: remove {'them' if len(explicit) > 1 else 'it'} from the spec, or build the whole model.")
+    indices = check_out_indices(spec, tuple(out_indices) if out_indices is not None else DEFAULT_OUT_INDICES[: spec.num_stages])
+    return build(plan(spec, indices))

@@ -10,8 +10,10 @@ import torch
 from torch import nn
 
 from ecacli.arch import Node
+from ecacli.arch.resnet import head_node
 from ecacli.layers import tail
-from ecacli.layers.build import add_children
+from ecacli.layers.build import add_children, build
+from ecacli.models.network import Classifier, FeatureExtractor
 from ecacli.spec import ResNetSpec
 
 
@@ -106,28 +108,16 @@ class Bottleneck(ResidualBlock):
         return self.residual(self.attend(self.bn3(self.conv3(u))), x)
 
 
-class ECAResNet(nn.Module):
+class ECAResNet(Classifier):
     """A ResNet whose blocks carry the attention the spec names (or none), built from the spec's description in `ecacli.arch.resnet`."""
 
     def __init__(self, spec: ResNetSpec) -> None:
         super().__init__()
         self.spec = spec
         add_children(self, "ECAResNet", {"spec": spec})
-        self._init_weights(spec.zero_init_residual)
-
-    def _init_weights(self, zero_init_residual: bool) -> None:
-        if self.fc.weight.is_meta:
-            return  # shapes only: nothing to initialise (and meta init would pull in torch._dynamo)
-        for module in self.modules():
-            if isinstance(module, nn.Conv2d):
-                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(module, nn.BatchNorm2d):
-                nn.init.ones_(module.weight)
-                nn.init.zeros_(module.bias)
-        if zero_init_residual:
-            for module in self.modules():
-                if isinstance(module, ResidualBlock):
-                    nn.init.zeros_(module.last_bn.weight)
+        self.num_features = spec.stage_outputs[-1]
+        init_weights(self, spec.zero_init_residual)
+        self.freeze()
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
@@ -136,7 +126,52 @@ class ECAResNet(nn.Module):
         x = self.layer3(x)
         return self.layer4(x)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.avgpool(self.forward_features(x))
-        return self.fc(torch.flatten(x, 1))
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        x = torch.flatten(self.avgpool(x), 1)
+        return x if pre_logits else self.fc(x)
 
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+    def reset_classifier(self, num_classes: int) -> None:
+        self._respec(num_classes)
+        device = self.layer4[0].conv1.weight.device
+        self.fc = build(head_node(self.spec, self.num_features)).to(device)
+
+
+class ResNetFeatures(FeatureExtractor):
+    """A ResNet trunk returning the feature maps of the levels `out_indices` names (0: the stem's ReLU, 1-4: the stages), with the classifier model's names."""
+
+    __constants__ = ["return_names"]
+
+    def __init__(self, spec: ResNetSpec, out_indices: tuple[int, ...]) -> None:
+        super().__init__()
+        self.spec = spec
+        self.init_levels(spec, out_indices)
+        add_children(self, "ResNetFeatures", {"spec": spec, "out_indices": out_indices})
+        init_weights(self, spec.zero_init_residual)
+        self.freeze()
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        features: list[torch.Tensor] = []
+        for name, module in self.named_children():
+            x = module(x)
+            if name in self.return_names:
+                features.append(x)
+        return features
+
+
+def init_weights(model: nn.Module, zero_init_residual: bool) -> None:
+    """torchvision's ResNet initialisation: Kaiming-normal convs, unit BatchNorm; with zero_init_residual, each block's last BN scale at zero."""
+    if any(p.is_meta for p in model.parameters()):
+        return  # shapes only: nothing to initialise (and meta init would pull in torch._dynamo)
+    for module in model.modules():
+        if isinstance(module, nn.Conv2d):
+            nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+        elif isinstance(module, (nn.BatchNorm2d, nn.GroupNorm)) and module.weight is not None:
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
+    if zero_init_residual:
+        for module in model.modules():
+            if isinstance(module, ResidualBlock) and isinstance(getattr(module.last_bn, "weight", None), nn.Parameter):
+                nn.init.zeros_(module.last_bn.weight)

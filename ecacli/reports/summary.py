@@ -10,7 +10,7 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from ecacli.arch import FLOAT32_BYTES, model_layers
+from ecacli.arch import FLOAT32_BYTES, feature_levels, model_layers
 from ecacli.spec import NetworkSpec
 
 if TYPE_CHECKING:
@@ -81,6 +81,24 @@ def summarize(spec: NetworkSpec, batch: int = 1, input_size: int | None = None, 
         eca_kernel_sizes=spec.block_kernel_sizes or [],
         layers=rows,
     )
+
+
+@dataclass
+class FeatureRow:
+    """One level a feature extractor returns (`build_model(spec, features_only=True)`): its index, module, channels, stride and output shape."""
+
+    index: int
+    module: str
+    channels: int
+    stride: int
+    output_shape: list[int]
+
+
+def feature_rows(spec: NetworkSpec, batch: int = 1, input_size: int | None = None) -> list[FeatureRow]:
+    """Every feature level of the spec's model, with its output shape at the input size (torch-free)."""
+    model = model_layers(spec, batch, input_size)
+    shapes = {layer.name: layer.output_shape for _, layer in model.walk()}
+    return [FeatureRow(i, level.module, level.channels, level.reduction, shapes[level.module]) for i, level in enumerate(feature_levels(spec))]
 
 
 def run_torchinfo(spec: NetworkSpec, batch: int = 1, input_size: int | None = None, depth: int = 3, **kwargs: Any) -> torchinfo.ModelStatistics:
