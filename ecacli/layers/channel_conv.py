@@ -1,10 +1,10 @@
 """The ECA gate's k-tap convolution across channels, in the form each context runs fastest.
 
 The conv is tiny (one input and one output channel, k taps, a few thousand multiply-adds per
-block), so what it costs is per-call overhead. On CPU the library conv1d (oneDNN) spends
-~100 us setting up each call, forward and backward alike; the direct convolution (im2col +
-GEMM, `thnn_conv2d` and its backward) does the same arithmetic in 10-30 us. Under
-torch.compile the correlation is written as plain tensor ops the compiler fuses.
+block), so what it costs is per-call overhead: eagerly on CPU it runs as the direct convolution
+(im2col + GEMM, `thnn_conv2d` and its backward), whose setup is lighter than the library
+conv1d's (the benchmark notes in the README give the A/B); under torch.compile it is plain
+tensor ops the compiler fuses; wherever a graph is recorded, the library conv.
 """
 
 from __future__ import annotations

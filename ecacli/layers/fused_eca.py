@@ -1,27 +1,20 @@
-"""A block's whole tail, BatchNorm -> ECA gate -> + shortcut -> ReLU, as one autograd Function.
+"""The fused forms of a block's tail, BatchNorm -> ECA gate -> + shortcut -> ReLU (which one runs: `ecacli.layers.tail`).
 
-Written naively (`bn(z) * gate + identity`, then ReLU) the tail keeps the BN output alive for
-the backward pass of the gating multiply and spends several extra passes over the block's
-largest tensor. Here the forward runs BatchNorm's own kernel, reads z once more for the
-per-plane sums, then gates and adds the shortcut in place over the BN output (a temporary of
-this call, as torchvision's in-place `+= identity` treats it) and rectifies in place. It saves
-only what the plain ResNet tail saves (the BN input and the block output) plus per-sample
-gates and per-channel statistics. The backward rebuilds what it needs from them:
+- `gated_residual`, an autograd Function: BatchNorm's own kernel, one more read of its input for
+  the per-plane means, then gate and shortcut added in place over the BN output (a temporary of
+  this call, as torchvision's in-place `+= identity` treats it) and the ReLU in place. It saves
+  what the plain tail saves (the BN input and the block output) plus per-sample gates and
+  per-channel statistics; its backward rebuilds the rest: the ReLU's gradient (also the
+  shortcut's) in one pass, per-sample, per-channel sums of it and of it times the normalised
+  input in one read, and the input's gradient, the gate's route through the pooled mean folded
+  in, as a per-plane affine map plus a per-channel multiple of z.
+- `folded_residual`, inference: eval-mode BN is `scale * (z + bias)`, so the conv carries `bias`
+  (`fold_terms`) and one pass applies `scale * gate` and adds the shortcut.
+- `traced_residual`, torch.compile: plain tensor ops that take BN's statistics, the pooled means
+  and the output all from z, for the compiler to fuse and differentiate without a BN output.
 
-- grad of the ReLU (this is also the shortcut's gradient) -> one pass;
-- per-sample, per-channel sums of that gradient and of it times the normalised input -> one
-  read-only pass; they give the gate's gradient and, summed over the batch, BatchNorm's;
-- the input's gradient, with the gate's route back through the pooled mean folded in -> a
-  per-plane affine map of the ReLU gradient plus a per-channel multiple of z, two passes.
-
-In eval mode on CPU without autograd, `folded_residual` folds BN into the block's last conv
-and the gate instead: the conv carries BN's shift as its bias, and one pass applies BN's scale
-times the gate and adds the shortcut. Under
-torch.compile, `traced_residual` writes the tail as plain tensor ops for the compiler to fuse
-and differentiate. Under autocast the [N, C]-sized arithmetic (pooled means, the gate's conv,
-its gradient) runs in float32 whatever the activations' dtype (a model cast to half precision
-keeps its own). A hook on bn, the ECA module or its conv sends the block down the
-module-by-module tail instead (see `observed`).
+Under autocast the [N, C]-sized arithmetic (pooled means, the gate's conv, its gradient) runs in
+float32 whatever the activations' dtype (a model cast to half precision keeps its own).
 """
 
 from __future__ import annotations
@@ -64,13 +57,13 @@ def sample_channel_sums(grad: torch.Tensor, z: torch.Tensor, mean: torch.Tensor,
     BatchNorm's backward reduction computes exactly these two sums per channel. Viewing each
     (sample, channel) plane of an NCHW tensor as a channel of its own makes one call produce
     them per plane; a channels_last tensor has no such view, so it takes one call per sample
-    (still far cheaper than a product and two strided reductions).
+    (still one read, not a product and two strided reductions).
     """
     n, c, h, w = z.shape
     mask = [False, True, True]
     if z.is_contiguous() and grad.is_contiguous():
         if h * w < 256 and z.element_size() < 4 and z.device.type == "cpu":
-            # The CPU's half-precision kernel pays ~100 ns per plane: under 256 values a plane, float32 copies are cheaper.
+            # The CPU's half-precision kernel has a fixed cost per plane: small planes go through float32 copies (see the benchmark notes).
             grad, z, mean, invstd = grad.float(), z.float(), mean.float(), invstd.float()
         planes = (1, n * c, h, w)
         _, dot, total = torch.ops.aten.native_batch_norm_backward(
@@ -90,7 +83,7 @@ def plane_affine(t: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> t
     """t * scale + shift with one coefficient pair per (sample, channel) plane ([N, C] each), in one pass over t.
 
     For NCHW, each plane is viewed as a channel of its own and run through eval-mode batch
-    norm with unit statistics, whose kernel is exactly this map and far faster on CPU than a
+    norm with unit statistics, whose kernel is exactly this map in one pass, rather than a
     broadcast multiply-add over small planes; other layouts take one broadcast addcmul.
     """
     n, c, h, w = t.shape
@@ -191,9 +184,8 @@ def traced_residual(bn: nn.BatchNorm2d, conv: nn.Conv1d, z: torch.Tensor, identi
     BatchNorm's statistics, the pooled BN output (the affine image of z's plane means) and the
     gated output all come from z, computed in float32 or wider: the compiler neither stores nor
     saves a BN output, where the module-by-module tail makes it materialise `bn(z)` for its two
-    readers, the pooling and the gating (measured here, compiled training step of one
-    bottleneck: 0.99-1.13x plain against the module tail's 1.07-1.36x). The running statistics
-    are updated as BatchNorm updates them (unbiased variance).
+    readers, the pooling and the gating. The running statistics are updated as BatchNorm updates
+    them (unbiased variance).
     """
     use_batch_stats, factor, running_mean, running_var = batch_norm_state(bn, z)
     wide = z.to(accumulation_dtype(z))
@@ -210,7 +202,7 @@ def traced_residual(bn: nn.BatchNorm2d, conv: nn.Conv1d, z: torch.Tensor, identi
     shift = bn.bias - mean * scale
     with torch.autocast(z.device.type, enabled=False):  # the [N, C] gate in float32, as the fused tail computes it
         gate = torch.sigmoid(conv((wide.mean(dim=(2, 3)) * scale + shift)[:, None, :]))[:, 0, :]
-    out = wide * (scale * gate)[:, :, None, None] + (shift * gate)[:, :, None, None] + identity  # as addcmul: 4% slower compiled (fp32 NCHW)
+    out = wide * (scale * gate)[:, :, None, None] + (shift * gate)[:, :, None, None] + identity
     return out.to(z.dtype).relu_()
 
 
