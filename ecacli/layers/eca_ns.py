@@ -13,16 +13,21 @@ class WindowConv(nn.Conv1d):
     """[N, 1, C] pooled channels -> [N, C, 1]: channel c's k taps over channels c - (k-1)/2 .. c + (k-1)/2, zero-padded at both ends.
 
     A grouped conv (one k-tap filter per channel, weight [C, 1, k], no bias) over each
-    channel's window of the padded vector.
+    channel's window of the padded vector, written as k shifted slices of it so that every
+    exporter and runtime takes it.
     """
 
     def __init__(self, channels: int, kernel_size: int) -> None:
         super().__init__(channels, channels, kernel_size, groups=channels, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        pad = (self.kernel_size[0] - 1) // 2
-        windows = F.pad(x, (pad, pad)).unfold(-1, self.kernel_size[0], 1)[:, 0]
-        return self._conv_forward(windows, self.weight, self.bias)
+        k = self.kernel_size[0]
+        channels = x.shape[-1]
+        padded = F.pad(x[:, 0, :], ((k - 1) // 2, (k - 1) // 2))
+        out = padded[:, 0:channels] * self.weight[:, 0, 0]
+        for tap in range(1, k):
+            out = out + padded[:, tap : tap + channels] * self.weight[:, 0, tap]
+        return out.unsqueeze(-1)
 
 
 class EcaNsModule(nn.Module):

@@ -20,8 +20,6 @@ class FineTuned(nn.Module):
     statistics fixed) while the rest trains.
     """
 
-    spec: NetworkSpec
-
     def freeze(self) -> None:
         """Turn off gradients of the frozen stages' parameters (called once the modules exist)."""
         for module in self.frozen_modules():
@@ -47,8 +45,6 @@ class FineTuned(nn.Module):
 
 class Classifier(FineTuned):
     """A whole network: `forward_features` (the trunk's last feature map), `forward_head` (pool, flatten, classifier) and `reset_classifier`, as timm's models."""
-
-    num_features: int
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         raise NotImplementedError
