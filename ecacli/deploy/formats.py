@@ -35,9 +35,17 @@ class MissingExtraError(UserError):
 
 def require(modules: tuple[str, ...], purpose: str, extra: str) -> None:
     """Refuse `purpose` with the install line of `extra` when any of `modules` is missing."""
-    missing = [name for name in modules if importlib.util.find_spec(name) is None]
+    missing = [name for name in modules if not installed(name)]
     if missing:
         raise MissingExtraError(f"{purpose} needs {', '.join(missing)}, not installed here. Install the extra: pip install \"ecacli[{extra}]\"")
+
+
+def installed(module: str) -> bool:
+    """Whether `module` can be imported (without importing it)."""
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):  # a parent package missing, or a module set to None in sys.modules
+        return False
 
 
 def format_for(path: Path, requested: str | None = None) -> str:
