@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from ecacli.checkpoints import new_model
-from ecacli.layers.eca import EcaModule
+from ecacli.layers import tail
 from ecacli.spec import ResNetSpec
 from test_fast_eca import randomise_batch_norms
 
@@ -44,8 +44,8 @@ pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning", "ignore::Deprec
 
 @pytest.fixture(autouse=True)
 def fused_paths_at_test_sizes(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Test-sized blocks take the fused inference path too (by default, outputs under `fold_min_elements` take the module tail)."""
-    monkeypatch.setattr(EcaModule, "fold_min_elements", 0)
+    """Test-sized blocks take the fused inference path in eager mode too (by default, outputs under `FOLD_MIN_ELEMENTS` take the module path)."""
+    monkeypatch.setattr(tail, "FOLD_MIN_ELEMENTS", 0)
 
 
 def matrix_model(attention: str, block: str = "bottleneck", stem: str = "imagenet", layers: tuple[int, ...] = (2, 1, 1, 1)) -> nn.Module:
