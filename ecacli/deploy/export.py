@@ -43,7 +43,7 @@ import torch
 from torch import nn
 
 from ecacli.atomic import atomic_write
-from ecacli.checkpoints import DTYPES, SPEC_KEY, SavedCheckpoint, check_writable_outputs, floating_dtype, new_model, parameter_count, save_checkpoint, spec_yaml
+from ecacli.checkpoints import DTYPES, SavedCheckpoint, check_writable_outputs, file_metadata, floating_dtype, new_model, parameter_count, save_checkpoint
 from ecacli.deploy.formats import EXTRAS, ONNX, PT2, TORCHSCRIPT, WEIGHT_FORMATS, format_for, require
 from ecacli.errors import UserError
 from ecacli.spec import ResNetSpec, check_input_size
@@ -61,6 +61,7 @@ MAX_ONNX_BYTES = 2**31 - 1
 """Protocol buffers' limit for one message: an ONNX file with its weights inside must stay under it."""
 BATCH_AXIS = "batch"
 ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*m")
+EXPORTER_LOGGERS = ("torch", "onnxscript")
 
 
 class ExportError(RuntimeError):
@@ -185,16 +186,7 @@ class ExportRequest:
         example = random_batch(spec, max(self.batch, 2) if dynamic else self.batch, self.input_size, dtype, seed=0)
         check_runs(model, example, spec, self)
         parameters = parameter_count(state)
-        from ecacli import __version__
-
-        metadata = {
-            SPEC_KEY: spec_yaml(spec),
-            "ecacli_version": __version__,
-            "torch_version": torch.__version__,
-            "parameters": str(parameters),
-            "dtype": dtype_name,
-            **({"source": source} if source else {}),
-        }
+        metadata = file_metadata(spec, parameters, dtype_name, source)
         data, opset = EXPORTERS[self.format](model, example, self, metadata)
         verification = self._verify(model, data, spec, dtype, opset) if self.verify else None
         atomic_write({self.path: lambda handle: handle.write(data)}, self.force)
@@ -288,9 +280,10 @@ def first_line(exc: BaseException) -> str:
 @contextlib.contextmanager
 def exporting(what: str) -> Iterator[None]:
     """Run an exporter quietly (its progress lines, warnings and logged tracebacks are not this command's output); its failure becomes one ExportError line."""
-    torch_logger = logging.getLogger("torch")
-    level = torch_logger.level
-    torch_logger.setLevel(logging.CRITICAL)
+    loggers = [logging.getLogger(name) for name in EXPORTER_LOGGERS]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.CRITICAL)
     try:
         with open(os.devnull, "w") as sink, contextlib.redirect_stdout(sink), warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -300,7 +293,8 @@ def exporting(what: str) -> Iterator[None]:
     except Exception as exc:
         raise ExportError(f"{what} failed: {type(exc).__name__}: {first_line(exc)}") from exc
     finally:
-        torch_logger.setLevel(level)
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
 
 
 def onnx_bytes(model: nn.Module, example: torch.Tensor, request: ExportRequest, metadata: dict[str, str]) -> tuple[bytes, int]:
