@@ -117,3 +117,14 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.subprocess)
         if name in SLOW_TESTS or item.get_closest_marker("subprocess") or item.get_closest_marker("ddp"):
             item.add_marker(pytest.mark.slow)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread for a module of tests on tiny tensors: threads gain nothing there, and an idle OpenMP pool spins on a shared CPU (here 2-3x the time)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
