@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+from ecacli.deploy.describe import GraphDescription, GraphFileError, describe_graph
 from ecacli.deploy.export import ExportedModel, ExportError, ExportRequest, Verification, export_model
 from ecacli.deploy.formats import FORMATS, GRAPH_FORMATS, WEIGHT_FORMATS, MissingExtraError, format_for, graph_format_of
 
@@ -16,8 +17,11 @@ __all__ = [
     "ExportError",
     "ExportRequest",
     "ExportedModel",
+    "GraphDescription",
+    "GraphFileError",
     "MissingExtraError",
     "Verification",
+    "describe_graph",
     "export_model",
     "format_for",
     "graph_format_of",
