@@ -24,7 +24,8 @@ from ecacli.deploy.describe import describe_graph
 from ecacli.deploy import formats
 from ecacli.deploy.formats import graph_format_of
 from ecacli.errors import UserError
-from ecacli.spec import ResNetSpec
+from ecacli.spec import MobileNetV2Spec, ResNetSpec
+from ecacli.spec_loader import spec_from_data
 
 TINY = {"name": "tiny", "layers": [1, 1, 1, 1], "block": "bottleneck", "width": 8, "num_classes": 5, "input_size": 64}
 PLAIN = {**TINY, "name": "tiny_plain", "attention": {"type": "none"}}
@@ -78,6 +79,20 @@ def test_onnx_export_holds_the_spec_and_runs_any_batch_in_onnxruntime(tmp_path):
     assert metadata["parameters"] == str(result.parameters) and metadata["dtype"] == "float32"
     x = torch.randn(3, 3, 64, 64)
     assert_matches(run_onnx(path, x), eager(TINY, x))
+
+
+def test_a_mobilenetv2_goes_to_onnx_with_its_family_in_the_spec(tmp_path):
+    pytest.importorskip("onnxruntime")
+    data = {"arch": "mobilenetv2", "name": "tiny_mbv2", "width_mult": 0.5, "num_classes": 5, "input_size": 64, "inverted_residual_setting": [[1, 16, 1, 1], [6, 24, 2, 2]], "last_channel": 64}
+    spec = spec_from_data(data)
+    path = tmp_path / "mbv2.onnx"
+    result = export_model(spec, path, seed=0)
+    assert result.verification.max_abs_diff <= 1e-4 * result.verification.max_abs_output
+    graph = describe_graph(path, "onnx")
+    assert isinstance(graph.spec, MobileNetV2Spec) and graph.spec == spec
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        assert_matches(run_onnx(path, x), new_model(spec, seed=0).eval()(x))
 
 
 def test_pt2_export_runs_in_torch_export_load_with_its_metadata(tmp_path):

@@ -1,12 +1,13 @@
 """Every route out of eager PyTorch against eager PyTorch: TorchScript, tracing, FX, torch.export, ONNX, torch.compile.
 
-A covering set of the product interfaces x attention types x impls x block types x stems:
-every interface for every attention type and impl on bottlenecks with the ImageNet stem; every
-block type x stem on fast ECA for the interfaces whose result depends on the module structure
-(scripting, tracing, FX, the TorchScript-based ONNX exporter); torch.compile on few cells. Each
-cell compares with the eager model: float32 outputs (and, for training, gradients and BN running
-statistics) within 1e-4 of the largest magnitude. BN statistics are random and every block
-takes the fused tail's paths (see `fused_paths_at_test_sizes`), so a path that differs shows.
+A covering set of the product interfaces x attention types x impls x models: every interface
+for every attention type and impl on ResNet bottlenecks with the ImageNet stem; every other
+ResNet block type x stem, the other norm layers and MobileNetV2 on fast ECA for the interfaces
+whose result depends on the module structure (scripting, tracing, FX, the TorchScript-based
+ONNX exporter); torch.compile on few cells. Each cell compares with the eager model: float32
+outputs (and, for training, gradients and BN running statistics) within 1e-4 of the largest
+magnitude. Norm statistics are random and every block takes the fused tail's paths (see
+`fused_paths_at_test_sizes`), so a path that differs shows.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from torch import nn
 
 from ecacli.checkpoints import new_model
 from ecacli.layers import tail
-from ecacli.spec import ResNetSpec
+from ecacli.spec_loader import spec_from_data
 from test_fast_eca import randomise_batch_norms
 
 ATTENTION = {
@@ -31,12 +32,29 @@ ATTENTION = {
     "eca-reference": {"type": "eca", "impl": "reference"},
     "ceca-fast": {"type": "ceca", "impl": "fast"},
     "ceca-reference": {"type": "ceca", "impl": "reference"},
+    "eca_ns": {"type": "eca_ns"},
     "se": {"type": "se"},
     "cbam": {"type": "cbam"},
 }
-STEM_SIDES = {"imagenet": 64, "cifar": 32, "deep": 64, "deep_tiered": 64}
-"""Input sides that leave layer4 2x2 (imagenet, deep stems) or 4x4 (cifar) pixels."""
+STEMS = ("imagenet", "cifar", "deep", "deep_tiered")
 BLOCKS = ("basic", "bottleneck")
+MAIN = "bottleneck-imagenet"
+"""The model every interface x attention type runs on; two blocks in layer1 give it an identity shortcut (basic blocks have one in any layer1)."""
+NARROW_RESNET = {"name": "matrix", "width": 8, "num_classes": 10}
+MODELS: dict[str, dict] = {
+    **{
+        f"{block}-{stem}": {**NARROW_RESNET, "block": block, "stem": stem, "layers": [2, 1, 1, 1] if f"{block}-{stem}" == MAIN else [1, 1, 1, 1]}
+        for block in BLOCKS
+        for stem in STEMS
+    },
+    "bottleneck-imagenet-group-norm": {**NARROW_RESNET, "block": "bottleneck", "layers": [1, 1, 1, 1], "norm": "group"},
+    "bottleneck-imagenet-frozen-batch-norm": {**NARROW_RESNET, "block": "bottleneck", "layers": [1, 1, 1, 1], "norm": "frozen_batch"},
+    "mobilenetv2": {
+        "arch": "mobilenetv2", "name": "matrix", "width_mult": 0.5, "num_classes": 10, "last_channel": 64, "dropout": 0.0,
+        "inverted_residual_setting": [[1, 16, 1, 1], [6, 24, 2, 2], [6, 32, 2, 2]],
+    },
+}
+"""Spec data (all but the attention) of every model in the matrix, narrow to keep it fast."""
 RELATIVE_TOLERANCE = 1e-4
 
 pytestmark = [
@@ -51,18 +69,32 @@ def fused_paths_at_test_sizes(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(tail, "FOLD_MIN_ELEMENTS", 0)
 
 
-def matrix_model(attention: str, block: str = "bottleneck", stem: str = "imagenet", layers: tuple[int, ...] = (2, 1, 1, 1)) -> nn.Module:
-    """A narrow model (width 8) in eval mode with random BN statistics; with two blocks in layer1 both block types have an identity shortcut."""
-    spec = ResNetSpec.model_validate(
-        {"name": "matrix", "layers": list(layers), "block": block, "stem": stem, "width": 8, "num_classes": 10, "attention": ATTENTION[attention]}
-    )
-    model = new_model(spec, seed=0)
-    randomise_batch_norms(model, torch.Generator().manual_seed(1))
-    return model.eval()
+def randomise_norms(model: nn.Module, generator: torch.Generator) -> None:
+    """`randomise_batch_norms`, and the same ranges for FrozenBatchNorm2d's buffers and GroupNorm's affine parameters."""
+    randomise_batch_norms(model, generator)
+    for module in model.modules():
+        frozen = type(module).__name__ == "FrozenBatchNorm2d"  # torchvision's: an optional extra
+        if frozen:
+            module.running_mean.uniform_(-0.2, 0.2, generator=generator)
+            module.running_var.uniform_(0.5, 1.5, generator=generator)
+        if frozen or isinstance(module, nn.GroupNorm):
+            module.weight.data.uniform_(0.5, 1.5, generator=generator)
+            module.bias.data.uniform_(-0.5, 0.5, generator=generator)
+
+
+def matrix_model(attention: str, model: str = MAIN) -> nn.Module:
+    """The named model with the named attention, in eval mode, with random norm statistics."""
+    data = MODELS[model]
+    if data.get("norm") == "frozen_batch":
+        pytest.importorskip("torchvision")
+    built = new_model(spec_from_data({**data, "attention": ATTENTION[attention]}, f"matrix model {model}"), seed=0)
+    randomise_norms(built, torch.Generator().manual_seed(1))
+    return built.eval()
 
 
 def batch(model: nn.Module, n: int, seed: int) -> torch.Tensor:
-    side = STEM_SIDES[model.spec.stem]
+    """Inputs that leave ResNet's layer4 2x2 pixels (4x4 with the cifar stem) and MobileNetV2's last row 8x8."""
+    side = 32 if getattr(model.spec, "stem", None) == "cifar" else 64
     return torch.randn(n, 3, side, side, generator=torch.Generator().manual_seed(seed))
 
 
@@ -117,13 +149,20 @@ def check_fx(model: nn.Module) -> None:
     assert_matches(eager(graph_module, x), eager(model, x), "FX output")
 
 
+FEATURE_NODES = {
+    "resnet": {"layer2": "mid", "layer4": "features", "fc": "logits"},
+    "mobilenetv2": {"features.2": "mid", "features": "features", "classifier": "logits"},
+}
+"""Modules whose outputs a feature extractor returns, by family (compared with forward hooks on eager's modules)."""
+
+
 def check_feature_extractor(model: nn.Module) -> None:
     feature_extraction = pytest.importorskip("torchvision.models.feature_extraction")
-    nodes = {"layer2": "mid", "layer4": "features", "fc": "logits"}
+    nodes = FEATURE_NODES[model.spec.arch]
     extractor = feature_extraction.create_feature_extractor(model, return_nodes=nodes)
     x = batch(model, 2, seed=2)
     expected: dict[str, torch.Tensor] = {}
-    hooks = [getattr(model, name).register_forward_hook(lambda m, i, out, key=key: expected.__setitem__(key, out.clone())) for name, key in nodes.items()]
+    hooks = [model.get_submodule(name).register_forward_hook(lambda m, i, out, key=key: expected.__setitem__(key, out.clone())) for name, key in nodes.items()]
     eager(model, x)
     for hook in hooks:
         hook.remove()
@@ -192,25 +231,25 @@ INTERFACES: dict[str, Callable[[nn.Module], None]] = {
     "onnx-legacy": check_onnx_legacy,
 }
 STRUCTURAL = ("script", "trace-eval", "fx", "onnx-legacy")
-"""The interfaces that follow the module structure, whose outcome can change with the block type and stem."""
+"""The interfaces that follow the module structure, whose outcome can change with the model's layout."""
 HEAVY = {"export", "onnx-dynamo"}
 """Several seconds per cell: marked slow beyond the fast-ECA cells."""
 
 
-def cell(interface: str, attention: str, block: str = "bottleneck", stem: str = "imagenet", slow: bool = False):
-    return pytest.param(interface, attention, block, stem, id=f"{interface}-{attention}-{block}-{stem}", marks=[pytest.mark.slow] if slow else [])
+def cell(interface: str, attention: str, model: str = MAIN, slow: bool = False):
+    return pytest.param(interface, attention, model, id=f"{interface}-{attention}-{model}", marks=[pytest.mark.slow] if slow else [])
 
 
 COVERING = [cell(interface, attention, slow=interface in HEAVY and attention != "eca-fast") for interface in INTERFACES for attention in ATTENTION]
-COVERING += [cell(interface, "eca-fast", block, stem) for interface in STRUCTURAL for block in BLOCKS for stem in STEM_SIDES if (block, stem) != ("bottleneck", "imagenet")]
+COVERING += [cell(interface, "eca-fast", model) for interface in STRUCTURAL for model in MODELS if model != MAIN]
+COVERING += [cell(interface, "eca-fast", model, slow=interface in HEAVY) for interface in ("feature-extractor", *HEAVY) for model in ("mobilenetv2", "bottleneck-imagenet-frozen-batch-norm")]
 
 
-@pytest.mark.parametrize(("interface", "attention", "block", "stem"), COVERING)
-def test_interface_gives_eager_outputs(interface: str, attention: str, block: str, stem: str) -> None:
-    layers = (2, 1, 1, 1) if (block, stem) == ("bottleneck", "imagenet") else (1, 1, 1, 1)  # basic blocks' first block has an identity shortcut anyway
+@pytest.mark.parametrize(("interface", "attention", "model"), COVERING)
+def test_interface_gives_eager_outputs(interface: str, attention: str, model: str) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        INTERFACES[interface](matrix_model(attention, block, stem, layers))
+        INTERFACES[interface](matrix_model(attention, model))
 
 
 COMPILED = [
@@ -223,5 +262,4 @@ COMPILED = [
 @pytest.mark.parametrize(("mode", "attention"), COMPILED)
 def test_compiled_fullgraph_gives_eager_results(mode: str, attention: str) -> None:
     """torch.compile(fullgraph=True) on basic blocks, one per stage: the fast tail's traced path, eval and training, and the module path in training (a cold compilation costs 20-60 s here)."""
-    model = matrix_model(attention, "basic", layers=(1, 1, 1, 1))
-    (check_compile_train if mode == "train" else check_compile_eval)(model)
+    (check_compile_train if mode == "train" else check_compile_eval)(matrix_model(attention, "basic-imagenet"))

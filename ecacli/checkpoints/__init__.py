@@ -289,7 +289,7 @@ class SavedCheckpoint:
         }
 
 
-def file_metadata(spec: ResNetSpec, parameters: int, dtype: str, source: str | None = None) -> dict[str, str]:
+def file_metadata(spec: NetworkSpec, parameters: int, dtype: str, source: str | None = None) -> dict[str, str]:
     """What ecacli stores with a model it writes (safetensors metadata, ONNX metadata props, graph archives): spec YAML, versions, parameter count, dtype, source."""
     from ecacli import __version__
 

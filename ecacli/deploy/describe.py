@@ -22,7 +22,7 @@ from ecacli.checkpoints.io import MAX_CHECKPOINT_BYTES, CheckpointError, check_r
 from ecacli.deploy.export import METADATA_FILE, first_line, onnx_opset
 from ecacli.deploy.formats import ONNX, PT2, TORCHSCRIPT, require
 from ecacli.errors import UserError
-from ecacli.spec import ResNetSpec
+from ecacli.spec import NetworkSpec
 from ecacli.spec_loader import parse_yaml_text, spec_from_data
 
 Dim = int | str
@@ -62,7 +62,7 @@ class GraphDescription:
     """Constant tensors the graph holds (ONNX initializers; parameters and buffers) and their elements: after an exporter's folding, not the model's parameter count."""
     metadata: dict[str, str] = field(default_factory=dict)
     """ecacli's metadata (versions, parameter count, dtype, source), spec aside."""
-    spec: ResNetSpec | None = None
+    spec: NetworkSpec | None = None
     spec_error: str | None = None
 
     @property

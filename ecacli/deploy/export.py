@@ -46,7 +46,7 @@ from ecacli.atomic import atomic_write
 from ecacli.checkpoints import DTYPES, SavedCheckpoint, check_writable_outputs, file_metadata, floating_dtype, new_model, parameter_count, save_checkpoint
 from ecacli.deploy.formats import EXTRAS, ONNX, PT2, TORCHSCRIPT, WEIGHT_FORMATS, format_for, require
 from ecacli.errors import UserError
-from ecacli.spec import ResNetSpec, check_input_size
+from ecacli.spec import NetworkSpec, check_input_size
 
 METADATA_FILE = "ecacli/metadata.json"
 """The archive entry (under `extra/`) of a TorchScript or pt2 file that holds ecacli's metadata, as JSON."""
@@ -165,14 +165,14 @@ class ExportRequest:
     def write(self, model: nn.Module, source: str | None = None) -> ExportedModel:
         """Write `model` (an ecacli model: it carries its spec) as this request says; `source` names where its weights came from."""
         spec = getattr(model, "spec", None)
-        if not isinstance(spec, ResNetSpec):
+        if not isinstance(spec, NetworkSpec):
             raise ValueError(f"model: expected a model built by ecacli (with its spec as `model.spec`), got {type(model).__name__}.")
         if self.format in WEIGHT_FORMATS:
             saved = save_checkpoint(model.state_dict(), spec, self.path, self.format, self.dtype, self.force, source)
             return ExportedModel(**vars(saved))
         return self._write_graph(model, spec, source)
 
-    def _write_graph(self, model: nn.Module, spec: ResNetSpec, source: str | None) -> ExportedModel:
+    def _write_graph(self, model: nn.Module, spec: NetworkSpec, source: str | None) -> ExportedModel:
         model = copy.deepcopy(model).cpu().eval()
         if self.dtype is not None:
             model.to(DTYPES[self.dtype])
@@ -195,7 +195,7 @@ class ExportRequest:
             input_shape = [BATCH_AXIS if dynamic else self.batch, *example.shape[1:]]
         return ExportedModel(self.path, self.format, self.path.stat().st_size, hashlib.sha256(data).hexdigest(), parameters, dtype_name, None, input_shape, opset, verification)
 
-    def _verify(self, model: nn.Module, data: bytes, spec: ResNetSpec, dtype: torch.dtype, opset: int | None) -> Verification:
+    def _verify(self, model: nn.Module, data: bytes, spec: NetworkSpec, dtype: torch.dtype, opset: int | None) -> Verification:
         with exporting(f"loading the {self.format} file back"):
             run, runtime = RUNTIMES[self.format](data, self, opset)
         inputs = random_batch(spec, self.batch, self.input_size, dtype, seed=1)
@@ -215,7 +215,7 @@ class ExportRequest:
 
 
 def export_model(
-    model_or_spec: nn.Module | ResNetSpec | str | Path,
+    model_or_spec: nn.Module | NetworkSpec | str | Path,
     path: str | Path,
     format: str | None = None,
     *,
@@ -229,7 +229,7 @@ def export_model(
     seed: int | None = None,
     source: str | None = None,
 ) -> ExportedModel:
-    """Write an ecacli model, or the model a spec (ResNetSpec, preset name or YAML path) builds, to `path`.
+    """Write an ecacli model, or the model a spec (a NetworkSpec, preset name or YAML path) builds, to `path`.
 
     `format` is safetensors, pt, onnx, torchscript or pt2 (default: from the suffix); see
     `ExportRequest.resolve` for the graph options and this module's docstring for what a graph
@@ -242,7 +242,7 @@ def export_model(
     else:
         from ecacli.spec_loader import load_spec
 
-        spec = model_or_spec if isinstance(model_or_spec, ResNetSpec) else load_spec(model_or_spec)
+        spec = model_or_spec if isinstance(model_or_spec, NetworkSpec) else load_spec(model_or_spec)
         model = new_model(spec, seed)
     return request.write(model, source)
 
@@ -255,13 +255,13 @@ def check_opset(opset: int) -> None:
         raise UserError(f"--opset must be between {OLDEST_OPSET} and {newest} (the newest this onnx {onnx.__version__} knows), got {opset}.")
 
 
-def random_batch(spec: ResNetSpec, batch: int, input_size: int | None, dtype: torch.dtype, seed: int) -> torch.Tensor:
+def random_batch(spec: NetworkSpec, batch: int, input_size: int | None, dtype: torch.dtype, seed: int) -> torch.Tensor:
     """A standard-normal batch of the spec's input shape, the same for the same seed."""
     generator = torch.Generator().manual_seed(seed)
     return torch.randn(spec.input_shape(batch, input_size), generator=generator).to(dtype)
 
 
-def check_runs(model: nn.Module, example: torch.Tensor, spec: ResNetSpec, request: ExportRequest) -> None:
+def check_runs(model: nn.Module, example: torch.Tensor, spec: NetworkSpec, request: ExportRequest) -> None:
     """Run the model once on the example batch; an input it cannot take is the user's to change."""
     try:
         with torch.no_grad():
