@@ -18,6 +18,7 @@ import yaml
 
 import ecacli
 from ecacli.checkpoints import load_model, new_model
+from ecacli.models import build_model
 from ecacli.deploy import ExportError, ExportRequest, MissingExtraError, export_model
 from ecacli.deploy import export as deploy_export
 from ecacli.deploy.describe import describe_graph
@@ -131,6 +132,19 @@ def test_an_opset_under_18_comes_from_the_torchscript_based_exporter(tmp_path):
     assert_matches(run_onnx(path, x), eager(TINY, x))
 
 
+def test_a_headless_model_exports_its_features_and_a_trunk_is_refused(tmp_path):
+    pytest.importorskip("onnxruntime")
+    spec = ResNetSpec.model_validate({**PLAIN, "num_classes": 0})
+    path = tmp_path / "headless.onnx"
+    export_model(spec, path, seed=0)
+    x = torch.randn(2, 3, 64, 64)
+    expected = eager(spec.model_dump(), x)
+    assert [(t.name, t.shape) for t in describe_graph(path, "onnx").outputs] == [("features", ["batch", expected.shape[1]])]
+    with pytest.raises(ValueError, match=r"model: returns a list, not one tensor \(a features_only trunk\?\)"):
+        export_model(build_model(spec, features_only=True), tmp_path / "trunk.pt2")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["headless.onnx"]
+
+
 def test_export_model_leaves_the_given_model_as_it_was(tmp_path):
     model = new_model(ResNetSpec.model_validate(PLAIN), seed=0).train()
     before = {k: v.clone() for k, v in model.state_dict().items()}
@@ -232,7 +246,6 @@ def test_graph_formats_are_told_by_suffix_or_archive_layout(tmp_path):
 # The installed command.
 
 
-@pytest.mark.subprocess
 def test_cli_exports_a_checkpoint_to_onnx_verifies_and_inspects_it(cli, tmp_path, tiny_yaml):
     pytest.importorskip("onnxruntime")
     weights, graph = tmp_path / "tiny.safetensors", tmp_path / "tiny.onnx"
@@ -264,7 +277,6 @@ def test_cli_exports_a_checkpoint_to_onnx_verifies_and_inspects_it(cli, tmp_path
     assert graph.read_bytes() == data
 
 
-@pytest.mark.subprocess
 @pytest.mark.parametrize("suffix", [".pt2", ".ts"])
 def test_cli_exports_torch_graphs_and_reports_the_check_as_json(cli, tmp_path, tiny_yaml, suffix):
     path = tmp_path / f"tiny{suffix}"
@@ -278,7 +290,6 @@ def test_cli_exports_torch_graphs_and_reports_the_check_as_json(cli, tmp_path, t
     assert json.loads(shown.stdout)["parameters"] == report["parameters"]
 
 
-@pytest.mark.subprocess
 def test_cli_no_verify_says_so(cli, tmp_path, tiny_yaml):
     path = tmp_path / "tiny.pt2"
     result = cli("export", str(tiny_yaml), "-o", str(path), "--no-verify", "--static-batch", "--batch", "3")
@@ -286,7 +297,6 @@ def test_cli_no_verify_says_so(cli, tmp_path, tiny_yaml):
     assert "  input:       [3, 3, 64, 64]\n  verified:    no (--no-verify)\n" in result.stdout
 
 
-@pytest.mark.subprocess
 @pytest.mark.parametrize(
     ("args", "message"),
     [
@@ -303,7 +313,6 @@ def test_cli_refusals_exit_2_and_write_nothing(cli, tmp_path, tiny_yaml, args, m
     assert sorted(p.name for p in tmp_path.iterdir()) == ["tiny.yaml"]
 
 
-@pytest.mark.subprocess
 def test_cli_onnx_without_the_extra_gives_the_install_line(cli, tmp_path, tiny_yaml, monkeypatch):
     (tmp_path / "hide").mkdir()
     (tmp_path / "hide" / "sitecustomize.py").write_text("import sys\nsys.modules['onnxruntime'] = None\n")
@@ -313,7 +322,6 @@ def test_cli_onnx_without_the_extra_gives_the_install_line(cli, tmp_path, tiny_y
     assert not (tmp_path / "m.onnx").exists()
 
 
-@pytest.mark.subprocess
 def test_cli_a_dtype_onnxruntime_cannot_run_is_refused_and_nothing_written(cli, tmp_path, tiny_yaml):
     pytest.importorskip("onnxruntime")
     path = tmp_path / "m.onnx"

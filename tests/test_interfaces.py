@@ -4,7 +4,8 @@ A covering set of the product interfaces x attention types x impls x models: eve
 for every attention type and impl on ResNet bottlenecks with the ImageNet stem; every other
 ResNet block type x stem, the other norm layers and MobileNetV2 on fast ECA for the interfaces
 whose result depends on the module structure (scripting, tracing, FX, the TorchScript-based
-ONNX exporter); torch.compile on few cells. Each cell compares with the eager model: float32
+ONNX exporter); torch.compile on few cells. Cells that take a second or more (torch.export, the
+dynamo ONNX exporter, torch.compile) are marked slow. Each cell compares with the eager model: float32
 outputs (and, for training, gradients and BN running statistics) within 1e-4 of the largest
 magnitude. Norm statistics are random and every block takes the fused tail's paths (see
 `fused_paths_at_test_sizes`), so a path that differs shows.
@@ -233,14 +234,14 @@ INTERFACES: dict[str, Callable[[nn.Module], None]] = {
 STRUCTURAL = ("script", "trace-eval", "fx", "onnx-legacy")
 """The interfaces that follow the module structure, whose outcome can change with the model's layout."""
 HEAVY = {"export", "onnx-dynamo"}
-"""Several seconds per cell: marked slow beyond the fast-ECA cells."""
+"""A second or more per cell: marked slow (the fast loop, `-m "not slow"`, keeps the others)."""
 
 
 def cell(interface: str, attention: str, model: str = MAIN, slow: bool = False):
     return pytest.param(interface, attention, model, id=f"{interface}-{attention}-{model}", marks=[pytest.mark.slow] if slow else [])
 
 
-COVERING = [cell(interface, attention, slow=interface in HEAVY and attention != "eca-fast") for interface in INTERFACES for attention in ATTENTION]
+COVERING = [cell(interface, attention, slow=interface in HEAVY) for interface in INTERFACES for attention in ATTENTION]
 COVERING += [cell(interface, "eca-fast", model) for interface in STRUCTURAL for model in MODELS if model != MAIN]
 COVERING += [cell(interface, "eca-fast", model, slow=interface in HEAVY) for interface in ("feature-extractor", *HEAVY) for model in ("mobilenetv2", "bottleneck-imagenet-frozen-batch-norm")]
 
@@ -255,10 +256,11 @@ def test_interface_gives_eager_outputs(interface: str, attention: str, model: st
 COMPILED = [
     pytest.param("eval", "eca-fast", id="compile-eval-eca-fast"),
     pytest.param("train", "eca-fast", id="compile-train-eca-fast"),
-    pytest.param("train", "eca-reference", id="compile-train-eca-reference", marks=pytest.mark.slow),
+    pytest.param("train", "eca-reference", id="compile-train-eca-reference"),
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("mode", "attention"), COMPILED)
 def test_compiled_fullgraph_gives_eager_results(mode: str, attention: str) -> None:
     """torch.compile(fullgraph=True) on basic blocks, one per stage: the fast tail's traced path, eval and training, and the module path in training (a cold compilation costs 20-60 s here)."""

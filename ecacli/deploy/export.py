@@ -14,7 +14,8 @@ So an export that fails or is refused at any step leaves nothing at the destinat
 
 - onnx: torch.export's exporter (`torch.onnx.export(dynamo=True)`) for opset 18 and up (by
   default its own opset); older opsets come from the TorchScript-based exporter
-  (`dynamo=False`), which writes them natively. Input `input`, output `logits`.
+  (`dynamo=False`), which writes them natively. Input `input`, output `logits` (`features` for
+  a headless model).
 - torchscript: `torch.jit.script`, which keeps every axis open.
 - pt2: `torch.export.export`.
 
@@ -262,13 +263,20 @@ def random_batch(spec: NetworkSpec, batch: int, input_size: int | None, dtype: t
 
 
 def check_runs(model: nn.Module, example: torch.Tensor, spec: NetworkSpec, request: ExportRequest) -> None:
-    """Run the model once on the example batch; an input it cannot take is the user's to change."""
+    """Run the model once on the example batch; an input it cannot take is the user's to change, a model with several outputs is refused."""
     try:
         with torch.no_grad():
-            model(example)
+            out = model(example)
     except (RuntimeError, ValueError) as exc:
         side = request.input_size or spec.input_size
         raise UserError(f"--input-size {side}: the network '{spec.name}' cannot take input {list(example.shape)} ({first_line(exc)}). Use a larger input size.") from None
+    if not isinstance(out, torch.Tensor):
+        raise ValueError(f"model: returns a {type(out).__name__}, not one tensor (a features_only trunk?); graph exports take models with one output.")
+
+
+def output_name(spec: NetworkSpec) -> str:
+    """The name of an ONNX graph's output: `logits`, or `features` for a headless model (`num_classes: 0`)."""
+    return "logits" if spec.num_classes else "features"
 
 
 def first_line(exc: BaseException) -> str:
@@ -300,14 +308,15 @@ def exporting(what: str) -> Iterator[None]:
 def onnx_bytes(model: nn.Module, example: torch.Tensor, request: ExportRequest, metadata: dict[str, str]) -> tuple[bytes, int]:
     import onnx
 
-    names = {"input_names": ["input"], "output_names": ["logits"]}
+    output = output_name(model.spec)
+    names = {"input_names": ["input"], "output_names": [output]}
     dynamo = request.opset is None or request.opset >= DYNAMO_MIN_OPSET
     with exporting("torch.onnx.export" + ("" if dynamo else " (dynamo=False)")):
         if dynamo:
             shapes = ({0: BATCH_AXIS},) if request.dynamic_batch else None
             proto = torch.onnx.export(model, (example,), dynamo=True, opset_version=request.opset, dynamic_shapes=shapes, verbose=False, **names).model_proto
         else:
-            axes = {"input": {0: BATCH_AXIS}, "logits": {0: BATCH_AXIS}} if request.dynamic_batch else None
+            axes = {"input": {0: BATCH_AXIS}, output: {0: BATCH_AXIS}} if request.dynamic_batch else None
             buffer = io.BytesIO()
             torch.onnx.export(model, (example,), buffer, dynamo=False, opset_version=request.opset, dynamic_axes=axes, **names)
             proto = onnx.load_from_string(buffer.getvalue())
