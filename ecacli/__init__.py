@@ -19,6 +19,7 @@ _LAZY = {
     "ECAResNet": "ecacli.models",
     "EcaModule": "ecacli.layers",
     "load_model": "ecacli.checkpoints",
+    "export_model": "ecacli.deploy",
 }
 
 __all__ = ["__version__", *_LAZY]

@@ -89,6 +89,18 @@ SLOW_TESTS = {
     "test_half_precision_model_trains_like_reference",
     "test_every_rule_gives_its_path_and_the_reference_numbers",
     "test_eca_hooks_see_input_and_gated_output",
+    # exports that trace a model and run the file in its runtime
+    "test_onnx_export_holds_the_spec_and_runs_any_batch_in_onnxruntime",
+    "test_a_mobilenetv2_goes_to_onnx_with_its_family_in_the_spec",
+    "test_pt2_export_runs_in_torch_export_load_with_its_metadata",
+    "test_torchscript_export_runs_in_torch_jit_load_at_any_shape",
+    "test_an_opset_under_18_comes_from_the_torchscript_based_exporter",
+    "test_a_headless_model_exports_its_features_and_a_trunk_is_refused",
+    "test_export_model_leaves_the_given_model_as_it_was",
+    "test_a_graph_that_disagrees_with_eager_is_not_written",
+    "test_an_existing_file_is_kept_without_force",
+    "test_describe_onnx_counts_nodes_inputs_weights_and_reads_the_spec",
+    "test_graph_formats_are_told_by_suffix_or_archive_layout",
     # the users of test_profile's module fixture `train_report`, which times a model pair
     "test_phases_add_up_and_units_agree",
     "test_overhead_is_the_per_round_ratio",
@@ -117,3 +129,14 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.subprocess)
         if name in SLOW_TESTS or item.get_closest_marker("subprocess") or item.get_closest_marker("ddp"):
             item.add_marker(pytest.mark.slow)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread for a module of tests on tiny tensors: threads gain nothing there, and an idle OpenMP pool spins on a shared CPU (here 2-3x the time)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

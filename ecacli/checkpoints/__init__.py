@@ -289,6 +289,20 @@ class SavedCheckpoint:
         }
 
 
+def file_metadata(spec: NetworkSpec, parameters: int, dtype: str, source: str | None = None) -> dict[str, str]:
+    """What ecacli stores with a model it writes (safetensors metadata, ONNX metadata props, graph archives): spec YAML, versions, parameter count, dtype, source."""
+    from ecacli import __version__
+
+    return {
+        SPEC_KEY: spec_yaml(spec),
+        "ecacli_version": __version__,
+        "torch_version": torch.__version__,
+        "parameters": str(parameters),
+        "dtype": dtype,
+        **({"source": source} if source else {}),
+    }
+
+
 def cast_floating(state_dict: Mapping[str, torch.Tensor], dtype: torch.dtype | None) -> dict[str, torch.Tensor]:
     """Floating-point tensors in `dtype` (integer buffers unchanged), detached and contiguous on the CPU."""
     return {
@@ -318,15 +332,7 @@ def save_checkpoint(
     if fmt == SAFETENSORS:
         from safetensors.torch import save
 
-        metadata = {
-            "format": "pt",
-            SPEC_KEY: spec_yaml(spec),
-            "ecacli_version": __version__,
-            "torch_version": torch.__version__,
-            "parameters": str(parameters),
-            "dtype": dtype_name,
-            **({"source": source} if source else {}),
-        }
+        metadata = {"format": "pt", **file_metadata(spec, parameters, dtype_name, source)}
         writers = {path: lambda handle: handle.write(save(tensors, metadata))}
         spec_path = None
     else:

@@ -1,15 +1,18 @@
-"""`ecacli export`: write a spec's model (fresh, seeded, or with converted weights) as .safetensors or .pt."""
+"""`ecacli export`: write a spec's or a checkpoint's model as weights (.safetensors, .pt) or as a graph (.onnx, .ts, .pt2), checked in its runtime."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Literal
 
 import typer
 
-from ecacli.cli.common import JsonOption, SetOption, SpecArgument, fmt_bytes, fmt_int, input_path, load_spec_arg, output_path, print_json
+from ecacli.cli.common import JsonOption, SetOption, fmt_bytes, fmt_int, input_path, load_spec_arg, output_path, print_json
+from ecacli.errors import UserError
 
 if TYPE_CHECKING:
     from ecacli.checkpoints import SavedCheckpoint
+    from ecacli.deploy import ExportedModel
 
 OutputOption = Annotated[str, typer.Option("-o", "--output", help="File to write: .safetensors, or .pt / .pth for a plain state_dict (+ FILE.yaml).", show_default=False)]
 FormatOption = Annotated[
@@ -22,36 +25,83 @@ SeedOption = Annotated[int | None, typer.Option("--seed", min=0, max=2**64 - 1, 
 AllowNonfiniteOption = Annotated[bool, typer.Option("--allow-nonfinite", help="Load weights that hold NaN or Inf instead of refusing them.")]
 
 
+ExportFormatOption = Annotated[
+    Literal["safetensors", "pt", "onnx", "torchscript", "pt2"] | None,
+    typer.Option(
+        "--format",
+        help="Weights (safetensors, pt) or a graph (onnx, torchscript, pt2). Default: by the suffix (.pt, .pth, ... for pt, .ts for torchscript), else safetensors.",
+        show_default=False,
+    ),
+]
+
+
 def export(
-    spec: SpecArgument,
-    output: OutputOption,
+    spec: Annotated[str, typer.Argument(help="Spec YAML file or preset name, or a checkpoint file (its own or inferred spec, its weights).", show_default=False)],
+    output: Annotated[str, typer.Option("-o", "--output", help="File to write: .safetensors, .pt / .pth (+ FILE.yaml), .onnx, .ts, .pt2.", show_default=False)],
     source: Annotated[str | None, typer.Option("--from", help="Checkpoint whose weights to export (paper, torchvision, timm or ecacli).", show_default=False)] = None,
     seed: SeedOption = None,
     dtype: DtypeOption = None,
-    fmt: FormatOption = None,
+    fmt: ExportFormatOption = None,
+    input_size: Annotated[int | None, typer.Option("--input-size", help="Graphs: input height and width (default: the spec's input_size).", show_default=False)] = None,
+    batch: Annotated[int | None, typer.Option("--batch", help="Graphs: batch of the example and of the check (default 1).", show_default=False)] = None,
+    dynamic_batch: Annotated[bool | None, typer.Option("--dynamic-batch/--static-batch", help="Graphs: leave the batch axis open (default) or fix it at --batch.", show_default=False)] = None,
+    opset: Annotated[int | None, typer.Option("--opset", help="ONNX opset (default: the exporter's; under 18 from the TorchScript-based exporter).", show_default=False)] = None,
+    verify: Annotated[bool, typer.Option("--verify/--no-verify", help="Graphs: run the file in its runtime and compare with eager PyTorch before writing it.")] = True,
     force: ForceOption = False,
     allow_nonfinite: AllowNonfiniteOption = False,
     overrides: SetOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Export the model a spec builds: initialised weights, or a checkpoint's weights converted to this spec."""
+    """Export a model: initialised weights, or a checkpoint's weights converted to the spec; as weights or as a graph checked in its runtime."""
     target = output_path(output, "-o", "model.safetensors")
     origin = input_path(source, "a checkpoint") if source is not None else None
-    model_spec = load_spec_arg(spec, overrides)
-    from ecacli.checkpoints import check_writable_outputs, model_with_weights, new_model, open_checkpoint, save_checkpoint
+    from ecacli.checkpoints import NAME_SUFFIXES, model_with_weights, new_model, open_checkpoint, spec_for
+    from ecacli.deploy import ExportRequest
+    from ecacli.spec_loader import apply_overrides, spec_from_data
 
-    check_writable_outputs(target, fmt, force)
+    from_checkpoint = spec.endswith(NAME_SUFFIXES) and Path(spec).is_file()
+    if from_checkpoint and origin is not None:
+        raise UserError(f"--from {origin}: {spec} is a checkpoint already, which gives the weights; give a spec as the first argument to load --from into it.")
+    model_spec = None if from_checkpoint else load_spec_arg(spec, overrides)
+    request = ExportRequest.resolve(target, fmt, input_size=input_size, batch=batch, dynamic_batch=dynamic_batch, opset=opset, dtype=dtype, verify=verify, force=force)
     notes: list[str] = []
-    if origin is None:
+    weights = Path(spec) if from_checkpoint else origin
+    if weights is None:
         model = new_model(model_spec, seed)
     else:
-        checkpoint = open_checkpoint(origin)
+        checkpoint = open_checkpoint(weights)
+        if model_spec is None:
+            own, _ = spec_for(checkpoint)
+            model_spec = spec_from_data(apply_overrides(own.to_yaml_dict(), overrides or ()), f"{weights}'s spec" + (" (with --set)" if overrides else ""))
         model, notes = model_with_weights(model_spec, checkpoint, seed, init_missing_eca=True, allow_nonfinite=allow_nonfinite)
-    saved = save_checkpoint(model.state_dict(), model_spec, target, fmt, dtype, force, source=origin.name if origin else None)
-    report_saved(saved, model_spec.name, notes, as_json)
+    exported = request.write(model, source=weights.name if weights else None)
+    report_saved(exported, model_spec.name, notes, as_json, details=graph_lines(exported))
 
 
-def report_saved(saved: SavedCheckpoint, spec_name: str, notes: list[str], as_json: bool, extra: dict | None = None) -> None:
+def graph_lines(exported: ExportedModel) -> list[str]:
+    """The input a graph takes and how it compared with eager PyTorch; nothing for weights."""
+    from ecacli.deploy import WEIGHT_FORMATS
+
+    if exported.format in WEIGHT_FORMATS:
+        return []
+    lines = []
+    if exported.opset is not None:
+        lines.append(f"  opset:       {exported.opset}")
+    if exported.input_shape is not None:
+        dynamic = " (dynamic batch)" if "batch" in exported.input_shape else ""
+        lines.append(f"  input:       [{', '.join(map(str, exported.input_shape))}]{dynamic}")
+    check = exported.verification
+    if check is None:
+        lines.append("  verified:    no (--no-verify)")
+    else:
+        lines += [
+            f"  verified:    {check.runtime}, input {check.input_shape}",
+            f"  max |diff|:  {check.max_abs_diff:.2e} against eager PyTorch (largest output {check.max_abs_output:.3g})",
+        ]
+    return lines
+
+
+def report_saved(saved: SavedCheckpoint, spec_name: str, notes: list[str], as_json: bool, extra: dict | None = None, details: list[str] = ()) -> None:
     """Print what was written: path, size, sha256, parameter count, and any notes on the conversion."""
     if as_json:
         print_json({**saved.to_dict(), "spec": spec_name, **(extra or {}), "notes": notes})
@@ -66,4 +116,4 @@ def report_saved(saved: SavedCheckpoint, spec_name: str, notes: list[str], as_js
     ]
     if saved.spec_path:
         lines.append(f"  spec:        {saved.spec_path}")
-    typer.echo("\n".join(lines))
+    typer.echo("\n".join([*lines, *details]))

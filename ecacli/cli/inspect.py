@@ -1,35 +1,56 @@
-"""`ecacli inspect`: what a checkpoint holds, its spec, and whether it loads strictly into the built model.
+"""`ecacli inspect`: what a checkpoint holds, its spec, and whether it loads strictly into the built model; what a graph file (.onnx, .ts, .pt2) is.
 
 Exit status: 0 when the weights load strictly into the spec (given, stored or inferred), 3 when
-they do not (or no spec describes them), 2 when the file cannot be read at all.
+they do not (or no spec describes them), 2 when the file cannot be read at all; 0 for a graph
+file that can be read.
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from ecacli.cli.common import JsonOption, SetOption, fmt_bytes, fmt_int, input_path, load_optional_spec_arg, print_json
 from ecacli.errors import UserError, cut
 
+if TYPE_CHECKING:
+    from ecacli.deploy import GraphDescription
+    from ecacli.deploy.describe import TensorSignature
+
 DOES_NOT_LOAD = 3
+LABEL_WIDTH = 13
+SCREEN_WIDTH = 80
 
 
 def inspect(
-    file: Annotated[str, typer.Argument(help="Checkpoint: .safetensors, .pt / .pth / .pth.tar (read without unpickling objects).", show_default=False)],
+    file: Annotated[str, typer.Argument(help="Checkpoint (.safetensors, .pt / .pth / .pth.tar, read without unpickling objects) or graph (.onnx, .ts, .pt2).", show_default=False)],
     spec: Annotated[str | None, typer.Option("--spec", help="Check against this spec or preset instead of the file's own or inferred spec.", show_default=False)] = None,
     overrides: SetOption = None,
     as_json: JsonOption = False,
 ) -> None:
     """Show a checkpoint's source, spec, parameter count and dtypes, and whether it loads strictly (with the exact mismatches).
 
-    Exit status 0: loads strictly; 3: does not (or no spec describes it); 2: unreadable.
+    Exit status 0: loads strictly; 3: does not (or no spec describes it); 2: unreadable. A graph
+    file (.onnx, .ts, .pt2) shows its inputs and outputs, open axes, opset, operators, weights and
+    stored spec.
     """
     path = input_path(file, "a checkpoint")
     given = load_optional_spec_arg(spec, overrides)
     from ecacli.checkpoints import check_against, nonfinite_tensors, open_checkpoint, parameter_count, spec_for, spec_yaml
+    from ecacli.deploy import describe_graph, graph_format_of
+
+    graph_format = graph_format_of(path)
+    if graph_format is not None:
+        if given is not None:
+            raise UserError(f"--spec: {file} is a graph ({graph_format}), which carries its own spec; --spec checks a checkpoint's tensors against a spec.")
+        description = describe_graph(path, graph_format)
+        if as_json:
+            print_json(description.to_dict())
+        else:
+            _render_graph(description, spec_yaml(description.spec) if description.spec else None)
+        return
 
     checkpoint = open_checkpoint(path)
     state = checkpoint.state
@@ -99,4 +120,41 @@ def _render(result: dict, spec_text: str | None, report) -> None:
             lines.append(report.describe())
     else:
         lines.append("loads strictly: no (no spec describes the file; give one with --spec)")
+    typer.echo("\n".join(lines))
+
+
+def _signature(tensor: TensorSignature) -> str:
+    if tensor.shape is None:
+        return f"{tensor.name}: {tensor.dtype}"
+    open_axes = [str(dim) for dim in tensor.shape if isinstance(dim, str)]
+    return f"{tensor.name}: {tensor.dtype} [{', '.join(map(str, tensor.shape))}]" + (f" (open: {', '.join(open_axes)})" if open_axes else "")
+
+
+def _render_graph(graph: GraphDescription, spec_text: str | None) -> None:
+    """One labelled line per fact; the operator histogram wrapped under its label at 80 columns, names never cut."""
+    indent = " " * LABEL_WIDTH
+    opset = f", opset {graph.opset}" if graph.opset is not None else ""
+    lines = [
+        f"{'file:':<{LABEL_WIDTH}}{graph.path} ({graph.format}, {fmt_bytes(graph.size)})",
+        f"{'producer:':<{LABEL_WIDTH}}{graph.producer}{opset}",
+    ]
+    lines += [f"{'input:':<{LABEL_WIDTH}}{_signature(t)}" for t in graph.inputs]
+    lines += [f"{'output:':<{LABEL_WIDTH}}{_signature(t)}" for t in graph.outputs]
+    if graph.parameters is not None:
+        lines.append(f"{'parameters:':<{LABEL_WIDTH}}{fmt_int(graph.parameters)} (the model's, as exported)")
+    lines.append(f"{'weights:':<{LABEL_WIDTH}}{fmt_int(graph.weight_tensors)} tensors, {fmt_int(graph.weight_values)} values in the graph")
+    lines += [f"{'metadata:':<{LABEL_WIDTH}}{cut(key, 30)} = {cut(value)}" for key, value in graph.metadata.items() if key != "parameters"]
+    items = [f"{fmt_int(sum(graph.ops.values()))} nodes:", *(f"{op} {count}," for op, count in graph.ops.items())]
+    items[-1] = items[-1].rstrip(",")
+    lines.append(f"{'ops:':<{LABEL_WIDTH}}{items[0]}")
+    for item in items[1:]:
+        if len(lines[-1]) + 1 + len(item) <= SCREEN_WIDTH:
+            lines[-1] += f" {item}"
+        else:
+            lines.append(indent + item)
+    if spec_text is None:
+        lines.append(f"{'spec:':<{LABEL_WIDTH}}none" + (f": {graph.spec_error}" if graph.spec_error else " (not written by ecacli)"))
+    else:
+        lines.append(f"{'spec:':<{LABEL_WIDTH}}{graph.spec.name} (file metadata)")
+        lines += [f"  {line}" for line in spec_text.rstrip().splitlines()]
     typer.echo("\n".join(lines))

@@ -1,0 +1,230 @@
+"""What a graph file is: its inputs and outputs (with their open axes), operator histogram, weights, and the spec ecacli stored in it.
+
+ONNX files are read as protocol buffers (`onnx.load`, weights kept external if they are);
+torch.export's `.pt2` archives from their JSON graph description; TorchScript archives with
+`torch.jit.load`, whose loader builds only TorchScript types. None of these unpickles Python
+objects (`torch.export.load` would: it is not used here).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import warnings
+import zipfile
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ecacli.checkpoints import SPEC_KEY
+from ecacli.checkpoints.io import MAX_CHECKPOINT_BYTES, CheckpointError, check_readable
+from ecacli.deploy.export import METADATA_FILE, first_line, onnx_opset
+from ecacli.deploy.formats import ONNX, PT2, TORCHSCRIPT, require
+from ecacli.errors import UserError
+from ecacli.spec import NetworkSpec
+from ecacli.spec_loader import parse_yaml_text, spec_from_data
+
+Dim = int | str
+"""A tensor axis: its size, or the name of an axis left open."""
+
+
+class GraphFileError(CheckpointError):
+    """A graph file that cannot be read."""
+
+
+@dataclass
+class TensorSignature:
+    name: str
+    dtype: str
+    shape: list[Dim] | None
+    """None where the format records no shape (TorchScript)."""
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "dtype": self.dtype, "shape": self.shape}
+
+
+@dataclass
+class GraphDescription:
+    """A graph file as `ecacli inspect` shows it."""
+
+    path: Path
+    format: str
+    size: int
+    producer: str
+    opset: int | None
+    inputs: list[TensorSignature]
+    outputs: list[TensorSignature]
+    ops: dict[str, int]
+    """Operator -> count, most frequent first."""
+    weight_tensors: int
+    weight_values: int
+    """Constant tensors the graph holds (ONNX initializers; parameters and buffers) and their elements: after an exporter's folding, not the model's parameter count."""
+    metadata: dict[str, str] = field(default_factory=dict)
+    """ecacli's metadata (versions, parameter count, dtype, source), spec aside."""
+    spec: NetworkSpec | None = None
+    spec_error: str | None = None
+
+    @property
+    def parameters(self) -> int | None:
+        """The model's parameter count as ecacli recorded it, if it wrote the file."""
+        return int(self.metadata["parameters"]) if self.metadata.get("parameters", "").isdigit() else None
+
+    def to_dict(self) -> dict:
+        return {
+            "file": str(self.path),
+            "format": self.format,
+            "size": self.size,
+            "producer": self.producer,
+            "opset": self.opset,
+            "inputs": [t.to_dict() for t in self.inputs],
+            "outputs": [t.to_dict() for t in self.outputs],
+            "nodes": sum(self.ops.values()),
+            "ops": self.ops,
+            "weight_tensors": self.weight_tensors,
+            "weight_values": self.weight_values,
+            "parameters": self.parameters,
+            "metadata": self.metadata,
+            "spec": self.spec.to_yaml_dict() if self.spec else None,
+            "spec_error": self.spec_error,
+        }
+
+
+def describe_graph(path: str | Path, fmt: str) -> GraphDescription:
+    """Describe the graph file at `path`, of format onnx, torchscript or pt2 (see `graph_format_of`)."""
+    path = Path(path)
+    size = check_readable(path, MAX_CHECKPOINT_BYTES)
+    return DESCRIBERS[fmt](path, size)
+
+
+def by_count(ops: Counter) -> dict[str, int]:
+    return dict(sorted(ops.items(), key=lambda item: (-item[1], item[0])))
+
+
+def with_spec(description: GraphDescription, metadata: dict[str, str]) -> GraphDescription:
+    """Split ecacli's metadata into the spec (parsed) and the rest."""
+    description.metadata = {key: value for key, value in metadata.items() if key != SPEC_KEY}
+    if SPEC_KEY in metadata:
+        label = f"{description.path} (metadata '{SPEC_KEY}')"
+        try:
+            data, positions = parse_yaml_text(metadata[SPEC_KEY], label)
+            if not isinstance(data, dict):
+                raise UserError(f"{label}: the stored spec is not a YAML mapping.")
+            description.spec = spec_from_data(data, label, positions)
+        except UserError as exc:
+            description.spec_error = str(exc)
+    return description
+
+
+def describe_onnx(path: Path, size: int) -> GraphDescription:
+    require(("onnx",), f"reading {path}", "onnx")
+    import onnx
+
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:
+        raise GraphFileError(f"{path}: cannot read it as an ONNX model (truncated or corrupt?): {first_line(exc)}") from None
+    if not model.ir_version or not model.HasField("graph"):
+        raise GraphFileError(f"{path}: not an ONNX model (no IR version or graph).")
+    graph = model.graph
+    constants = {tensor.name for tensor in graph.initializer}
+
+    def signature(value) -> TensorSignature:
+        tensor = value.type.tensor_type
+        shape = [dim.dim_param or (dim.dim_value if dim.HasField("dim_value") else "?") for dim in tensor.shape.dim]
+        dtype = onnx.TensorProto.DataType.Name(tensor.elem_type).lower()
+        return TensorSignature(value.name, ONNX_DTYPE_NAMES.get(dtype, dtype), shape)
+
+    ops = Counter(node.op_type if node.domain in ("", "ai.onnx") else f"{node.domain}.{node.op_type}" for node in graph.node)
+    description = GraphDescription(
+        path,
+        ONNX,
+        size,
+        f"{model.producer_name} {model.producer_version}".strip(),
+        onnx_opset(model),
+        [signature(value) for value in graph.input if value.name not in constants],
+        [signature(value) for value in graph.output],
+        by_count(ops),
+        len(graph.initializer),
+        sum(math.prod(tensor.dims) for tensor in graph.initializer),
+    )
+    return with_spec(description, {entry.key: entry.value for entry in model.metadata_props})
+
+
+def describe_torchscript(path: Path, size: int) -> GraphDescription:
+    import torch
+
+    extra = {METADATA_FILE: ""}
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch.jit's deprecation notice: this command's output is the description
+            module = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
+    except Exception as exc:
+        raise GraphFileError(f"{path}: cannot read it as a TorchScript archive (truncated or corrupt?): {first_line(exc)}") from None
+    schema = module.forward.schema
+    ops: Counter = Counter()
+    pending = list(module.inlined_graph.nodes())
+    while pending:
+        node = pending.pop()
+        if node.kind().startswith("aten::"):
+            ops[node.kind()] += 1
+        pending += [inner for block in node.blocks() for inner in block.nodes()]
+    tensors = list(module.state_dict().values())
+    description = GraphDescription(
+        path,
+        TORCHSCRIPT,
+        size,
+        f"torch.jit (loaded with torch {torch.__version__})",
+        None,
+        [TensorSignature(arg.name, str(arg.type), None) for arg in schema.arguments[1:]],
+        [TensorSignature(ret.name or "output", str(ret.type), None) for ret in schema.returns],
+        by_count(ops),
+        len(tensors),
+        sum(t.numel() for t in tensors),
+    )
+    return with_spec(description, json.loads(extra[METADATA_FILE]) if extra[METADATA_FILE] else {})
+
+
+ONNX_DTYPE_NAMES = {"float": "float32", "double": "float64"}
+"""ONNX's element type names where torch's differ."""
+
+SYMBOL = re.compile(r"Symbol\('(\w+)'")
+
+
+def describe_pt2(path: Path, size: int) -> GraphDescription:
+    """A torch.export archive from its JSON: `models/model.json` (graph, signature, ranges) and the weights' configuration."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            entries = {name.split("/", 1)[-1]: name for name in archive.namelist()}
+            program = json.loads(archive.read(entries["models/model.json"]))
+            weights = json.loads(archive.read(entries["data/weights/model_weights_config.json"]))["config"]
+            extra = entries.get(f"extra/{METADATA_FILE}")
+            metadata = json.loads(archive.read(extra)) if extra else {}
+        graph, signature = program["graph_module"]["graph"], program["graph_module"]["signature"]
+        values = graph["tensor_values"]
+
+        def dim(size: dict) -> Dim:
+            if "as_int" in size:
+                return size["as_int"]
+            found = SYMBOL.search(size["as_expr"]["expr_str"])
+            return found.group(1) if found else size["as_expr"]["expr_str"]
+
+        def tensor(name: str) -> TensorSignature:
+            meta = values[name]
+            return TensorSignature(name, PT2_DTYPES.get(meta["dtype"], str(meta["dtype"])), [dim(s) for s in meta["sizes"]])
+
+        inputs = [tensor(spec["user_input"]["arg"]["as_tensor"]["name"]) for spec in signature["input_specs"] if "user_input" in spec]
+        outputs = [tensor(spec["user_output"]["arg"]["as_tensor"]["name"]) for spec in signature["output_specs"] if "user_output" in spec]
+        ops = Counter(node["target"].removeprefix("torch.ops.") for node in graph["nodes"])
+        elements = [math.prod(dim(s) for s in entry["tensor_meta"]["sizes"]) for entry in weights.values()]
+        producer = f"torch.export (torch {program.get('torch_version', '?')})"
+    except (KeyError, TypeError, ValueError, zipfile.BadZipFile) as exc:
+        raise GraphFileError(f"{path}: cannot read it as a torch.export archive (corrupt, or written by another torch version?): {type(exc).__name__}: {first_line(exc)}") from None
+    description = GraphDescription(path, PT2, size, producer, None, inputs, outputs, by_count(ops), len(elements), sum(elements))
+    return with_spec(description, metadata)
+
+
+PT2_DTYPES = {1: "uint8", 2: "int8", 3: "int16", 4: "int32", 5: "int64", 6: "float16", 7: "float32", 8: "float64", 12: "bool", 13: "bfloat16"}
+"""torch.export's serialised ScalarType numbers (torch/_export/serde/schema.py) for the dtypes a model's input or output can have."""
+
+DESCRIBERS = {ONNX: describe_onnx, TORCHSCRIPT: describe_torchscript, PT2: describe_pt2}

@@ -1,0 +1,87 @@
+"""The formats `ecacli export` writes, how a file name or a file's content names one, and the optional packages each needs.
+
+Weights: `safetensors` and `pt` (a state_dict, see `ecacli.checkpoints`). Graphs, which run
+without ecacli's code: `onnx` (ONNX Runtime, TensorRT, ...), `torchscript` (`torch.jit.load`,
+libtorch) and `pt2` (`torch.export.load`, AOTInductor).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import zipfile
+from pathlib import Path
+
+from ecacli.checkpoints import format_for as weight_format_for
+from ecacli.checkpoints.io import SAFETENSORS, TORCH, TORCH_SUFFIXES
+from ecacli.errors import UserError
+
+ONNX = "onnx"
+TORCHSCRIPT = "torchscript"
+PT2 = "pt2"
+WEIGHT_FORMATS = (SAFETENSORS, TORCH)
+GRAPH_FORMATS = (ONNX, TORCHSCRIPT, PT2)
+FORMATS = WEIGHT_FORMATS + GRAPH_FORMATS
+
+NAMED_BY_SUFFIX = {".safetensors": SAFETENSORS, ".onnx": ONNX, ".ts": TORCHSCRIPT, ".torchscript": TORCHSCRIPT, ".pt2": PT2}
+"""Suffixes that name one format; `.pt`, `.pth`, `.bin`, ... name a torch file, whose kind only its content tells."""
+
+EXTRAS = {"onnx": ("onnx", "onnxscript", "onnxruntime"), "vision": ("torchvision",)}
+"""ecacli's optional extras and the modules each installs."""
+
+
+class MissingExtraError(UserError):
+    """An optional package that a request needs is not installed."""
+
+
+def require(modules: tuple[str, ...], purpose: str, extra: str) -> None:
+    """Refuse `purpose` with the install line of `extra` when any of `modules` is missing."""
+    missing = [name for name in modules if not installed(name)]
+    if missing:
+        raise MissingExtraError(f"{purpose} needs {', '.join(missing)}, not installed here. Install the extra: pip install \"ecacli[{extra}]\"")
+
+
+def installed(module: str) -> bool:
+    """Whether `module` can be imported (without importing it)."""
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):  # a parent package missing, or a module set to None in sys.modules
+        return False
+
+
+def format_for(path: Path, requested: str | None = None) -> str:
+    """The format to write: the one asked for, else the one the suffix names, else a state_dict format (`ecacli.checkpoints.format_for`).
+
+    A suffix that names another format (`r50.onnx --format torchscript`) is refused when either side is a graph.
+    """
+    named = NAMED_BY_SUFFIX.get(path.suffix.lower())
+    if requested is None:
+        return named or weight_format_for(path)
+    if requested not in FORMATS:
+        raise UserError(f"--format {requested!r} is not supported; use one of {', '.join(FORMATS)}.")
+    if named is not None and named != requested and (named in GRAPH_FORMATS or requested in GRAPH_FORMATS):
+        raise UserError(f"{path}: the name says {named} but --format is {requested}; use a name ending in a suffix of {requested} ({suffixes_of(requested)}) or drop --format.")
+    return requested
+
+
+def suffixes_of(fmt: str) -> str:
+    named = [suffix for suffix, name in NAMED_BY_SUFFIX.items() if name == fmt]
+    return ", ".join(named or TORCH_SUFFIXES)
+
+
+def graph_format_of(path: Path) -> str | None:
+    """The graph format of an existing file from its suffix, or for a zip archive (a `.pt`, say) from its layout; None for anything else.
+
+    TorchScript archives hold `code/` and `constants.pkl`; torch.export's hold `archive_format`.
+    """
+    named = NAMED_BY_SUFFIX.get(path.suffix.lower())
+    if named in GRAPH_FORMATS:
+        return named
+    if named is not None or not path.is_file() or not zipfile.is_zipfile(path):
+        return None
+    with zipfile.ZipFile(path) as archive:
+        entries = {name.split("/", 1)[-1] for name in archive.namelist()}
+    if "archive_format" in entries:
+        return PT2
+    if "constants.pkl" in entries and any(entry.startswith("code/") for entry in entries):
+        return TORCHSCRIPT
+    return None
