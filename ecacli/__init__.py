@@ -1,4 +1,4 @@
-"""ecacli: ECA-Net / ECA-ResNet specs, builder, reports and checkpoints.
+"""ecacli: ECA-Net specs (ResNets and MobileNetV2), builder, reports, checkpoints and exports.
 
 `from ecacli import load_spec, build_model, kernel_size` works without the CLI. Names that
 need torch are imported on first use, so importing ecacli (and `ecacli ksize`) stays fast.
@@ -14,7 +14,9 @@ __version__ = "0.1.0"
 _LAZY = {
     "kernel_size": "ecacli.kernel",
     "load_spec": "ecacli.spec_loader",
+    "NetworkSpec": "ecacli.spec",
     "ResNetSpec": "ecacli.spec",
+    "MobileNetV2Spec": "ecacli.spec",
     "build_model": "ecacli.models",
     "ECAResNet": "ecacli.models",
     "EcaModule": "ecacli.layers",

@@ -92,6 +92,9 @@ def test_headless_model_returns_pooled_features_and_takes_a_new_classifier():
         model.reset_classifier(-1)
     mobile = build_model(load_spec("mobilenetv2", ["num_classes=0"])).eval()
     assert mobile.num_features == 1280 and mobile(torch.randn(1, 3, 64, 64)).shape == (1, 1280)
+    mobile.reset_classifier(10)
+    assert mobile.spec.num_classes == 10 and "dropout" not in mobile.spec.model_fields_set  # the spec stays as written
+    assert build_model(mobile.spec, features_only=True).feature_info.channels()[-1] == 320
 
 
 def test_frozen_stages_and_norm_eval():
@@ -99,7 +102,12 @@ def test_frozen_stages_and_norm_eval():
     model = build_model(spec)
     frozen = {name for name, p in model.named_parameters() if not p.requires_grad}
     assert frozen == {name for name, _ in model.named_parameters() if name.startswith(("conv1.", "bn1.", "layer1."))}
-    model.train()
+    assert model.training and not model.bn1.training and not model.layer1.training  # from construction on, as mmdetection's
+    before = model.bn1.running_mean.clone()
+    with torch.no_grad():
+        model(torch.randn(2, 3, 64, 64))
+    assert torch.equal(model.bn1.running_mean, before)
+    model.eval().train()
     assert not model.layer1.training and not model.bn1.training and model.layer2.training and model.layer2[0].bn1.training
     assert model.training
     keyword = build_model(load_spec("r50", SMALL), features_only=True, frozen_stages=0, norm_eval=True).train()
@@ -224,6 +232,20 @@ def test_torchvision_detection_checkpoint_gives_its_backbone(tmp_path):
     assert converted_spec(checkpoint).attention.type == "eca"  # a warm start, as for a classifier
 
 
+@pytest.mark.parametrize("name", ["r50", "eca_mobilenetv2_k13"])
+def test_a_headless_state_dict_reads_as_a_headless_spec(tmp_path, name):
+    model = randomise(build_model(load_spec(name, ["num_classes=0"])))
+    torch.save(model.state_dict(), tmp_path / "trunk.pth")
+    spec, _ = spec_for(open_checkpoint(tmp_path / "trunk.pth"))
+    assert spec.num_classes == 0 and spec.arch == model.spec.arch
+    loaded = load_model(tmp_path / "trunk.pth", features_only=True).eval()
+    x = torch.randn(1, 3, 64, 64)
+    seen = []
+    model.get_submodule(loaded.feature_info.module_name()[-1]).register_forward_hook(lambda m, args, out: seen.append(out))
+    model.eval()(x)
+    torch.testing.assert_close(loaded(x)[-1], seen[0], rtol=0, atol=0)
+
+
 def test_a_detection_backbone_that_is_no_resnet_is_refused(tmp_path):
     state = {"backbone.patch_embed.proj.weight": torch.zeros(96, 3, 4, 4), "neck.lateral_convs.0.conv.weight": torch.zeros(256, 96, 1, 1)}
     torch.save({"meta": {}, "state_dict": state}, tmp_path / "swin.pth")
@@ -262,8 +284,22 @@ def test_fpn_backbone_refusals():
         fpn_backbone("mobilenetv2")
     with pytest.raises(OptionError, match="trainable_layers"):
         fpn_backbone("r50", trainable_layers=6)
-    with pytest.raises(OptionError, match="returned_layers"):
-        fpn_backbone("r50", returned_layers=[0, 1])
+    for returned_layers in ([0, 1], [1, "2"], 3, [2, 1], [], [True]):
+        with pytest.raises(OptionError, match="returned_layers"):
+            fpn_backbone("r50", returned_layers=returned_layers)
+
+
+def test_fpn_backbone_keeps_frozen_stages_and_norm_eval_in_eval():
+    from ecacli.backbones import fpn_backbone
+
+    backbone = fpn_backbone(load_spec("r50", [*SMALL, "norm_eval=true"]), trainable_layers=2, norm=None).train()
+    body = backbone.body
+    assert body.layer3.training and body.layer3[0].conv1.training
+    assert not body.bn1.training and not body.layer2.training  # the stem and layers 1-2 are frozen
+    assert not any(m.training for m in body.modules() if isinstance(m, nn.BatchNorm2d))  # norm_eval everywhere
+    before = copy.deepcopy(body.state_dict())
+    sum(level.sum() for level in backbone(torch.randn(2, 3, 64, 64)).values()).backward()
+    assert all(torch.equal(before[k], v) for k, v in body.state_dict().items() if "running" in k)
 
 
 def test_summary_features(cli):

@@ -32,7 +32,7 @@ BLOCKS = {"basic": BasicBlock, "bottleneck": Bottleneck}
 
 @pytest.fixture(autouse=True)
 def fold_every_size(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Test-sized blocks take the inference fold too (by default, outputs under `fold_min_elements` take the module tail)."""
+    """Test-sized blocks take the inference fold too (by default, outputs under `tail.FOLD_MIN_ELEMENTS` values take the module path)."""
     monkeypatch.setattr(tail, "FOLD_MIN_ELEMENTS", 0)
 
 

@@ -100,6 +100,7 @@ SCENARIOS: dict[str, tuple[Callable[[tail.TailCall], bool], Callable[[nn.Module]
     "SiLU": (tail._other_norm_or_activation, lambda m: (setattr(m, "relu", nn.SiLU()), m.train())[1], True),
     "hook on bn3": (tail._observed, lambda m: (m.bn3.register_forward_hook(lambda *a: None), m.train())[1], True),
     "hook on eca": (tail._observed, lambda m: (m.eca.register_forward_pre_hook(lambda *a: None), m.eval())[1], False),
+    "hook replacing relu's output": (tail._observed, lambda m: (m.relu.register_forward_hook(lambda mod, args, out: out * 0.5), m.eval())[1], False),
     "backward hook on eca.conv": (tail._observed, lambda m: (m.eca.conv.register_full_backward_hook(lambda *a: None), m.train())[1], True),
     "compiling": (tail._compiling, lambda m: m.train(), True),
     "training": (tail._autograd_or_training, lambda m: m.train(), False),
@@ -107,6 +108,7 @@ SCENARIOS: dict[str, tuple[Callable[[tail.TailCall], bool], Callable[[nn.Module]
     "small inference": (tail._small, no_grad_eval, False),
     "inference": (tail._foldable, no_grad_eval, False),
     "inference, zero BN scale": (tail._always, lambda m: (m.bn3.weight.data.__setitem__(0, 0.0), m.eval())[1], False),
+    "inference, BatchNorm without running statistics": (tail._always, lambda m: (setattr(m, "bn3", nn.BatchNorm2d(32, track_running_stats=False)), m.eval())[1], False),
     "inference, hook on conv3": (tail._always, lambda m: (m.conv3.register_forward_hook(lambda *a: None), m.eval())[1], False),
 }
 

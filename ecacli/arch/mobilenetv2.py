@@ -45,7 +45,7 @@ class InvertedResidual(Kind):
 
     def children(self, args: Mapping[str, Any]) -> list[Node]:
         inp, out, t, n = args["in_channels"], args["out_channels"], args["expand_ratio"], args["norm"]
-        hidden = int(round(inp * t))
+        hidden = hidden_width(inp, t)
         layers = [] if t == 1 else [sequential("x", conv_norm_activation(inp, hidden, 1, 1, 1, n))]
         layers += [
             sequential("x", conv_norm_activation(hidden, hidden, 3, args["stride"], hidden, n)),
@@ -62,6 +62,7 @@ class InvertedResidual(Kind):
 
 
 def hidden_width(in_channels: int, expand_ratio: int) -> int:
+    """The expansion's width, as torchvision rounds it."""
     return int(round(in_channels * expand_ratio))
 
 
@@ -194,7 +195,7 @@ def block_at(shapes: Mapping[str, tuple[int, ...]], index: int, in_channels: int
 
 
 def infer(shapes: Mapping[str, tuple[int, ...]], name: str) -> dict[str, Any]:
-    """Spec data (before validation) describing a MobileNetV2 state_dict with torchvision's names; LayoutError where none can.
+    """Spec data (before validation) describing a MobileNetV2 state_dict with torchvision's names (without `classifier`: a headless trunk, num_classes 0); LayoutError where none can.
 
     The blocks' shapes give each one's expansion, width and attention; strides cannot be read
     from weights, so the blocks must form torchvision's table (at some width multiplier).
@@ -204,7 +205,8 @@ def infer(shapes: Mapping[str, tuple[int, ...]], name: str) -> dict[str, Any]:
         raise LayoutError(f"cannot infer the layout: expected features.0 .. features.N, found indices {indices[:20]}.")
     stem = shape_of(shapes, "features.0.0.weight", "stem", 4)
     last = shape_of(shapes, f"features.{indices[-1]}.0.weight", "last conv", 4)
-    classifier = shape_of(shapes, "classifier.1.weight", "number of classes (classifier.1)", 2)
+    headless = "classifier.1.weight" not in shapes and "classifier.1.bias" not in shapes
+    num_classes = 0 if headless else shape_of(shapes, "classifier.1.weight", "number of classes (classifier.1)", 2)[0]
     blocks, channels = [], stem[0]
     for index in indices[1:-1]:
         t, channels, found = block_at(shapes, index, channels)
@@ -216,7 +218,7 @@ def infer(shapes: Mapping[str, tuple[int, ...]], name: str) -> dict[str, Any]:
             f"cannot infer the table: the blocks' (expansion, width) are {layout}, not torchvision's inverted-residual table at any width multiplier "
             f"of {', '.join(map(str, WIDTH_MULTIPLIERS))}; strides cannot be read from weights, so give the spec (with inverted_residual_setting)."
         )
-    data: dict[str, Any] = {"name": name, "arch": "mobilenetv2", "num_classes": classifier[0], "in_chans": stem[1]}
+    data: dict[str, Any] = {"name": name, "arch": "mobilenetv2", "num_classes": num_classes, "in_chans": stem[1]}
     if width_mult != 1.0:
         data["width_mult"] = width_mult
     if last[0] != make_divisible(DEFAULT_LAST_CHANNEL * max(1.0, width_mult), 8):

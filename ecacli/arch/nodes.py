@@ -2,7 +2,7 @@
 
 A `Node` names a module (its attribute name, its kind and the arguments it is built with). Its
 `Kind` knows, without torch, the node's children, how to account for it on an input shape
-(output shape, parameters, mult-adds) and which torch class it becomes. `ecacli.models.build`
+(output shape, parameters, mult-adds) and which torch class it becomes. `ecacli.layers.build`
 turns nodes into modules; `account` turns them into the `Layer` tree `ecacli summary` shows. The
 accounting follows torchinfo's conventions (a conv's mult-adds are its parameters times N x
 output positions; other layers with weights count N x parameters; activation bytes are twice the

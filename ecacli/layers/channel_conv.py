@@ -21,6 +21,12 @@ def channel_windows(x: torch.Tensor, conv: nn.Conv1d) -> torch.Tensor:
     return F.pad(x, (pad, pad), mode=mode).unfold(-1, conv.kernel_size[0], 1)
 
 
+def graph_recorded(x: torch.Tensor) -> bool:
+    """Whether `x` flows through a graph being recorded (torch.jit.trace, FX symbolic tracing, ONNX export, torch.export), which must hold library calls only."""
+    exporting = getattr(torch.compiler, "is_exporting", lambda: False)  # torch < 2.7 has none; its torch.export counts as compiling
+    return torch.jit.is_tracing() or isinstance(x, torch.fx.Proxy) or torch.onnx.is_in_onnx_export() or exporting()
+
+
 def channel_correlation(pooled: torch.Tensor, conv: nn.Conv1d) -> torch.Tensor:
     """conv(pooled[:, None, :])[:, 0, :] for the gate's 1-input, 1-output, bias-free conv, as plain tensor ops."""
     return channel_windows(pooled[:, None, :], conv)[:, 0] @ conv.weight.view(-1)
@@ -87,7 +93,7 @@ class ChannelConv(nn.Conv1d):
     @torch.jit.unused
     def fast_forward(self, x: torch.Tensor) -> torch.Tensor | None:
         """The conv by a cheaper kernel where one applies: fusable tensor ops under torch.compile, the direct convolution on CPU; else None."""
-        if torch.jit.is_tracing() or isinstance(x, torch.fx.Proxy) or torch.onnx.is_in_onnx_export() or torch.compiler.is_exporting():
+        if graph_recorded(x):
             return None
         if torch.compiler.is_compiling():
             return channel_correlation(x[:, 0, :], self)[:, None, :]

@@ -220,11 +220,12 @@ def gate_times_scale(gate_conv: nn.Conv1d, means: torch.Tensor, scale: torch.Ten
 def fold_terms(norm: nn.BatchNorm2d, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
     """(scale, bias) of eval-mode BatchNorm written as `scale * (z + bias)`, for a conv of u to carry `bias`; None where there is no such form.
 
-    A zero scale (or a `bias` beyond the conv's dtype) has none, and float16's range (65504)
-    leaves a conv output no room for the shift it would carry.
+    A BatchNorm without running statistics (which normalises by the batch's), a zero scale (or a
+    `bias` beyond the conv's dtype) has none, and float16's range (65504) leaves a conv output no
+    room for the shift it would carry.
     """
     dtype = compute_dtype(u)
-    if torch.finfo(dtype).max < torch.finfo(torch.float32).max / 2:
+    if norm.running_var is None or norm.running_mean is None or torch.finfo(dtype).max < torch.finfo(torch.float32).max / 2:
         return None
     scale = norm.weight * torch.rsqrt(norm.running_var + norm.eps)  # type: ignore[operator]
     bias = norm.bias / scale - norm.running_mean  # type: ignore[operator]

@@ -20,6 +20,7 @@ from torch import nn
 from torch.autograd.profiler import record_function
 from torch.nn.modules import module as module_hooks
 
+from ecacli.layers.channel_conv import graph_recorded
 from ecacli.layers.fused_eca import fold_terms, folded_bias, folded_residual, gated_residual, library_conv, traced_residual
 
 FUSED_RANGE = "ecacli.fused_tail"
@@ -78,8 +79,7 @@ def _no_fused_form(call: TailCall) -> bool:
 
 
 def _recorded(call: TailCall) -> bool:
-    exporting = getattr(torch.compiler, "is_exporting", lambda: False)
-    return torch.jit.is_tracing() or isinstance(call.u, torch.fx.Proxy) or torch.onnx.is_in_onnx_export() or exporting()
+    return graph_recorded(call.u)
 
 
 def _other_norm_or_activation(call: TailCall) -> bool:
@@ -88,7 +88,7 @@ def _other_norm_or_activation(call: TailCall) -> bool:
 
 
 def _observed(call: TailCall) -> bool:
-    return any(observed(m) for m in (call.norm, *call.attention.modules()))  # type: ignore[union-attr]
+    return any(observed(m) for m in (call.norm, call.activation, *call.attention.modules()))  # type: ignore[union-attr]
 
 
 def _compiling(call: TailCall) -> bool:
@@ -131,11 +131,11 @@ TAIL_RULES: tuple[TailRule, ...] = (
     TailRule("no attention, or one without a fused form (se, cbam, `impl: reference`)", TailPath.MODULE, "nothing to fuse", _no_fused_form),
     TailRule("torch.jit.trace, FX symbolic tracing, ONNX or torch.export", TailPath.MODULE, "the recorded graph holds the reference's module calls", _recorded),
     TailRule("norm not exactly `BatchNorm2d` with affine parameters (SyncBatchNorm, FrozenBatchNorm2d, GroupNorm, subclasses), or activation not exactly `ReLU`", TailPath.MODULE, "the fused math is BatchNorm2d's and ReLU's", _other_norm_or_activation),
-    TailRule("hooks on the norm, the attention or its conv", TailPath.MODULE, "observers see the reference's calls, inputs and outputs", _observed),
+    TailRule("hooks on the norm, the attention, its conv or the activation", TailPath.MODULE, "observers see the reference's calls, inputs and outputs", _observed),
     TailRule("torch.compile", TailPath.TRACED, "the compiler fuses it and saves no BatchNorm output", _compiling),
     TailRule("BatchNorm in training mode, or grad mode on", TailPath.FUSED, "one pass less, and no BatchNorm output saved for backward", _autograd_or_training),
     TailRule(f"inference, block output under {FOLD_MIN_ELEMENTS:,} values", TailPath.MODULE, "the fused forms' fixed cost exceeds the pass they save", _small),
-    TailRule("inference on CPU, a plain Conv2d without hooks, BatchNorm foldable (no zero scale, not float16)", TailPath.FOLDED, "two passes where BatchNorm, add and ReLU take three", _foldable),
+    TailRule("inference on CPU, a plain Conv2d without hooks, BatchNorm foldable (running statistics, no zero scale, not float16)", TailPath.FOLDED, "two passes where BatchNorm, add and ReLU take three", _foldable),
     TailRule("other inference", TailPath.FUSED, "one pass less than the module path", _always),
 )
 

@@ -46,8 +46,8 @@ def build_model(
     """Build the model a spec describes (on the current default device; use `torch.device('meta')` for shapes only).
 
     With `features_only` it is the trunk alone, returning the feature maps of the levels
-    `out_indices` names (default 1-4: ResNet's stages; 0 is the stem's level; see
-    `model.feature_info`). `frozen_stages` and `norm_eval` override the spec's fine-tuning options.
+    `out_indices` names (default 1-4: the strides 4-32 of ResNet's stages and of MobileNetV2's
+    levels; 0 is the stride-2 level, ResNet's stem; see `model.feature_info`). `frozen_stages` and `norm_eval` override the spec's fine-tuning options.
     """
     spec = with_options(spec, frozen_stages, norm_eval)
     if not features_only:

@@ -8,38 +8,47 @@ from torch import nn
 from ecacli.arch import feature_levels, stage_modules
 from ecacli.errors import OptionError
 from ecacli.spec import NetworkSpec
+from ecacli.spec_loader import spec_from_data
 
 NORM_TYPES: tuple[type[nn.Module], ...] = (nn.modules.batchnorm._NormBase, nn.GroupNorm)
+
+
+def frozen_modules(model: nn.Module, spec: NetworkSpec) -> list[nn.Module]:
+    """The modules of `model` (named as the spec's builder names them) that make up the stem and the first `frozen_stages` stages."""
+    names = [name for stage in stage_modules(spec)[: spec.frozen_stages + 1] for name in stage]
+    present = dict(model.named_modules())
+    return [present[name] for name in names if name in present]
+
+
+def keep_fine_tuning_modes(model: nn.Module, spec: NetworkSpec) -> None:
+    """Put `model`'s frozen stages, and with the spec's `norm_eval` its norm layers, in eval mode: what `train()` must end with."""
+    for module in frozen_modules(model, spec):
+        module.eval()
+    if spec.norm_eval:
+        for module in model.modules():
+            if isinstance(module, NORM_TYPES):
+                module.eval()
 
 
 class FineTuned(nn.Module):
     """A model built from a spec that keeps its spec's `frozen_stages` and `norm_eval` as mmdetection's and detectron2's backbones do.
 
     The stem and the first `frozen_stages` stages get `requires_grad=False` and stay in eval mode
-    whatever `train()` says; with `norm_eval`, every norm layer stays in eval mode (its running
-    statistics fixed) while the rest trains.
+    whatever `train()` says, from construction on; with `norm_eval`, every norm layer stays in eval
+    mode (its running statistics fixed) while the rest trains.
     """
 
     def freeze(self) -> None:
-        """Turn off gradients of the frozen stages' parameters (called once the modules exist)."""
-        for module in self.frozen_modules():
+        """Turn off gradients of the frozen stages' parameters and set the modes (called once the modules exist)."""
+        for module in frozen_modules(self, self.spec):
             for parameter in module.parameters():
                 parameter.requires_grad_(False)
-
-    def frozen_modules(self) -> list[nn.Module]:
-        names = [name for stage in stage_modules(self.spec)[: self.spec.frozen_stages + 1] for name in stage]
-        present = dict(self.named_modules())
-        return [present[name] for name in names if name in present]
+        self.train(self.training)
 
     def train(self, mode: bool = True) -> FineTuned:
         super().train(mode)
         if mode:
-            for module in self.frozen_modules():
-                module.eval()
-            if self.spec.norm_eval:
-                for module in self.modules():
-                    if isinstance(module, NORM_TYPES):
-                        module.eval()
+            keep_fine_tuning_modes(self, self.spec)
         return self
 
 
@@ -56,7 +65,7 @@ class Classifier(FineTuned):
     def _respec(self, num_classes: int) -> None:
         if isinstance(num_classes, bool) or not isinstance(num_classes, int) or not 0 <= num_classes <= 100_000:
             raise OptionError(f"num_classes must be an integer from 0 to 100,000 (0: no classifier), got {num_classes!r}.")
-        self.spec = type(self.spec).model_validate({**self.spec.model_dump(), "num_classes": num_classes})
+        self.spec = spec_from_data({**self.spec.to_yaml_dict(), "num_classes": num_classes}, label=f"spec '{self.spec.name}' with num_classes={num_classes}")
 
 
 class FeatureInfo(list):
