@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import stat
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -34,6 +35,18 @@ class OptionError(UserError, ValueError):
 
 class PathError(UserError):
     """A path the user named that the file system refuses (missing, not permitted, too long, I/O error, full)."""
+
+
+class OutOfMemory(UserError):
+    """The device ran out of memory: exit 1 (a resource limit, not a malformed request); the message says what to lower."""
+
+    exit_code = 1
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """Python's MemoryError, or the RuntimeError torch's allocators raise (CUDA's OutOfMemoryError is one)."""
+    text = str(exc)
+    return isinstance(exc, MemoryError) or (isinstance(exc, RuntimeError) and ("can't allocate memory" in text or "out of memory" in text.lower()))
 
 
 class Interrupted(Exception):
@@ -98,6 +111,17 @@ def user_path(path: str | Path, action: str, error: type[UserError] = PathError)
         yield
     except OSError as exc:
         raise error(f"{describe_path(path)}: cannot {action}: {os_reason(exc)}.") from None
+
+
+ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*m")
+
+FIRST_LINE_CHARS = 200
+
+
+def first_line(exc: BaseException, limit: int = FIRST_LINE_CHARS) -> str:
+    """The first line of an exception's message for a one-paragraph report: terminal colour codes removed, cut to `limit` characters."""
+    lines = ANSI_ESCAPE.sub("", str(exc)).strip().splitlines()
+    return cut(lines[0], limit) if lines else type(exc).__name__
 
 
 def cut(text: str, limit: int = SHOWN_CHARS) -> str:

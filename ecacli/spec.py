@@ -21,6 +21,7 @@ from ecacli.kernel import kernel_size
 from ecacli.strict_model import StrictModel, suggest
 
 MIN_INPUT_SIZE, MAX_INPUT_SIZE = 8, 2048
+MAX_BATCH = 65536
 NORMS = ("batch", "frozen_batch", "group")
 
 __all__ = [

@@ -21,7 +21,7 @@ from typing import Any, Iterable
 import yaml
 from pydantic import ValidationError
 
-from ecacli.errors import SpecError, cut, describe_path, file_kind, shown, user_path
+from ecacli.errors import SpecError, cut, describe_path, file_kind, first_line, shown, user_path
 from ecacli.spec import FAMILIES, SPEC_ADAPTER, NetworkSpec, attention_model, suggest
 
 MAX_SPEC_BYTES = 256 * 1024
@@ -167,7 +167,7 @@ def parse_yaml_text(text: str, label: str, max_depth: int = MAX_DEPTH) -> tuple[
         problem = exc.problem or exc.context or "invalid YAML"
         raise SpecError(f"{label}: YAML error{where}: {problem}.") from None
     except yaml.YAMLError as exc:
-        raise SpecError(f"{label}: YAML error: {str(exc).splitlines()[0]}.") from None
+        raise SpecError(f"{label}: YAML error: {first_line(exc)}.") from None
     finally:
         if loader is not None:
             loader.dispose()

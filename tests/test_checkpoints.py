@@ -26,7 +26,8 @@ from ecacli.checkpoints import (
     spec_for,
 )
 from ecacli.checkpoints.infer import infer_spec, parameter_count
-from ecacli.checkpoints.io import atomic_write, read_checkpoint
+from ecacli.atomic import atomic_write
+from ecacli.checkpoints.io import read_checkpoint
 from ecacli.errors import UserError
 from ecacli.models import build_model
 from ecacli.spec import ResNetSpec

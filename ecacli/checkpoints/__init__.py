@@ -27,11 +27,10 @@ from ecacli.checkpoints.io import (
     TORCH_SUFFIXES,
     CheckpointError,
     RawCheckpoint,
-    atomic_write,
-    check_writable,
     read_checkpoint,
     sha256_of,
 )
+from ecacli.atomic import atomic_write, check_writable
 from ecacli.errors import UserError, describe_path
 from ecacli.spec import NetworkSpec
 from ecacli.spec_loader import apply_overrides, load_spec, parse_yaml_text, spec_from_data, with_overrides

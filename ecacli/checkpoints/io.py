@@ -19,8 +19,7 @@ from typing import Any
 
 import torch
 
-from ecacli.atomic import atomic_write, check_writable
-from ecacli.errors import UserError, describe_path, file_kind, user_path
+from ecacli.errors import UserError, describe_path, file_kind, first_line, user_path
 
 MAX_CHECKPOINT_BYTES = 4 * 1024**3
 SAFETENSORS = "safetensors"
@@ -110,7 +109,7 @@ def _torch_load(path: Path, container: str) -> Any:
                 "ecacli only loads tensors and plain data (torch.load with weights_only=True); nothing from the file ran. "
                 "Re-save the weights from trusted code as a state_dict or .safetensors file."
             ) from None
-        raise CheckpointError(f"{label}: cannot read it as a PyTorch checkpoint (truncated or corrupt?): {_first_line(exc)}") from None
+        raise CheckpointError(f"{label}: cannot read it as a PyTorch checkpoint (truncated or corrupt?): {first_line(exc)}") from None
 
 
 def _safetensors_load(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -121,14 +120,8 @@ def _safetensors_load(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, st
             metadata = handle.metadata() or {}
             tensors = {name: handle.get_tensor(name) for name in handle.keys()}
     except Exception as exc:
-        raise CheckpointError(f"{describe_path(path)}: cannot read it as a safetensors file (truncated or corrupt?): {_first_line(exc)}") from None
+        raise CheckpointError(f"{describe_path(path)}: cannot read it as a safetensors file (truncated or corrupt?): {first_line(exc)}") from None
     return tensors, metadata
-
-
-def _first_line(exc: BaseException, limit: int = 200) -> str:
-    text = str(exc).strip().splitlines()
-    line = text[0] if text else type(exc).__name__
-    return line if len(line) <= limit else line[:limit] + "..."
 
 
 def read_checkpoint(path: str | Path, max_bytes: int = MAX_CHECKPOINT_BYTES) -> RawCheckpoint:

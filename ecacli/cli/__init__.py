@@ -30,7 +30,7 @@ from ecacli.errors import Interrupted, Terminated, UserError, describe_path, os_
 
 app = typer.Typer(
     name="ecacli",
-    help="ECA-Net / ECA-ResNet toolkit: specs, kernel sizes, summaries, profiles and checkpoints.",
+    help="ECA-Net toolkit (ResNets, MobileNetV2): specs, kernel sizes, summaries, profiles, checkpoints and exports.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
@@ -67,7 +67,7 @@ def _version_callback(value: bool) -> None:
 def _root(
     version: bool = typer.Option(False, "--version", callback=_version_callback, is_eager=True, help="Print the version and exit."),
 ) -> None:
-    """ECA-Net / ECA-ResNet toolkit: specs, kernel sizes, summaries, profiles and checkpoints."""
+    """ECA-Net toolkit (ResNets, MobileNetV2): specs, kernel sizes, summaries, profiles, checkpoints and exports."""
 
 
 def _terminate(signum: int, frame: Any) -> None:

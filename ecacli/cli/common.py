@@ -36,6 +36,25 @@ def input_path(text: str, what: str) -> Path:
     return Path(text)
 
 
+def refuse_graph_file(text: str, expected: str) -> None:
+    """Refuse a graph file (ONNX, TorchScript, pt2: told by its suffix) where `expected` (a checkpoint, a spec) is read."""
+    from ecacli.deploy.formats import NAMED_BY_SUFFIX, WEIGHT_FORMATS
+
+    fmt = NAMED_BY_SUFFIX.get(Path(text).suffix.lower())
+    if fmt is not None and fmt not in WEIGHT_FORMATS:
+        raise UserError(
+            f"{describe_path(text)}: names a graph file ({fmt}), which runs in its runtime; this command reads {expected}. "
+            f"`ecacli inspect {text}` shows the spec a graph from ecacli holds."
+        )
+
+
+def checkpoint_path(text: str) -> Path:
+    """A checkpoint to read: a non-empty path that does not name a graph file."""
+    path = input_path(text, "a checkpoint")
+    refuse_graph_file(text, "a checkpoint (.safetensors, .pt, .pth, .pth.tar, .bin)")
+    return path
+
+
 def output_path(text: str, option: str, example: str) -> Path:
     """A path to write to; refuses an empty one and one ending in '/', which names a folder, not a file."""
     if not text:

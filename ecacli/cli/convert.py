@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from ecacli.cli.common import JsonOption, SetOption, input_path, output_path
+from ecacli.cli.common import JsonOption, SetOption, checkpoint_path, output_path
 from ecacli.cli.export import AllowNonfiniteOption, DtypeOption, ForceOption, FormatOption, OutputOption, SeedOption, report_saved
 
 
@@ -26,7 +26,7 @@ def convert(
 
     Plain ResNets (no ECA kernels) get initialised ECA kernels, a warm start for fine-tuning; --set attention.type=none keeps them plain.
     """
-    origin = input_path(source, "a checkpoint")
+    origin = checkpoint_path(source)
     target = output_path(output, "-o", "model.safetensors")
     from ecacli.checkpoints import check_writable_outputs, converted_spec, model_with_weights, open_checkpoint, save_checkpoint
 

@@ -7,8 +7,9 @@ from typing import TYPE_CHECKING, Annotated, Literal
 
 import typer
 
-from ecacli.cli.common import JsonOption, SetOption, fmt_bytes, fmt_int, input_path, load_spec_arg, output_path, print_json
-from ecacli.errors import UserError
+from ecacli.cli.common import JsonOption, SetOption, checkpoint_path, fmt_bytes, fmt_int, load_spec_arg, output_path, print_json, refuse_graph_file
+from ecacli.errors import UserError, describe_path
+from ecacli.spec import MAX_BATCH
 
 if TYPE_CHECKING:
     from ecacli.checkpoints import SavedCheckpoint
@@ -29,7 +30,7 @@ ExportFormatOption = Annotated[
     Literal["safetensors", "pt", "onnx", "torchscript", "pt2"] | None,
     typer.Option(
         "--format",
-        help="Weights (safetensors, pt) or a graph (onnx, torchscript, pt2). Default: by the suffix (.pt, .pth, ... for pt, .ts for torchscript), else safetensors.",
+        help="Weights (safetensors, pt) or a graph (onnx, torchscript, pt2). Default: by the suffix (.safetensors; .pt, .pth, ...; .onnx; .ts, .torchscript; .pt2), else safetensors.",
         show_default=False,
     ),
 ]
@@ -43,10 +44,10 @@ def export(
     dtype: DtypeOption = None,
     fmt: ExportFormatOption = None,
     input_size: Annotated[int | None, typer.Option("--input-size", help="Graphs: input height and width (default: the spec's input_size).", show_default=False)] = None,
-    batch: Annotated[int | None, typer.Option("--batch", help="Graphs: batch of the example and of the check (default 1).", show_default=False)] = None,
+    batch: Annotated[int | None, typer.Option("--batch", min=1, max=MAX_BATCH, help="Graphs: batch of the example and of the check (default 1).", show_default=False)] = None,
     dynamic_batch: Annotated[bool | None, typer.Option("--dynamic-batch/--static-batch", help="Graphs: leave the batch axis open (default) or fix it at --batch.", show_default=False)] = None,
     opset: Annotated[int | None, typer.Option("--opset", help="ONNX opset (default: the exporter's; under 18 from the TorchScript-based exporter).", show_default=False)] = None,
-    verify: Annotated[bool, typer.Option("--verify/--no-verify", help="Graphs: run the file in its runtime and compare with eager PyTorch before writing it.")] = True,
+    verify: Annotated[bool | None, typer.Option("--verify/--no-verify", help="Graphs: run the file in its runtime and compare with eager PyTorch before writing it (default).", show_default=False)] = None,
     force: ForceOption = False,
     allow_nonfinite: AllowNonfiniteOption = False,
     overrides: SetOption = None,
@@ -54,11 +55,14 @@ def export(
 ) -> None:
     """Export a model: initialised weights, or a checkpoint's weights converted to the spec; as weights or as a graph checked in its runtime."""
     target = output_path(output, "-o", "model.safetensors")
-    origin = input_path(source, "a checkpoint") if source is not None else None
+    origin = checkpoint_path(source) if source is not None else None
+    refuse_graph_file(spec, "a spec (YAML file or preset) or a checkpoint")
     from ecacli.checkpoints import NAME_SUFFIXES, model_with_weights, new_model, open_checkpoint, spec_for
     from ecacli.deploy import ExportRequest
     from ecacli.spec_loader import apply_overrides, spec_from_data
 
+    if spec.endswith(NAME_SUFFIXES) and not Path(spec).exists():
+        raise UserError(f"{describe_path(spec)}: no such file; give a checkpoint that exists, or a spec (YAML file or preset).")
     from_checkpoint = spec.endswith(NAME_SUFFIXES) and Path(spec).is_file()
     if from_checkpoint and origin is not None:
         raise UserError(f"--from {origin}: {spec} is a checkpoint already, which gives the weights; give a spec as the first argument to load --from into it.")

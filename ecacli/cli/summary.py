@@ -8,14 +8,14 @@ import typer
 
 from ecacli.cli.common import JsonOption, SetOption, SpecArgument, TableSpec, console, fmt_bytes, fmt_int, load_spec_arg, print_json, print_table
 from ecacli.errors import UserError
-from ecacli.spec import check_input_size
+from ecacli.spec import MAX_BATCH, check_input_size
 
 
 def summary(
     spec: SpecArgument,
     depth: Annotated[int, typer.Option(min=0, max=10, help="Module levels to show (1 = stages, 2 = blocks, 3 = layers).")] = 3,
     input_size: Annotated[int | None, typer.Option(help="Square input side in pixels (default: the spec's).", show_default=False)] = None,
-    batch: Annotated[int, typer.Option(min=1, max=65536, help="Batch size of the traced input.")] = 1,
+    batch: Annotated[int, typer.Option(min=1, max=MAX_BATCH, help="Batch size of the traced input.")] = 1,
     use_torchinfo: Annotated[bool, typer.Option("--torchinfo", help="Print torchinfo's own table instead.")] = False,
     features: Annotated[bool, typer.Option("--features", help="Show the feature levels a backbone returns (module, channels, stride, shape) instead of the layers.")] = False,
     overrides: SetOption = None,

@@ -34,7 +34,7 @@ import io
 import json
 import logging
 import os
-import re
+import sys
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
@@ -46,8 +46,8 @@ from torch import nn
 from ecacli.atomic import atomic_write
 from ecacli.checkpoints import DTYPES, SavedCheckpoint, check_writable_outputs, file_metadata, floating_dtype, new_model, parameter_count, save_checkpoint
 from ecacli.deploy.formats import EXTRAS, ONNX, PT2, TORCHSCRIPT, WEIGHT_FORMATS, format_for, require
-from ecacli.errors import UserError
-from ecacli.spec import NetworkSpec, check_input_size
+from ecacli.errors import OutOfMemory, UserError, first_line, is_out_of_memory
+from ecacli.spec import MAX_BATCH, NetworkSpec, check_input_size
 
 METADATA_FILE = "ecacli/metadata.json"
 """The archive entry (under `extra/`) of a TorchScript or pt2 file that holds ecacli's metadata, as JSON."""
@@ -61,7 +61,6 @@ OLDEST_OPSET = 7
 MAX_ONNX_BYTES = 2**31 - 1
 """Protocol buffers' limit for one message: an ONNX file with its weights inside must stay under it."""
 BATCH_AXIS = "batch"
-ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*m")
 EXPORTER_LOGGERS = ("torch", "onnxscript")
 
 
@@ -125,43 +124,44 @@ class ExportRequest:
         dynamic_batch: bool | None = None,
         opset: int | None = None,
         dtype: str | None = None,
-        verify: bool = True,
+        verify: bool | None = None,
         force: bool = False,
     ) -> ExportRequest:
         """The request for `path`, the format named or inferred from its suffix; a UserError for anything that cannot work.
 
-        Graph options (`input_size`, `batch`, `dynamic_batch`, `opset`) left as None take their defaults
-        (the spec's input size, batch 1, a dynamic batch axis, the exporter's opset); given with a
-        weights format they are refused, as are an opset for a non-ONNX graph and a missing extra.
+        Graph options (`input_size`, `batch`, `dynamic_batch`, `opset`, `verify`) left as None take
+        their defaults (the spec's input size, batch 1, a dynamic batch axis, the exporter's opset, a
+        check in the runtime); given with a weights format they are refused, as are an opset for a
+        non-ONNX graph and a missing extra.
         """
         path = Path(path)
         fmt = format_for(path, format)
         if dtype is not None and dtype not in DTYPES:
             raise UserError(f"--dtype {dtype!r} is not supported; use one of {', '.join(DTYPES)}.")
         if fmt in WEIGHT_FORMATS:
-            given = [flag for flag, value in (("--input-size", input_size), ("--batch", batch), ("--dynamic-batch/--static-batch", dynamic_batch), ("--opset", opset)) if value is not None]
+            given = [flag for flag, value in (("--input-size", input_size), ("--batch", batch), ("--dynamic-batch/--static-batch", dynamic_batch), ("--opset", opset), ("--verify/--no-verify", verify)) if value is not None]
             if given:
                 raise UserError(
                     f"{', '.join(given)}: shape a graph export (onnx, torchscript, pt2); {path} is a {fmt} file, which holds weights only. "
                     "Drop the option or write a graph format (--format or the suffix .onnx, .ts, .pt2)."
                 )
             check_writable_outputs(path, fmt, force)
-            return cls(path, fmt, dtype=dtype, verify=verify, force=force)
+            return cls(path, fmt, dtype=dtype, verify=False, force=force)
         if opset is not None and fmt != ONNX:
             raise UserError(f"--opset {opset}: an ONNX opset; {path} is a {fmt} file. Drop --opset or write .onnx.")
         if fmt == TORCHSCRIPT and dynamic_batch is False:
             raise UserError(f"--static-batch: {path} is a TorchScript file, which torch.jit.script leaves open on every axis; there is no batch to fix. Drop --static-batch.")
-        if batch is not None and batch < 1:
-            raise UserError(f"--batch must be a positive integer, got {batch}.")
+        if batch is not None and not (isinstance(batch, int) and 1 <= batch <= MAX_BATCH):
+            raise UserError(f"--batch must be an integer from 1 to {MAX_BATCH:,}, got {batch!r}.")
         if input_size is not None:
             check_input_size(input_size)
         if fmt == ONNX:
-            needed = EXTRAS["onnx"] if verify else tuple(name for name in EXTRAS["onnx"] if name != "onnxruntime")
-            require(needed, "--format onnx" + ("" if verify else " --no-verify"), "onnx")
+            needed = EXTRAS["onnx"] if verify is not False else tuple(name for name in EXTRAS["onnx"] if name != "onnxruntime")
+            require(needed, "--format onnx" + ("" if verify is not False else " --no-verify"), "onnx")
             if opset is not None:
                 check_opset(opset)
         check_writable_outputs(path, fmt, force)
-        return cls(path, fmt, input_size, batch or 1, dynamic_batch is not False, opset, dtype, verify, force)
+        return cls(path, fmt, input_size, batch or 1, dynamic_batch is not False, opset, dtype, verify is not False, force)
 
     def write(self, model: nn.Module, source: str | None = None) -> ExportedModel:
         """Write `model` (an ecacli model: it carries its spec) as this request says; `source` names where its weights came from."""
@@ -171,7 +171,13 @@ class ExportRequest:
         if self.format in WEIGHT_FORMATS:
             saved = save_checkpoint(model.state_dict(), spec, self.path, self.format, self.dtype, self.force, source)
             return ExportedModel(**vars(saved))
-        return self._write_graph(model, spec, source)
+        try:
+            return self._write_graph(model, spec, source)
+        except (RuntimeError, MemoryError) as exc:
+            if not is_out_of_memory(exc):
+                raise
+            shape = spec.input_shape(self.batch, self.input_size)
+            raise OutOfMemory(f"{self.path}: out of memory exporting '{spec.name}' at input {list(shape)}; lower --batch or --input-size. Nothing was written.") from None
 
     def _write_graph(self, model: nn.Module, spec: NetworkSpec, source: str | None) -> ExportedModel:
         model = copy.deepcopy(model).cpu().eval()
@@ -225,7 +231,7 @@ def export_model(
     dynamic_batch: bool | None = None,
     opset: int | None = None,
     dtype: str | None = None,
-    verify: bool = True,
+    verify: bool | None = None,
     force: bool = False,
     seed: int | None = None,
     source: str | None = None,
@@ -268,6 +274,8 @@ def check_runs(model: nn.Module, example: torch.Tensor, spec: NetworkSpec, reque
         with torch.no_grad():
             out = model(example)
     except (RuntimeError, ValueError) as exc:
+        if is_out_of_memory(exc):
+            raise
         side = request.input_size or spec.input_size
         raise UserError(f"--input-size {side}: the network '{spec.name}' cannot take input {list(example.shape)} ({first_line(exc)}). Use a larger input size.") from None
     if not isinstance(out, torch.Tensor):
@@ -279,10 +287,18 @@ def output_name(spec: NetworkSpec) -> str:
     return "logits" if spec.num_classes else "features"
 
 
-def first_line(exc: BaseException) -> str:
-    """The first line of an exception's message, without terminal colour codes."""
-    lines = ANSI_ESCAPE.sub("", str(exc)).strip().splitlines()
-    return lines[0] if lines else type(exc).__name__
+@contextlib.contextmanager
+def native_stdout_silenced() -> Iterator[None]:
+    """Send what native code writes to file descriptor 1 (the TorchScript-based ONNX exporter's graph dumps, say) to the null device meanwhile."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        with open(os.devnull, "wb") as sink:
+            os.dup2(sink.fileno(), 1)
+        yield
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
 
 
 @contextlib.contextmanager
@@ -293,12 +309,14 @@ def exporting(what: str) -> Iterator[None]:
     for logger in loggers:
         logger.setLevel(logging.CRITICAL)
     try:
-        with open(os.devnull, "w") as sink, contextlib.redirect_stdout(sink), warnings.catch_warnings():
+        with open(os.devnull, "w") as sink, contextlib.redirect_stdout(sink), native_stdout_silenced(), warnings.catch_warnings():
             warnings.simplefilter("ignore")
             yield
     except UserError:
         raise
     except Exception as exc:
+        if is_out_of_memory(exc):
+            raise
         raise ExportError(f"{what} failed: {type(exc).__name__}: {first_line(exc)}") from exc
     finally:
         for logger, level in zip(loggers, levels):
@@ -318,7 +336,13 @@ def onnx_bytes(model: nn.Module, example: torch.Tensor, request: ExportRequest, 
         else:
             axes = {"input": {0: BATCH_AXIS}, output: {0: BATCH_AXIS}} if request.dynamic_batch else None
             buffer = io.BytesIO()
-            torch.onnx.export(model, (example,), buffer, dynamo=False, opset_version=request.opset, dynamic_axes=axes, **names)
+            try:
+                torch.onnx.export(model, (example,), buffer, dynamo=False, opset_version=request.opset, dynamic_axes=axes, **names)
+            except torch.onnx.OnnxExporterError as exc:
+                raise UserError(
+                    f"--opset {request.opset}: the TorchScript-based exporter cannot write '{model.spec.name}' at this opset ({first_line(exc, 120)}). "
+                    f"Choose a newer opset ({DYNAMO_MIN_OPSET} and up use torch.export's exporter), or leave --opset out."
+                ) from None
             proto = onnx.load_from_string(buffer.getvalue())
     opset = onnx_opset(proto)
     if request.opset is not None and opset != request.opset:

@@ -19,10 +19,9 @@ float32 whatever the activations' dtype (a model cast to half precision keeps it
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ecacli.layers.channel_conv import conv1d_backward

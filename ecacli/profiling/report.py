@@ -9,7 +9,7 @@ from typing import Any, Mapping, Sequence
 import torch
 from torch import nn
 
-from ecacli.errors import UserError
+from ecacli.errors import OutOfMemory, is_out_of_memory
 from ecacli.profiling.breakdown import Breakdown, breakdown
 from ecacli.profiling.device import environment, make_timer, memory_measure, resolve_device
 from ecacli.profiling.runner import (
@@ -24,12 +24,6 @@ from ecacli.profiling.runner import (
 )
 from ecacli.profiling.stats import Stats
 from ecacli.spec import NetworkSpec
-
-
-class OutOfMemory(UserError):
-    """The device ran out of memory: exit 1 (a resource limit, not a malformed request)."""
-
-    exit_code = 1
 
 
 @dataclass
@@ -79,14 +73,6 @@ def header(config: ProfileConfig, device: torch.device, spec: NetworkSpec) -> di
         "timer": make_timer(device, config.clock).name,
         "memory_measure": memory_measure(device),
     }
-
-
-def is_out_of_memory(exc: BaseException) -> bool:
-    """CUDA's OutOfMemoryError, or the RuntimeError the CPU and MPS allocators raise."""
-    text = str(exc)
-    return isinstance(exc, torch.cuda.OutOfMemoryError) or (
-        isinstance(exc, RuntimeError) and ("can't allocate memory" in text or "out of memory" in text.lower())
-    )
 
 
 class out_of_memory_as_error(AbstractContextManager):

@@ -31,16 +31,15 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from ecacli.errors import UserError
+from ecacli.errors import UserError, first_line
 from ecacli.models import build_model
 from ecacli.profiling.device import make_timer, step_peak_bytes, synchronize
 from ecacli.profiling.stats import Stats
-from ecacli.spec import NetworkSpec, check_input_size
+from ecacli.spec import MAX_BATCH, NetworkSpec, check_input_size
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 MODES = ("train", "eval")
 SGD_LR, SGD_MOMENTUM = 0.01, 0.9
-MAX_BATCH = 65536
 MAX_STEPS = 1_000_000
 MAX_THREADS = 4096
 MAX_SEED = 2**64 - 1
@@ -191,10 +190,9 @@ def count_flops(spec: NetworkSpec, config: ProfileConfig) -> tuple[int, int]:
             if config.train:
                 F.cross_entropy(logits, torch.zeros(config.batch, dtype=torch.long, device="meta")).backward()
     except (RuntimeError, ValueError) as exc:
-        reason = str(exc).splitlines()[0]
         raise UserError(
             f"--input-size {config.side(spec)} with --batch {config.batch}: the network '{spec.name}' cannot take "
-            f"input {config.input_shape(spec)} ({reason}). Use a larger input size or batch."
+            f"input {config.input_shape(spec)} ({first_line(exc)}). Use a larger input size or batch."
         ) from None
     return counter.get_total_flops(), forward
 
