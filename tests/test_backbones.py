@@ -14,6 +14,8 @@ from ecacli.checkpoints import converted_spec, load_model, new_model, open_check
 from ecacli.errors import OptionError, UserError
 from ecacli.models import FeatureInfo
 
+from conftest import run_main
+
 torchvision = pytest.importorskip("torchvision")
 
 SMALL = ["width=16", "input_size=64"]
@@ -216,7 +218,9 @@ def test_mmdetection_checkpoint_converts_to_a_headless_backbone(tmp_path, cli):
         for ours, theirs in zip(features(x), by_hand(x)):
             assert torch.equal(ours, theirs)
     shown = cli("inspect", str(tmp_path / "mask_rcnn_ecanet50_k3377.pth"))
-    assert shown.returncode == 0 and "mmdetection detection checkpoint" in shown.stdout
+    assert shown.returncode == 0
+    assert "source:      mmdetection detection checkpoint, backbone: ECA-ResNet state_dict (the paper's names) (detection mmdetection)\n" in shown.stdout
+    assert "dropped neck (2), rpn_head (1), roi_head (2)" in shown.stdout  # in the note, once
 
 
 def test_torchvision_detection_checkpoint_gives_its_backbone(tmp_path):
@@ -244,6 +248,21 @@ def test_a_headless_state_dict_reads_as_a_headless_spec(tmp_path, name):
     model.get_submodule(loaded.feature_info.module_name()[-1]).register_forward_hook(lambda m, args, out: seen.append(out))
     model.eval()(x)
     torch.testing.assert_close(loaded(x)[-1], seen[0], rtol=0, atol=0)
+
+
+def test_a_classifier_with_a_backbone_and_a_head_is_no_detection_checkpoint(tmp_path):
+    model = build_model(load_spec("r18", SMALL))
+    state = {f"backbone.{key}": value for key, value in model.state_dict().items() if not key.startswith("fc.")}
+    state.update({"head.fc.weight": model.fc.weight.detach(), "head.fc.bias": model.fc.bias.detach()})
+    torch.save({"state_dict": state, "meta": {}}, tmp_path / "mmpretrain_r18.pth")  # mmpretrain's layout
+    checkpoint = open_checkpoint(tmp_path / "mmpretrain_r18.pth")
+    assert "detection" not in checkpoint.state.details and set(checkpoint.tensors) == set(state)  # nothing dropped
+    assert "found a backbone under 'backbone.' beside head.* (2 tensors), which no mmdetection detector holds" in checkpoint.state.problem
+    with pytest.raises(UserError, match=r"unsupported checkpoint: found a backbone under 'backbone.' beside head.\* \(2 tensors\)"):
+        spec_for(checkpoint)
+    code, _, err = run_main("convert", str(tmp_path / "mmpretrain_r18.pth"), "-o", str(tmp_path / "headless.safetensors"))
+    assert code == 2 and err.startswith(f"error: {tmp_path / 'mmpretrain_r18.pth'}: unsupported checkpoint: found a backbone") and err.count("\n") == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mmpretrain_r18.pth"]
 
 
 def test_a_detection_backbone_that_is_no_resnet_is_refused(tmp_path):

@@ -1,15 +1,16 @@
 """Bad input is part of the contract: whatever a user types or feeds ends in exit 0 or 2, never a traceback.
 
 Property tests feed arbitrary YAML trees at every key of a spec (file, `--set`, and a spec stored
-in a checkpoint) and random bytes as checkpoints through `ecacli`'s own `main()` in this
-process; a handful of cases run the installed entry point. Each class of bad input (file system,
-numbers at the edges, YAML shapes, checkpoint contents, signals, destinations) has an example
-with its exact message.
+in a checkpoint), and random bytes and zips of junk as checkpoints and graph files, through
+`ecacli`'s own `main()` in this process; a handful of cases run the installed entry point. Each
+class of bad input (file system, numbers at the edges, YAML shapes, checkpoint contents, signals,
+destinations) has an example with its exact message.
 """
 
 from __future__ import annotations
 
 import errno
+import io
 import json
 import math
 import os
@@ -19,6 +20,7 @@ import subprocess
 import sys
 import textwrap
 import warnings
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -32,6 +34,7 @@ import ecacli
 from ecacli.atomic import check_writable
 from ecacli.checkpoints import CheckpointError, load_model, new_model, open_checkpoint, save_checkpoint
 from ecacli.checkpoints.io import sniff_container
+from ecacli.deploy.formats import installed
 from ecacli.errors import SpecError, UserError
 from ecacli.kernel import kernel_size
 from ecacli.spec import ATTENTION_TYPES, Reported, ResNetSpec
@@ -150,12 +153,41 @@ CHECKPOINT_BYTES = st.one_of(
     st.tuples(st.text(max_size=60), st.binary(max_size=100)).map(lambda t: len(t[0].encode()).to_bytes(8, "little") + t[0].encode() + t[1]),
     st.tuples(st.integers(0, 2**64 - 1), st.binary(max_size=100)).map(lambda t: t[0].to_bytes(8, "little") + b"{" + t[1]),
 )
+ARCHIVE_MEMBERS = [
+    "archive/archive_format", "archive/models/model.json", "archive/data/weights/model_weights_config.json",
+    "archive/extra/ecacli/metadata.json", "archive/constants.pkl", "archive/code/__torch__.py", "archive/data.pkl", "archive/version",
+]
+"""What torch.export's, TorchScript's and torch.save's zip archives hold: enough for a junk zip to be taken for each."""
 
 
-@given(data=CHECKPOINT_BYTES)
+def zip_of(members: dict[str, bytes]) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for name, data in members.items():
+            archive.writestr(name, data)
+    return buffer.getvalue()
+
+
+def with_byte(data: bytes, back: int, byte: int) -> bytes:
+    """`data` with the byte `back` places before its last (modulo its length) replaced: a zip damaged in one place, mostly in its directory (at the end)."""
+    at = len(data) - 1 - back % len(data)
+    return data[:at] + bytes([byte]) + data[at + 1 :]
+
+
+ZIPS = st.dictionaries(
+    st.sampled_from(ARCHIVE_MEMBERS), st.one_of(st.binary(max_size=100), TREES.map(lambda tree: json.dumps(tree).encode())), max_size=6
+).map(zip_of)
+JUNK_ZIPS = st.one_of(ZIPS, st.tuples(ZIPS, st.integers(0, 300), st.integers(0, 255)).map(lambda t: with_byte(*t)))
+
+
+SUFFIXES = [".pt", ".ts", ".pt2"] + ([".onnx"] if installed("onnx") else [])
+"""A checkpoint's and the graph formats' (ONNX where the extra is installed: without it, reading one is refused naming the extra)."""
+
+
+@given(data=st.one_of(CHECKPOINT_BYTES, JUNK_ZIPS), suffix=st.sampled_from(SUFFIXES))
 @settings(max_examples=fuzz_examples(), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-def test_random_bytes_as_a_checkpoint_are_refused_in_one_line(scratch, data):
-    file = scratch / "random.pt"
+def test_random_files_as_checkpoints_or_graphs_are_refused_in_one_line(scratch, data, suffix):
+    file = scratch / f"random{suffix}"
     file.write_bytes(data)
     code, out, err = run("inspect", str(file))
     assert_clean(code, err, allowed=(0, 2, 3))

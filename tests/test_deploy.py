@@ -9,7 +9,9 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import re
 import warnings
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -17,6 +19,7 @@ import torch
 import yaml
 
 import ecacli
+from conftest import run_main
 from ecacli.checkpoints import load_model, new_model
 from ecacli.models import build_model
 from ecacli.deploy import ExportError, ExportRequest, MissingExtraError, export_model
@@ -24,7 +27,7 @@ from ecacli.deploy import export as deploy_export
 from ecacli.deploy.describe import describe_graph
 from ecacli.deploy import formats
 from ecacli.deploy.formats import graph_format_of
-from ecacli.errors import UserError
+from ecacli.errors import OutOfMemory, UserError
 from ecacli.spec import MobileNetV2Spec, ResNetSpec
 from ecacli.spec_loader import spec_from_data
 
@@ -175,6 +178,27 @@ def test_an_exporter_failure_is_one_line_and_leaves_nothing(tmp_path, monkeypatc
     assert not path.exists()
 
 
+def test_running_out_of_memory_says_what_to_lower_and_leaves_nothing(tmp_path, monkeypatch):
+    def no_memory(*args, **kwargs):
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:119] DefaultCPUAllocator: can't allocate memory: you tried to allocate 1 bytes.")
+
+    monkeypatch.setattr(deploy_export, "check_runs", no_memory)
+    path = tmp_path / "m.pt2"
+    with pytest.raises(OutOfMemory) as failure:
+        export_model(ResNetSpec.model_validate(PLAIN), path, batch=4)
+    assert str(failure.value) == f"{path}: out of memory exporting 'tiny_plain' at input [4, 3, 64, 64]; lower --batch or --input-size. Nothing was written."
+    assert failure.value.exit_code == 1 and list(tmp_path.iterdir()) == []
+
+
+def test_an_opset_too_old_for_the_model_is_refused_quietly(tmp_path, capfd):
+    pytest.importorskip("onnx")
+    spec = ResNetSpec.model_validate({**TINY, "name": "tiny_cbam", "attention": {"type": "cbam"}})
+    with pytest.raises(UserError, match=r"^--opset 7: the TorchScript-based exporter cannot write 'tiny_cbam' at this opset \(.*\)\. Choose a newer opset"):
+        export_model(spec, tmp_path / "old.onnx", opset=7, verify=False)
+    assert capfd.readouterr().out == ""  # the exporter's native graph dump does not reach stdout
+    assert list(tmp_path.iterdir()) == []
+
+
 @pytest.mark.parametrize(
     ("name", "options", "message"),
     [
@@ -184,7 +208,9 @@ def test_an_exporter_failure_is_one_line_and_leaves_nothing(tmp_path, monkeypatc
         ("m.ts", {"dynamic_batch": False}, "--static-batch: {path} is a TorchScript file"),
         ("m.onnx", {"format": "torchscript"}, "{path}: the name says onnx but --format is torchscript; use a name ending in a suffix of torchscript (.ts, .torchscript)"),
         ("m.onnx", {"opset": 6}, "--opset must be between 7 and "),
-        ("m.onnx", {"batch": 0}, "--batch must be a positive integer, got 0."),
+        ("m.onnx", {"batch": 0}, "--batch must be an integer from 1 to 65,536, got 0."),
+        ("m.onnx", {"batch": 2**64}, "--batch must be an integer from 1 to 65,536, got 18446744073709551616."),
+        ("m.safetensors", {"verify": False}, "--verify/--no-verify: shape a graph export"),
         ("m.onnx", {"input_size": 4}, "--input-size must be between 8 and 2048 pixels, got 4."),
         ("m.onnx", {"dtype": "float64"}, "--dtype 'float64' is not supported; use one of float32, bfloat16, float16."),
         ("m.bin", {"format": "tflite"}, "--format 'tflite' is not supported; use one of safetensors, pt, onnx, torchscript, pt2."),
@@ -243,6 +269,111 @@ def test_graph_formats_are_told_by_suffix_or_archive_layout(tmp_path):
     assert graph_format_of(tmp_path / "any.onnx") == "onnx"
 
 
+class AddOne(torch.nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + 1
+
+
+class Loud(torch.nn.Module):
+    """Prints when loaded: TorchScript's loader runs its `__setstate__`."""
+
+    def __init__(self):
+        super().__init__()
+        self.scale = torch.nn.Parameter(torch.ones(3))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.scale
+
+    @torch.jit.export
+    def __getstate__(self) -> tuple[torch.Tensor, bool]:
+        return self.scale, self.training
+
+    @torch.jit.export
+    def __setstate__(self, state: tuple[torch.Tensor, bool]) -> None:
+        print("loaded")
+        self.scale = state[0]
+        self.training = state[1]
+
+
+def torchscript_file(path: Path, metadata: str, module: torch.nn.Module | None = None) -> Path:
+    """`module` (AddOne) scripted to `path` with `metadata` as ecacli's archive entry."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.jit.save(torch.jit.script(module or AddOne()), str(path), _extra_files={deploy_export.METADATA_FILE: metadata})
+    return path
+
+
+def pt2_file(path: Path, metadata: str | None, dynamic: bool = False) -> Path:
+    """AddOne exported for inputs [2, 3] (axis 0 open when `dynamic`) to `path`, with `metadata` as ecacli's archive entry if given."""
+    shapes = ({0: torch.export.Dim("n")},) if dynamic else None
+    program = torch.export.export(AddOne(), (torch.ones(2, 3),), dynamic_shapes=shapes)
+    torch.export.save(program, path, extra_files={deploy_export.METADATA_FILE: metadata} if metadata is not None else None)
+    return path
+
+
+@pytest.mark.parametrize(("save", "suffix"), [(torchscript_file, ".ts"), (pt2_file, ".pt2")])
+@pytest.mark.parametrize(
+    ("metadata", "problem"),
+    [
+        ("[1, 2]", "holds [1, 2], not a JSON object"),
+        ("{not json", "is not JSON (Expecting property name enclosed in double quotes: line 1 column 2 (char 1))"),
+        ('{"spec": "name: x", "parameters": 5}', "holds 5 at 'parameters', not text"),
+    ],
+)
+def test_graph_metadata_that_is_no_json_object_of_text_is_refused_naming_the_file(tmp_path, save, suffix, metadata, problem):
+    path = save(tmp_path / f"m{suffix}", metadata)
+    code, out, err = run_main("inspect", str(path), "--json")
+    assert (code, out) == (2, "")
+    assert err == f"error: {path}: the archive entry 'extra/ecacli/metadata.json' {problem}; ecacli writes a JSON object of text values there (spec, versions, parameter count, dtype).\n"
+
+
+def test_a_zip_whose_directory_is_corrupt_is_no_graph_and_is_refused_as_a_checkpoint(tmp_path):
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        archive.writestr("archive/data.pkl", b"x" * 100)
+    data = bytearray(buffer.getvalue())
+    directory = data.rindex(b"PK\x01\x02")
+    data[directory : directory + 4] = b"XXXX"  # the end record, intact, still points here
+    path = tmp_path / "broken.pt"
+    path.write_bytes(data)
+    assert zipfile.is_zipfile(path) and graph_format_of(path) is None
+    code, out, err = run_main("inspect", str(path))
+    assert (code, out) == (2, "")
+    assert err.startswith(f"error: {path}: cannot read it as a PyTorch checkpoint (truncated or corrupt?): ") and err.count("\n") == 1
+
+
+def test_a_torchscript_module_without_forward_is_refused_in_one_line(tmp_path):
+    class NoForward(torch.nn.Module):
+        @torch.jit.export
+        def go(self, x: torch.Tensor) -> torch.Tensor:
+            return x
+
+    path = torchscript_file(tmp_path / "go.ts", "", NoForward())
+    assert run_main("inspect", str(path)) == (2, "", f"error: {path}: the TorchScript module has no forward method, so it has no inputs or outputs to describe.\n")
+
+
+def test_an_onnx_element_type_without_a_name_and_a_parameter_count_that_is_no_number_are_shown_as_they_are(tmp_path):
+    onnx = pytest.importorskip("onnx")
+    from onnx import helper
+
+    value = helper.make_tensor_value_info("x", 99, ["n", 3])
+    model = helper.make_model(helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g", [value], [helper.make_tensor_value_info("y", 99, ["n", 3])]))
+    model.metadata_props.add(key="parameters", value="\u00b2")  # a digit to str.isdigit, not to int()
+    onnx.save(model, tmp_path / "odd.onnx")
+    graph = describe_graph(tmp_path / "odd.onnx", "onnx")
+    assert [(t.dtype, t.shape) for t in graph.inputs] == [("element type 99", ["n", 3])] and graph.parameters is None
+    code, out, _ = run_main("inspect", str(tmp_path / "odd.onnx"))
+    assert code == 0 and "input:       x: element type 99 [n, 3] (open: n)\n" in out and "parameters:" not in out
+
+
+def test_a_pt2_batch_axis_is_named_as_ecacli_exported_it_and_other_open_axes_keep_torchs_symbol(tmp_path):
+    ours = describe_graph(pt2_file(tmp_path / "ours.pt2", json.dumps({"ecacli_version": ecacli.__version__}), dynamic=True), "pt2")
+    assert [t.shape for t in ours.inputs + ours.outputs] == [["batch", 3], ["batch", 3]]
+    foreign = describe_graph(pt2_file(tmp_path / "foreign.pt2", None, dynamic=True), "pt2")
+    symbol = foreign.inputs[0].shape[0]
+    assert re.fullmatch(r"s\d+", symbol) and [t.shape for t in foreign.inputs + foreign.outputs] == [[symbol, 3], [symbol, 3]]
+
+
 # The installed command.
 
 
@@ -287,7 +418,9 @@ def test_cli_exports_torch_graphs_and_reports_the_check_as_json(cli, tmp_path, t
     assert report["verification"]["max_abs_diff"] <= 1e-4 * report["verification"]["max_abs_output"]
     shown = cli("inspect", str(path), "--json")
     assert shown.returncode == 0, shown.stderr
-    assert json.loads(shown.stdout)["parameters"] == report["parameters"]
+    described = json.loads(shown.stdout)
+    assert described["parameters"] == report["parameters"]
+    assert described["inputs"][0]["shape"] == {".pt2": ["batch", 3, 64, 64], ".ts": None}[suffix]  # as export printed it
 
 
 def test_cli_no_verify_says_so(cli, tmp_path, tiny_yaml):
@@ -313,6 +446,23 @@ def test_cli_refusals_exit_2_and_write_nothing(cli, tmp_path, tiny_yaml, args, m
     assert sorted(p.name for p in tmp_path.iterdir()) == ["tiny.yaml"]
 
 
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["export", "{tmp}/m.onnx", "-o", "{tmp}/x.ts"], "error: {tmp}/m.onnx: names a graph file (onnx), which runs in its runtime; this command reads a spec (YAML file or preset) or a checkpoint."),
+        (["export", "r18", "--from", "{tmp}/m.pt2", "-o", "{tmp}/x.ts"], "error: {tmp}/m.pt2: names a graph file (pt2), which runs in its runtime; this command reads a checkpoint (.safetensors"),
+        (["convert", "{tmp}/m.ts", "-o", "{tmp}/x.safetensors"], "error: {tmp}/m.ts: names a graph file (torchscript), which runs in its runtime; this command reads a checkpoint"),
+        (["export", "{tmp}/missing.safetensors", "-o", "{tmp}/x.onnx"], "error: {tmp}/missing.safetensors: no such file; give a checkpoint that exists, or a spec (YAML file or preset).\n"),
+    ],
+)
+def test_a_graph_or_a_missing_checkpoint_where_a_spec_or_checkpoint_is_read_is_refused(tmp_path, argv, message):
+    for name in ("m.onnx", "m.pt2", "m.ts"):
+        (tmp_path / name).write_bytes(b"PK\x03\x04 not read")
+    code, out, err = run_main(*[a.format(tmp=tmp_path) for a in argv])
+    assert (code, out) == (2, "") and err.startswith(message.format(tmp=tmp_path)) and err.count("\n") == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx", "m.pt2", "m.ts"]
+
+
 def test_cli_onnx_without_the_extra_gives_the_install_line(cli, tmp_path, tiny_yaml, monkeypatch):
     (tmp_path / "hide").mkdir()
     (tmp_path / "hide" / "sitecustomize.py").write_text("import sys\nsys.modules['onnxruntime'] = None\n")
@@ -330,3 +480,14 @@ def test_cli_a_dtype_onnxruntime_cannot_run_is_refused_and_nothing_written(cli, 
     assert result.stderr.startswith(f"error: {path}: onnxruntime ") and "(CPU) cannot run the exported graph (opset " in result.stderr
     assert result.stderr.endswith("or skip this check with --no-verify to run the file elsewhere; nothing was written.\n")
     assert not path.exists()
+
+
+def test_cli_what_a_torchscript_archive_prints_when_loaded_stays_off_stdout(cli, tmp_path, capfd):
+    path = torchscript_file(tmp_path / "loud.ts", json.dumps({"dtype": "float32"}), Loud())
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.jit.load(str(path))
+    assert capfd.readouterr().out == "loaded\n"  # the archive's code runs when it is loaded
+    shown = cli("inspect", str(path), "--json")
+    assert shown.returncode == 0, shown.stderr
+    assert json.loads(shown.stdout)["metadata"] == {"dtype": "float32"}

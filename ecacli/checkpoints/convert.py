@@ -176,36 +176,57 @@ def classify(tensors: dict[str, torch.Tensor], wrapped: bool, prefixed: bool, ec
     return SourceState(TORCHVISION if "conv1.weight" in tensors else TIMM, label, tensors)
 
 
-DETECTION_BACKBONES = {"torchvision": "backbone.body.", "mmdetection": "backbone."}
-"""Where a detection checkpoint keeps its backbone: torchvision's detectors under `backbone.body.`
-(beside `backbone.fpn.`, `rpn.`, `roi_heads.`), mmdetection's under `backbone.` (beside `neck.`,
-`rpn_head.`, `roi_head.` or older `bbox_head.` and `mask_head.`)."""
+DETECTION_LAYOUTS = {
+    "torchvision": ("backbone.body.", ("backbone.fpn", "rpn", "roi_heads", "head")),
+    "mmdetection": ("backbone.", ("neck", "rpn_head", "roi_head", "bbox_head", "mask_head")),
+}
+"""Where a detection checkpoint keeps its backbone, and the detector's other parts: torchvision's
+under `backbone.body.` beside `backbone.fpn.` and `rpn.` and `roi_heads.` (or RetinaNet's and
+FCOS's `head.`), mmdetection's under `backbone.` beside `neck.`, `rpn_head.`, `roi_head.` (or
+older `bbox_head.` and `mask_head.`). A backbone beside anything else (an mmpretrain classifier's
+`head.`) makes no detection checkpoint."""
 
 
 def detection_parts(key: str, prefix: str) -> str:
     """The part of a detector a key belongs to: 'backbone.fpn' for torchvision's FPN, else its first name."""
-    return "backbone.fpn" if prefix == DETECTION_BACKBONES["torchvision"] and key.startswith("backbone.fpn.") else key.split(".")[0]
+    return "backbone.fpn" if prefix == DETECTION_LAYOUTS["torchvision"][0] and key.startswith("backbone.fpn.") else key.split(".")[0]
 
 
-def split_detection(tensors: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, Any], list[str]]:
-    """A detector's backbone tensors (prefix stripped), what kind of detector checkpoint it was and what was dropped; the tensors as they are otherwise."""
-    for layout, prefix in DETECTION_BACKBONES.items():
+def split_detection(tensors: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, Any], list[str], str | None]:
+    """A detector's backbone tensors (prefix stripped), what kind of detector checkpoint it was and what was dropped, and notes.
+
+    Otherwise the tensors as they are, with the reason when a backbone sits beside parts no known
+    detector has (nothing is dropped then).
+    """
+    for layout, (prefix, parts) in DETECTION_LAYOUTS.items():
         taken = {key for key in tensors if key.startswith(prefix) and not key.startswith("backbone.fpn.")}
-        if taken and len(taken) < len(tensors):
-            backbone = {key[len(prefix):]: t for key, t in tensors.items() if key in taken}
-            dropped = Counter(detection_parts(key, prefix) for key in tensors if key not in taken)
-            described = ", ".join(f"{part} ({count})" for part, count in dropped.items())
-            notes = [f"took the backbone's {len(backbone)} tensors from a {layout} detection checkpoint ({prefix}*); dropped {described}"]
-            return backbone, {"detection": layout, "dropped": dict(dropped)}, notes
-    return tensors, {}, []
+        if not taken or len(taken) == len(tensors):
+            continue
+        dropped = Counter(detection_parts(key, prefix) for key in tensors if key not in taken)
+        unknown = [part for part in dropped if part not in parts]
+        if unknown:
+            found = ", ".join(f"{cut(part, 30)}.* ({dropped[part]} tensor{'' if dropped[part] == 1 else 's'})" for part in unknown[:5])
+            return tensors, {}, [], (
+                f"found a backbone under '{prefix}' beside {found}, which no {layout} detector holds (its parts are {', '.join(parts)}): "
+                "not read as a detection checkpoint, so no weights are dropped. ecacli converts ResNet / ECA-ResNet and MobileNetV2 / ECA-MobileNetV2 "
+                "classifiers with torchvision's, timm's or the paper's names, and the backbones of torchvision's and mmdetection's detectors."
+            )
+        backbone = {key[len(prefix):]: t for key, t in tensors.items() if key in taken}
+        described = ", ".join(f"{part} ({count})" for part, count in dropped.items())
+        notes = [f"took the backbone's {len(backbone)} tensors from a {layout} detection checkpoint ({prefix}*); dropped {described}"]
+        return backbone, {"detection": layout, "dropped": dict(dropped)}, notes, None
+    return tensors, {}, [], None
 
 
 def detect(raw: RawCheckpoint, has_spec: bool) -> SourceState:
     """Unwrap, strip prefixes, take a detector's backbone and rename a loaded file's tensors; `problem` says why a layout is unsupported."""
     tensors, details, notes = unwrap(raw)
     tensors, prefix_notes = strip_prefix(tensors)
-    tensors, detection, detection_notes = split_detection(tensors)
-    state = classify(tensors, wrapped=bool(details) and not detection, prefixed=bool(prefix_notes), ecacli_file=has_spec)
+    tensors, detection, detection_notes, not_detection = split_detection(tensors)
+    if not_detection and not has_spec:
+        state = _unknown(tensors, not_detection)
+    else:
+        state = classify(tensors, wrapped=bool(details) and not detection, prefixed=bool(prefix_notes), ecacli_file=has_spec)
     if detection and not state.problem:
         state.label = f"{detection['detection']} detection checkpoint, backbone: {state.label}"
     state.details = {**details, **detection}

@@ -22,6 +22,8 @@ if TYPE_CHECKING:
 DOES_NOT_LOAD = 3
 LABEL_WIDTH = 13
 SCREEN_WIDTH = 80
+NOTED_DETAILS = ("wrapper", "dropped")
+"""Source details left off the source line: the notes say them (the training checkpoint's entry, a detector's dropped parts)."""
 
 
 def inspect(
@@ -30,7 +32,7 @@ def inspect(
     overrides: SetOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Show a checkpoint's source, spec, parameter count and dtypes, and whether it loads strictly (with the exact mismatches).
+    """Show what a checkpoint or graph file holds: source or producer, spec, parameter count and dtypes; for checkpoints, whether the weights load strictly.
 
     Exit status 0: loads strictly; 3: does not (or no spec describes it); 2: unreadable. A graph
     file (.onnx, .ts, .pt2) shows its inputs and outputs, open axes, opset, operators, weights and
@@ -91,7 +93,7 @@ def inspect(
 def _render(result: dict, spec_text: str | None, report) -> None:
     from ecacli.checkpoints.infer import describe_nonfinite
 
-    details = ", ".join(f"{k} {cut(str(v), 30)}" for k, v in result["details"].items() if k != "wrapper")
+    details = ", ".join(f"{k} {cut(str(v), 30)}" for k, v in result["details"].items() if k not in NOTED_DETAILS)
     lines = [
         f"file:        {result['file']} ({result['container']}, {fmt_bytes(result['size'])})",
         f"source:      {result['source_label']}" + (f" ({details})" if details else ""),

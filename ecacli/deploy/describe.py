@@ -2,8 +2,9 @@
 
 ONNX files are read as protocol buffers (`onnx.load`, weights kept external if they are);
 torch.export's `.pt2` archives from their JSON graph description; TorchScript archives with
-`torch.jit.load`, whose loader builds only TorchScript types. None of these unpickles Python
-objects (`torch.export.load` would: it is not used here).
+`torch.jit.load`, whose loader builds only TorchScript types. No Python object is unpickled
+(`torch.export.load` would: it is not used here), but TorchScript's loader runs the archive's
+TorchScript code, such as a module's `__setstate__`; what it prints is kept off stdout.
 """
 
 from __future__ import annotations
@@ -19,9 +20,9 @@ from pathlib import Path
 
 from ecacli.checkpoints import SPEC_KEY
 from ecacli.checkpoints.io import MAX_CHECKPOINT_BYTES, CheckpointError, check_readable
-from ecacli.deploy.export import METADATA_FILE, first_line, onnx_opset
+from ecacli.deploy.export import BATCH_AXIS, METADATA_FILE, native_stdout_silenced, onnx_opset
 from ecacli.deploy.formats import ONNX, PT2, TORCHSCRIPT, require
-from ecacli.errors import UserError
+from ecacli.errors import UserError, first_line, shown
 from ecacli.spec import NetworkSpec
 from ecacli.spec_loader import parse_yaml_text, spec_from_data
 
@@ -68,7 +69,8 @@ class GraphDescription:
     @property
     def parameters(self) -> int | None:
         """The model's parameter count as ecacli recorded it, if it wrote the file."""
-        return int(self.metadata["parameters"]) if self.metadata.get("parameters", "").isdigit() else None
+        recorded = re.fullmatch(r"[0-9]{1,19}", self.metadata.get("parameters", ""))  # not str.isdigit: int() refuses '²'
+        return int(recorded.group()) if recorded else None
 
     def to_dict(self) -> dict:
         return {
@@ -99,6 +101,26 @@ def describe_graph(path: str | Path, fmt: str) -> GraphDescription:
 
 def by_count(ops: Counter) -> dict[str, int]:
     return dict(sorted(ops.items(), key=lambda item: (-item[1], item[0])))
+
+
+def stored_metadata(path: Path, stored: str | bytes) -> dict[str, str]:
+    """ecacli's metadata from a TorchScript or pt2 archive's `extra/ecacli/metadata.json` ({} for an empty entry); anything but a JSON object of text values is refused naming the file."""
+
+    def refusal(problem: str) -> GraphFileError:
+        return GraphFileError(f"{path}: the archive entry 'extra/{METADATA_FILE}' {problem}; ecacli writes a JSON object of text values there (spec, versions, parameter count, dtype).")
+
+    if not stored:
+        return {}
+    try:
+        metadata = json.loads(stored)
+    except (ValueError, RecursionError) as exc:  # not JSON, not UTF-8, or nested past the parser's depth
+        raise refusal(f"is not JSON ({first_line(exc)})") from None
+    if not isinstance(metadata, dict):
+        raise refusal(f"holds {shown(metadata)}, not a JSON object")
+    for key, value in metadata.items():
+        if not isinstance(value, str):
+            raise refusal(f"holds {shown(value)} at {shown(key)}, not text")
+    return metadata
 
 
 def with_spec(description: GraphDescription, metadata: dict[str, str]) -> GraphDescription:
@@ -132,7 +154,8 @@ def describe_onnx(path: Path, size: int) -> GraphDescription:
     def signature(value) -> TensorSignature:
         tensor = value.type.tensor_type
         shape = [dim.dim_param or (dim.dim_value if dim.HasField("dim_value") else "?") for dim in tensor.shape.dim]
-        dtype = onnx.TensorProto.DataType.Name(tensor.elem_type).lower()
+        types = onnx.TensorProto.DataType
+        dtype = types.Name(tensor.elem_type).lower() if tensor.elem_type in types.values() else f"element type {tensor.elem_type}"
         return TensorSignature(value.name, ONNX_DTYPE_NAMES.get(dtype, dtype), shape)
 
     ops = Counter(node.op_type if node.domain in ("", "ai.onnx") else f"{node.domain}.{node.op_type}" for node in graph.node)
@@ -140,7 +163,7 @@ def describe_onnx(path: Path, size: int) -> GraphDescription:
         path,
         ONNX,
         size,
-        f"{model.producer_name} {model.producer_version}".strip(),
+        f"{model.producer_name} {model.producer_version}".strip() or "(not named)",
         onnx_opset(model),
         [signature(value) for value in graph.input if value.name not in constants],
         [signature(value) for value in graph.output],
@@ -156,11 +179,13 @@ def describe_torchscript(path: Path, size: int) -> GraphDescription:
 
     extra = {METADATA_FILE: ""}
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), native_stdout_silenced():  # the archive's own code may print (`__setstate__`)
             warnings.simplefilter("ignore")  # torch.jit's deprecation notice: this command's output is the description
             module = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
     except Exception as exc:
         raise GraphFileError(f"{path}: cannot read it as a TorchScript archive (truncated or corrupt?): {first_line(exc)}") from None
+    if not hasattr(module, "forward"):
+        raise GraphFileError(f"{path}: the TorchScript module has no forward method, so it has no inputs or outputs to describe.")
     schema = module.forward.schema
     ops: Counter = Counter()
     pending = list(module.inlined_graph.nodes())
@@ -182,7 +207,7 @@ def describe_torchscript(path: Path, size: int) -> GraphDescription:
         len(tensors),
         sum(t.numel() for t in tensors),
     )
-    return with_spec(description, json.loads(extra[METADATA_FILE]) if extra[METADATA_FILE] else {})
+    return with_spec(description, stored_metadata(path, extra[METADATA_FILE]))
 
 
 ONNX_DTYPE_NAMES = {"float": "float32", "double": "float64"}
@@ -192,14 +217,17 @@ SYMBOL = re.compile(r"Symbol\('(\w+)'")
 
 
 def describe_pt2(path: Path, size: int) -> GraphDescription:
-    """A torch.export archive from its JSON: `models/model.json` (graph, signature, ranges) and the weights' configuration."""
+    """A torch.export archive from its JSON: `models/model.json` (graph, signature, ranges) and the weights' configuration.
+
+    An open axis shows torch.export's symbol (`s77`), except the batch axis of an archive ecacli wrote, which shows the name `ecacli export` gave it.
+    """
     try:
         with zipfile.ZipFile(path) as archive:
             entries = {name.split("/", 1)[-1]: name for name in archive.namelist()}
             program = json.loads(archive.read(entries["models/model.json"]))
             weights = json.loads(archive.read(entries["data/weights/model_weights_config.json"]))["config"]
             extra = entries.get(f"extra/{METADATA_FILE}")
-            metadata = json.loads(archive.read(extra)) if extra else {}
+            stored = archive.read(extra) if extra else b""
         graph, signature = program["graph_module"]["graph"], program["graph_module"]["signature"]
         values = graph["tensor_values"]
 
@@ -218,8 +246,13 @@ def describe_pt2(path: Path, size: int) -> GraphDescription:
         ops = Counter(node["target"].removeprefix("torch.ops.") for node in graph["nodes"])
         elements = [math.prod(dim(s) for s in entry["tensor_meta"]["sizes"]) for entry in weights.values()]
         producer = f"torch.export (torch {program.get('torch_version', '?')})"
-    except (KeyError, TypeError, ValueError, zipfile.BadZipFile) as exc:
+    except Exception as exc:  # anything the zip reader or walking the JSON meets in a corrupt archive
         raise GraphFileError(f"{path}: cannot read it as a torch.export archive (corrupt, or written by another torch version?): {type(exc).__name__}: {first_line(exc)}") from None
+    metadata = stored_metadata(path, stored)
+    batch = inputs[0].shape[0] if "ecacli_version" in metadata and inputs and inputs[0].shape else None
+    if isinstance(batch, str):  # the symbol torch.export chose for the axis ecacli's export named
+        for io_tensor in inputs + outputs:
+            io_tensor.shape = [BATCH_AXIS if axis == batch else axis for axis in io_tensor.shape]
     description = GraphDescription(path, PT2, size, producer, None, inputs, outputs, by_count(ops), len(elements), sum(elements))
     return with_spec(description, metadata)
 

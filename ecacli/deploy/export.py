@@ -352,9 +352,9 @@ def onnx_bytes(model: nn.Module, example: torch.Tensor, request: ExportRequest, 
     return proto.SerializeToString(), opset
 
 
-def onnx_opset(proto) -> int:
-    """The default-domain opset an ONNX model imports."""
-    return next(entry.version for entry in proto.opset_import if entry.domain in ("", "ai.onnx"))
+def onnx_opset(proto) -> int | None:
+    """The default-domain opset an ONNX model imports (None if it imports none)."""
+    return next((entry.version for entry in proto.opset_import if entry.domain in ("", "ai.onnx")), None)
 
 
 def torchscript_bytes(model: nn.Module, example: torch.Tensor, request: ExportRequest, metadata: dict[str, str]) -> tuple[bytes, None]:

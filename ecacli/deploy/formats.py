@@ -71,15 +71,19 @@ def suffixes_of(fmt: str) -> str:
 def graph_format_of(path: Path) -> str | None:
     """The graph format of an existing file from its suffix, or for a zip archive (a `.pt`, say) from its layout; None for anything else.
 
-    TorchScript archives hold `code/` and `constants.pkl`; torch.export's hold `archive_format`.
+    TorchScript archives hold `code/` and `constants.pkl`; torch.export's hold `archive_format`. A zip
+    whose directory cannot be read is no graph here (reading it as a checkpoint says what is wrong).
     """
     named = NAMED_BY_SUFFIX.get(path.suffix.lower())
     if named in GRAPH_FORMATS:
         return named
     if named is not None or not path.is_file() or not zipfile.is_zipfile(path):
         return None
-    with zipfile.ZipFile(path) as archive:
-        entries = {name.split("/", 1)[-1] for name in archive.namelist()}
+    try:
+        with zipfile.ZipFile(path) as archive:
+            entries = {name.split("/", 1)[-1] for name in archive.namelist()}
+    except (zipfile.BadZipFile, OSError, ValueError, NotImplementedError):  # NotImplementedError: a zip version Python cannot read
+        return None
     if "archive_format" in entries:
         return PT2
     if "constants.pkl" in entries and any(entry.startswith("code/") for entry in entries):
