@@ -20,9 +20,10 @@ from pathlib import Path
 
 from ecacli.checkpoints import SPEC_KEY
 from ecacli.checkpoints.io import MAX_CHECKPOINT_BYTES, CheckpointError, check_readable
-from ecacli.deploy.export import BATCH_AXIS, METADATA_FILE, native_stdout_silenced, onnx_opset
+from ecacli.deploy.export import BATCH_AXIS, METADATA_FILE, onnx_opset
 from ecacli.deploy.formats import ONNX, PT2, TORCHSCRIPT, require
 from ecacli.errors import UserError, first_line, shown
+from ecacli.quiet import native_output_silenced
 from ecacli.spec import NetworkSpec
 from ecacli.spec_loader import parse_yaml_text, spec_from_data
 
@@ -179,7 +180,7 @@ def describe_torchscript(path: Path, size: int) -> GraphDescription:
 
     extra = {METADATA_FILE: ""}
     try:
-        with warnings.catch_warnings(), native_stdout_silenced():  # the archive's own code may print (`__setstate__`)
+        with warnings.catch_warnings(), native_output_silenced(1):  # the archive's own code may print (`__setstate__`)
             warnings.simplefilter("ignore")  # torch.jit's deprecation notice: this command's output is the description
             module = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
     except Exception as exc:

@@ -34,7 +34,6 @@ import io
 import json
 import logging
 import os
-import sys
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
@@ -47,6 +46,7 @@ from ecacli.atomic import atomic_write
 from ecacli.checkpoints import DTYPES, SavedCheckpoint, check_writable_outputs, file_metadata, floating_dtype, new_model, parameter_count, save_checkpoint
 from ecacli.deploy.formats import EXTRAS, ONNX, PT2, TORCHSCRIPT, WEIGHT_FORMATS, format_for, require
 from ecacli.errors import OutOfMemory, UserError, first_line, is_out_of_memory
+from ecacli.quiet import native_output_silenced
 from ecacli.spec import MAX_BATCH, NetworkSpec, check_input_size
 
 METADATA_FILE = "ecacli/metadata.json"
@@ -288,20 +288,6 @@ def output_name(spec: NetworkSpec) -> str:
 
 
 @contextlib.contextmanager
-def native_stdout_silenced() -> Iterator[None]:
-    """Send what native code writes to file descriptor 1 (the TorchScript-based ONNX exporter's graph dumps, say) to the null device meanwhile."""
-    sys.stdout.flush()
-    saved = os.dup(1)
-    try:
-        with open(os.devnull, "wb") as sink:
-            os.dup2(sink.fileno(), 1)
-        yield
-    finally:
-        os.dup2(saved, 1)
-        os.close(saved)
-
-
-@contextlib.contextmanager
 def exporting(what: str) -> Iterator[None]:
     """Run an exporter quietly (its progress lines, warnings and logged tracebacks are not this command's output); its failure becomes one ExportError line."""
     loggers = [logging.getLogger(name) for name in EXPORTER_LOGGERS]
@@ -309,7 +295,7 @@ def exporting(what: str) -> Iterator[None]:
     for logger in loggers:
         logger.setLevel(logging.CRITICAL)
     try:
-        with open(os.devnull, "w") as sink, contextlib.redirect_stdout(sink), native_stdout_silenced(), warnings.catch_warnings():
+        with open(os.devnull, "w") as sink, contextlib.redirect_stdout(sink), native_output_silenced(1), warnings.catch_warnings():
             warnings.simplefilter("ignore")
             yield
     except UserError:

@@ -25,7 +25,8 @@ from torch.profiler import ProfilerActivity, profile, record_function
 from torch.utils.hooks import RemovableHandle
 
 from ecacli.layers.tail import FUSED_RANGE, PASSIVE_HOOK
-from ecacli.profiling.device import make_timer, native_stderr_silenced
+from ecacli.profiling.device import make_timer
+from ecacli.quiet import native_output_silenced
 from ecacli.profiling.runner import ProfileConfig, Workload, run_step
 
 RANGE_PREFIX = "ecacli."
@@ -170,7 +171,7 @@ def breakdown(w: Workload, config: ProfileConfig, steps: int = BREAKDOWN_STEPS, 
     eager = dataclasses.replace(w, runner=w.model, samples=[])
     timer = make_timer(device)
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
-    with attention_ranges(w.model), native_stderr_silenced(), profile(activities=activities) as prof:
+    with attention_ranges(w.model), native_output_silenced(2), profile(activities=activities) as prof:
         for _ in range(steps):
             run_step(eager, config, timer, annotate=_phase_range)
     use_device = device.type == "cuda"

@@ -10,19 +10,17 @@ out: CUDA's peak after a reset, or on CPU the running total of the profiler's al
 
 from __future__ import annotations
 
-import os
 import platform
-import sys
 import time
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable
 
 import torch
 from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile
 
 from ecacli.errors import UserError
+from ecacli.quiet import native_output_silenced
 
 SUPPORTED_DEVICES = "cpu, cuda, cuda:N or mps"
 
@@ -167,20 +165,6 @@ def make_timer(device: torch.device, clock: str = "wall") -> HostTimer | CudaEve
     return CudaEventTimer(device) if device.type == "cuda" else HostTimer(device, clock)
 
 
-@contextmanager
-def native_stderr_silenced() -> Iterator[None]:
-    """Send file descriptor 2 to /dev/null: some torch builds print profiler start/stop lines from C++."""
-    sys.stderr.flush()
-    saved = os.dup(2)
-    try:
-        with open(os.devnull, "w") as devnull:
-            os.dup2(devnull.fileno(), 2)
-            yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-
-
 def memory_measure(device: torch.device) -> str | None:
     """What `step_peak_bytes` reads on this device, in words (None where it reads nothing)."""
     return MEMORY_MEASURES.get(device.type)
@@ -206,7 +190,7 @@ def step_peak_bytes(device: torch.device, run: Callable[[], object]) -> int | No
         return torch.cuda.max_memory_allocated(device) - start
     if device.type != "cpu":
         return None
-    with native_stderr_silenced(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+    with native_output_silenced(2), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         run()
     allocations = [e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]" and e.device_type() == DeviceType.CPU]
     current = peak = 0
