@@ -29,6 +29,19 @@ def run_ecacli(*args: str, cwd: Path | None = None, timeout: float = 300) -> sub
     return subprocess.run([str(ECACLI), *args], capture_output=True, text=True, cwd=cwd, timeout=timeout, env=env)
 
 
+def randomise_batch_norms(model, generator):
+    """Non-trivial affine parameters and running statistics for every affine BatchNorm2d, so no term of what it computes vanishes; returns the model."""
+    from torch import nn
+
+    for module in model.modules():
+        if isinstance(module, nn.BatchNorm2d) and module.affine:
+            module.weight.data.uniform_(0.5, 1.5, generator=generator)
+            module.bias.data.uniform_(-0.5, 0.5, generator=generator)
+            module.running_mean.uniform_(-0.2, 0.2, generator=generator)
+            module.running_var.uniform_(0.5, 1.5, generator=generator)
+    return model
+
+
 def run_main(*argv: str) -> tuple[int, str, str]:
     """`ecacli *argv` through its own main() in this process (fast: no interpreter start): (exit code, stdout, stderr)."""
     from ecacli.cli import main

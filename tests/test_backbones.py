@@ -13,23 +13,13 @@ from ecacli import build_model, load_spec
 from ecacli.checkpoints import converted_spec, load_model, new_model, open_checkpoint, spec_for
 from ecacli.errors import OptionError, UserError
 from ecacli.models import FeatureInfo
+from conftest import randomise_batch_norms
 
 from conftest import run_main
 
 torchvision = pytest.importorskip("torchvision")
 
 SMALL = ["width=16", "input_size=64"]
-
-
-def randomise(model: nn.Module, seed: int = 0) -> nn.Module:
-    generator = torch.Generator().manual_seed(seed)
-    for module in model.modules():
-        if isinstance(module, nn.BatchNorm2d):
-            module.weight.data.uniform_(0.5, 1.5, generator=generator)
-            module.bias.data.uniform_(-0.5, 0.5, generator=generator)
-            module.running_mean.uniform_(-0.2, 0.2, generator=generator)
-            module.running_var.uniform_(0.5, 1.5, generator=generator)
-    return model
 
 
 @pytest.mark.parametrize(
@@ -56,7 +46,7 @@ def test_feature_info(name, channels, reductions):
 def test_features_are_the_classifiers_intermediate_outputs_bit_for_bit(name, training):
     spec = load_spec(name, ["input_size=64"])
     torch.manual_seed(0)
-    full = randomise(build_model(spec))
+    full = randomise_batch_norms(build_model(spec), torch.Generator().manual_seed(0))
     features = build_model(spec, features_only=True, out_indices=(0, 1, 2, 3, 4))
     features.load_state_dict(full.state_dict(), strict=False)
     levels = features.feature_info.module_name()
@@ -188,7 +178,7 @@ def test_faster_rcnn_trains_and_detects_on_an_eca_backbone():
 def mmdetection_checkpoint(path, k=(3, 3, 7, 7)):
     """A Mask R-CNN ECA-Net50 checkpoint in mmdetection's layout: backbone, neck and heads under their own prefixes."""
     spec = load_spec("r50", [f"attention.k_size=[{', '.join(map(str, k))}]", "num_classes=0"])
-    backbone = randomise(new_model(spec, seed=0), seed=3).state_dict()
+    backbone = randomise_batch_norms(new_model(spec, seed=0), torch.Generator().manual_seed(3)).state_dict()
     state = {f"backbone.{key}": value for key, value in backbone.items()}
     state.update({
         "neck.lateral_convs.0.conv.weight": torch.zeros(256, 256, 1, 1), "neck.fpn_convs.0.conv.weight": torch.zeros(256, 256, 3, 3),
@@ -238,7 +228,7 @@ def test_torchvision_detection_checkpoint_gives_its_backbone(tmp_path):
 
 @pytest.mark.parametrize("name", ["r50", "eca_mobilenetv2_k13"])
 def test_a_headless_state_dict_reads_as_a_headless_spec(tmp_path, name):
-    model = randomise(build_model(load_spec(name, ["num_classes=0"])))
+    model = randomise_batch_norms(build_model(load_spec(name, ["num_classes=0"])), torch.Generator().manual_seed(0))
     torch.save(model.state_dict(), tmp_path / "trunk.pth")
     spec, _ = spec_for(open_checkpoint(tmp_path / "trunk.pth"))
     assert spec.num_classes == 0 and spec.arch == model.spec.arch

@@ -7,7 +7,6 @@ import re
 import importlib.util
 import subprocess
 import sys
-from pathlib import Path
 import copy
 
 import pytest
@@ -18,7 +17,6 @@ from torch import nn
 from ecacli.benchmarks.eca_overhead import main as bench_main
 from ecacli.benchmarks.eca_overhead import rows_for, saved_tensor_bytes, variant_spec
 from ecacli.errors import SpecError
-from ecacli.layers.eca import EcaModule
 from ecacli.layers import tail
 from ecacli.layers.channel_conv import ChannelConv, channel_correlation, conv1d_backward
 from ecacli.layers.fused_eca import gated_residual, plane_means
@@ -26,6 +24,7 @@ from ecacli.arch.attention import CecaAttention, EcaAttention
 from ecacli.models import BasicBlock, Bottleneck, build_model
 from ecacli.spec import ResNetSpec
 from ecacli.spec_loader import load_spec
+from conftest import randomise_batch_norms
 
 BLOCKS = {"basic": BasicBlock, "bottleneck": Bottleneck}
 
@@ -50,16 +49,6 @@ def paths(monkeypatch: pytest.MonkeyPatch) -> list[tail.TailPath]:
 
     monkeypatch.setattr(tail, "choose_tail_path", record)
     return taken
-
-
-def randomise_batch_norms(model: nn.Module, generator: torch.Generator) -> None:
-    """Non-trivial affine parameters and running statistics, so no term of the tail vanishes."""
-    for module in model.modules():
-        if isinstance(module, nn.BatchNorm2d) and module.affine:
-            module.weight.data.uniform_(0.5, 1.5, generator=generator)
-            module.bias.data.uniform_(-0.5, 0.5, generator=generator)
-            module.running_mean.uniform_(-0.2, 0.2, generator=generator)
-            module.running_var.uniform_(0.5, 1.5, generator=generator)
 
 
 def eca(k: int, circular: bool = False, impl: str = "fast"):

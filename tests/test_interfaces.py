@@ -25,7 +25,7 @@ from torch import nn
 from ecacli.checkpoints import new_model
 from ecacli.layers import tail
 from ecacli.spec_loader import spec_from_data
-from test_fast_eca import randomise_batch_norms
+from conftest import randomise_batch_norms
 
 ATTENTION = {
     "none": {"type": "none"},

@@ -11,6 +11,7 @@ from torch import nn
 
 from ecacli import build_model, load_spec
 from ecacli.layers import EcaModule
+from conftest import randomise_batch_norms
 
 TORCHVISION = json.loads((Path(__file__).parent / "data" / "torchvision_state_dict_shapes.json").read_text())
 TORCHVISION_PARAMS = {18: 11_689_512, 34: 21_797_672, 50: 25_557_032, 101: 44_549_160, 152: 60_192_808}
@@ -163,22 +164,12 @@ class ReferenceEcaMobileNetV2(nn.Module):
         return self.classifier(self.features(x).mean(dim=(2, 3)))
 
 
-def randomise_statistics(model: nn.Module, seed: int) -> None:
-    generator = torch.Generator().manual_seed(seed)
-    for module in model.modules():
-        if isinstance(module, nn.BatchNorm2d):
-            module.weight.data.uniform_(0.5, 1.5, generator=generator)
-            module.bias.data.uniform_(-0.5, 0.5, generator=generator)
-            module.running_mean.uniform_(-0.2, 0.2, generator=generator)
-            module.running_var.uniform_(0.5, 1.5, generator=generator)
-
-
 @pytest.mark.parametrize("training", [False, True], ids=["eval", "train"])
 def test_eca_mobilenetv2_equals_the_release_formulation(training):
     """Same weights, float64: outputs to 1e-10 of the straightforward model, in training (dropout off) and eval mode."""
     torch.manual_seed(0)
     model = build_model(load_spec("eca_mobilenetv2_k13", ["attention.impl=fast"])).double()
-    randomise_statistics(model, 1)
+    randomise_batch_norms(model, torch.Generator().manual_seed(1))
     reference = ReferenceEcaMobileNetV2().double()
     reference.load_state_dict(model.state_dict())  # strict: the release's names, key for key
     for m in (model, reference):

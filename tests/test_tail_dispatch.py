@@ -22,27 +22,16 @@ from ecacli.layers.eca import EcaModule
 from ecacli.arch.attention import EcaAttention
 from ecacli.models import Bottleneck, build_model
 from ecacli.spec import ResNetSpec
+from conftest import randomise_batch_norms
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 Path_ = tail.TailPath
 
 
-def randomise(model: nn.Module, seed: int = 0) -> nn.Module:
-    """Non-trivial BatchNorm affine parameters and running statistics, so no term of the tail vanishes."""
-    generator = torch.Generator().manual_seed(seed)
-    for module in model.modules():
-        if isinstance(module, nn.BatchNorm2d) and module.affine:
-            module.weight.data.uniform_(0.5, 1.5, generator=generator)
-            module.bias.data.uniform_(-0.5, 0.5, generator=generator)
-            module.running_mean.uniform_(-0.2, 0.2, generator=generator)
-            module.running_var.uniform_(0.5, 1.5, generator=generator)
-    return model
-
-
 def block(impl: str = "fast") -> Bottleneck:
     """A small bottleneck with a projection shortcut: 16 -> 32 channels, stride 2."""
     torch.manual_seed(0)
-    return randomise(Bottleneck(16, 8, 2, "conv", EcaAttention(impl=impl).node(32, 3)))
+    return randomise_batch_norms(Bottleneck(16, 8, 2, "conv", EcaAttention(impl=impl).node(32, 3)), torch.Generator().manual_seed(0))
 
 
 @pytest.fixture
@@ -174,7 +163,7 @@ def test_global_hooks_observe_every_module(rules: list[tail.TailRule]) -> None:
 def eca_resnet(impl: str) -> nn.Module:
     torch.manual_seed(3)
     spec = ResNetSpec(name="r", layers=[1, 2, 1, 1], block="bottleneck", width=8, num_classes=7, attention={"impl": impl})
-    return randomise(build_model(spec), seed=4)
+    return randomise_batch_norms(build_model(spec), torch.Generator().manual_seed(4))
 
 
 @pytest.mark.parametrize("training", [False, True], ids=["eval", "train"])
