@@ -59,19 +59,25 @@ class TailCall:
         return fold_terms(self.norm, self.u)  # type: ignore[arg-type]
 
 
+GLOBAL_HOOKS = (
+    module_hooks._global_forward_hooks,
+    module_hooks._global_forward_pre_hooks,
+    module_hooks._global_backward_hooks,
+    module_hooks._global_backward_pre_hooks,
+)
+
+
+def _active(hook_dicts) -> bool:
+    return any(not getattr(hook, PASSIVE_HOOK, False) for hooks in hook_dicts for hook in hooks.values())
+
+
+def _own_hooks(module: nn.Module) -> bool:
+    return _active((module._forward_hooks, module._forward_pre_hooks, module._backward_hooks, module._backward_pre_hooks))
+
+
 def observed(module: nn.Module) -> bool:
     """Whether calling `module` would run hooks (its own or global ones), profiler-range hooks aside."""
-    hook_dicts = (
-        module._forward_hooks,
-        module._forward_pre_hooks,
-        module._backward_hooks,
-        module._backward_pre_hooks,
-        module_hooks._global_forward_hooks,
-        module_hooks._global_forward_pre_hooks,
-        module_hooks._global_backward_hooks,
-        module_hooks._global_backward_pre_hooks,
-    )
-    return any(not getattr(hook, PASSIVE_HOOK, False) for hooks in hook_dicts for hook in hooks.values())
+    return _active(GLOBAL_HOOKS) or _own_hooks(module)
 
 
 def _no_fused_form(call: TailCall) -> bool:
@@ -88,7 +94,7 @@ def _other_norm_or_activation(call: TailCall) -> bool:
 
 
 def _observed(call: TailCall) -> bool:
-    return any(observed(m) for m in (call.norm, call.activation, *call.attention.modules()))  # type: ignore[union-attr]
+    return _active(GLOBAL_HOOKS) or any(_own_hooks(m) for m in (call.norm, call.activation, *call.attention.modules()))  # type: ignore[union-attr]
 
 
 def _compiling(call: TailCall) -> bool:
