@@ -18,7 +18,8 @@ from ecacli.benchmarks.eca_overhead import main as bench_main
 from ecacli.benchmarks.eca_overhead import rows_for, saved_tensor_bytes, variant_spec
 from ecacli.errors import SpecError
 from ecacli.layers import tail
-from ecacli.layers.channel_conv import ChannelConv, channel_correlation, conv1d_backward
+from ecacli.layers import EcaModule
+from ecacli.layers.channel_conv import channel_correlation, conv1d_backward
 from ecacli.layers.fused_eca import gated_residual, plane_means
 from ecacli.arch.attention import CecaAttention, EcaAttention
 from ecacli.models import BasicBlock, Bottleneck, build_model
@@ -183,7 +184,7 @@ def test_gradcheck_fused_function(training: bool, padding_mode: str) -> None:
     generator = torch.Generator().manual_seed(6)
     bn = nn.BatchNorm2d(6).double().train(training)
     randomise_batch_norms(bn, generator)
-    conv = ChannelConv(3, padding_mode).double()
+    conv = gate_conv(3, padding_mode).double()
     z = torch.randn(3, 6, 3, 4, dtype=torch.float64, generator=generator, requires_grad=True)
     identity = torch.randn(3, 6, 3, 4, dtype=torch.float64, generator=generator, requires_grad=True)
 
@@ -302,23 +303,23 @@ def test_gate_conv_runs_as_a_module_in_the_fused_tail() -> None:
     assert shapes == [(2, 1, 16), (2, 1, 16)]
 
 
+def gate_conv(k: int, padding_mode: str) -> nn.Conv1d:
+    """ECA's gate conv as a model builds it."""
+    return EcaModule(k, circular=padding_mode == "circular").conv
+
+
 @pytest.mark.parametrize("padding_mode", ["zeros", "circular"])
 @pytest.mark.parametrize("k", [1, 3, 7])
-def test_channel_conv_is_the_library_conv(padding_mode: str, k: int) -> None:
-    """Every form of the gate's conv (direct CPU kernel, compiled correlation, fused backward) equals nn.Conv1d, values and gradients."""
-    library = nn.Conv1d(1, 1, k, padding=k // 2, padding_mode=padding_mode, bias=False).double()
-    conv = ChannelConv(k, padding_mode).double()
-    conv.load_state_dict(library.state_dict())
+def test_gate_conv_forms_are_the_library_conv(padding_mode: str, k: int) -> None:
+    """The gate conv is exactly nn.Conv1d; its forms in the fused tail (compiled correlation, fused backward) equal it, values and gradients."""
+    conv = gate_conv(k, padding_mode).double()
+    assert type(conv) is nn.Conv1d and conv.bias is None and conv.padding_mode == padding_mode
     generator = torch.Generator().manual_seed(9)
+    nn.init.normal_(conv.weight, generator=generator)
     pooled = torch.randn(3, 1, 12, dtype=torch.float64, generator=generator, requires_grad=True)
     grad = torch.randn(3, 1, 12, dtype=torch.float64, generator=generator)
-    expected = library(pooled)
-    expected_input, expected_weight = torch.autograd.grad(expected, (pooled, library.weight), grad)
-    actual = conv(pooled)
-    actual_input, actual_weight = torch.autograd.grad(actual, (pooled, conv.weight), grad)
-    assert_close(actual, expected, 1e-14, "direct conv")
-    assert_close(actual_input, expected_input, 1e-14, "direct conv, input gradient")
-    assert_close(actual_weight, expected_weight, 1e-14, "direct conv, weight gradient")
+    expected = conv(pooled)
+    expected_input, expected_weight = torch.autograd.grad(expected, (pooled, conv.weight), grad)
     assert_close(channel_correlation(pooled[:, 0], conv)[:, None], expected, 1e-14, "correlation")
     fused_input, fused_weight = conv1d_backward(conv, pooled.detach(), conv.weight.detach(), grad)
     assert_close(fused_input, expected_input, 1e-14, "fused backward, input gradient")
@@ -353,13 +354,12 @@ def test_plain_block_adds_the_shortcut_in_place_as_torchvision() -> None:
 
 
 @pytest.mark.parametrize("padding_mode", ["zeros", "circular"])
-def test_gate_conv_backward_off_cpu_uses_the_library_kernel(padding_mode: str) -> None:
-    """Off the CPU (here the meta device, as FLOP counting runs it) the gate conv's backward takes the library path, same shapes."""
-    conv = ChannelConv(5, padding_mode).to("meta")
+def test_gate_conv_backward_off_cpu(padding_mode: str) -> None:
+    """Off the CPU (here the meta device, as FLOP counting runs it) the fused backward's gate-conv gradients have the right shapes."""
+    conv = gate_conv(5, padding_mode).to("meta")
     pooled, grad = torch.empty(3, 1, 12, device="meta"), torch.empty(3, 1, 12, device="meta")
     grad_input, grad_weight = conv1d_backward(conv, pooled, conv.weight, grad)
     assert (grad_input.shape, grad_weight.shape) == ((3, 1, 12), (1, 1, 5))
-    assert conv(pooled).shape == (3, 1, 12)
 
 
 def test_benchmark_compile_option_selects_rows() -> None:
@@ -564,7 +564,7 @@ def test_half_precision_convs_beside_float32_batch_norm(paths: list[tail.TailPat
     for model in (reference, fast):
         model.eval()
         for module in model.modules():
-            if isinstance(module, nn.Conv2d):
+            if isinstance(module, (nn.Conv2d, nn.Conv1d)):
                 module.bfloat16()
     x = torch.randn(2, 32, 6, 6, generator=torch.Generator().manual_seed(26)).abs() + 8
     with torch.no_grad():

@@ -198,7 +198,7 @@ def test_eca_ns_gate_is_each_channels_own_window():
     torch.testing.assert_close(module(x), x * gate[:, :, None, None], rtol=1e-12, atol=1e-12)
     edge = torch.zeros(1, channels, 1, 1, dtype=torch.float64)
     edge[0, 0] = 1.0  # a window past the first channel reads zeros: only channels 0..2 see the 1
-    seen = module.conv(edge.mean(dim=(2, 3)).unsqueeze(1))[0, :, 0] != 0
+    seen = module.gate(edge)[0, :, 0, 0] != 0.5
     assert seen.tolist() == [True, True, True] + [False] * (channels - 3)
 
 

@@ -225,13 +225,21 @@ class Gate(Kind):
 
 @register("ChannelConv")
 class ChannelConv(Kind):
-    """ECA's gate conv: 1 -> 1 channel, k taps, no bias, over the pooled channels [N, 1, C]."""
+    """ECA's gate conv, a plain `nn.Conv1d(1, 1, k, bias=False)` over the pooled channels [N, 1, C], padded by (k - 1) / 2."""
 
-    module = "ecacli.layers.channel_conv:ChannelConv"
+    module = "torch.nn:Conv1d"
 
     def account(self, node: Node, shape: Shape, path: str) -> Layer:
         k = node.args["kernel_size"]
         return Layer(path, self.type_name, list(shape), k, k * shape[0] * shape[2])
+
+
+def channel_conv(kernel_size: int, circular: bool) -> Node:
+    """The `conv` child of an ECA module: one input and one output channel, k taps, zero (or circular) padding, no bias."""
+    args = {"in_channels": 1, "out_channels": 1, "kernel_size": kernel_size, "padding": (kernel_size - 1) // 2, "bias": False}
+    if circular:
+        args["padding_mode"] = "circular"
+    return Node("conv", "ChannelConv", args)
 
 
 @register("EcaModule")
@@ -240,7 +248,7 @@ class EcaModule(Gate):
     reports_kernel = True
 
     def children(self, args: Mapping[str, Any]) -> list[Node]:
-        return [Node("conv", "ChannelConv", {"kernel_size": args["kernel_size"], "padding_mode": "circular" if args["circular"] else "zeros"})]
+        return [channel_conv(args["kernel_size"], args["circular"])]
 
     def child_shapes(self, args: Mapping[str, Any], shape: Shape) -> list[Shape]:
         return [[shape[0], 1, shape[1]]]
@@ -248,12 +256,12 @@ class EcaModule(Gate):
 
 @register("WindowConv")
 class WindowConv(Kind):
-    """ECA-NS's gate conv: each channel's own k taps over its zero-padded channel window, [N, 1, C] -> [N, C, 1]."""
+    """ECA-NS's gate conv, a plain grouped `nn.Conv1d(C, C, k, groups=C, bias=False)` over each channel's window [N, C, k] -> [N, C, 1]."""
 
-    module = "ecacli.layers.eca_ns:WindowConv"
+    module = "torch.nn:Conv1d"
 
     def account(self, node: Node, shape: Shape, path: str) -> Layer:
-        channels, k = node.args["channels"], node.args["kernel_size"]
+        channels, k = node.args["in_channels"], node.args["kernel_size"]
         return Layer(path, self.type_name, [shape[0], channels, 1], channels * k, channels * k * shape[0])
 
 
@@ -263,10 +271,11 @@ class EcaNsModule(Gate):
     reports_kernel = True
 
     def children(self, args: Mapping[str, Any]) -> list[Node]:
-        return [Node("conv", "WindowConv", {"channels": args["channels"], "kernel_size": args["kernel_size"]})]
+        c, k = args["channels"], args["kernel_size"]
+        return [Node("conv", "WindowConv", {"in_channels": c, "out_channels": c, "kernel_size": k, "groups": c, "bias": False})]
 
     def child_shapes(self, args: Mapping[str, Any], shape: Shape) -> list[Shape]:
-        return [[shape[0], 1, shape[1]]]
+        return [[shape[0], shape[1], args["kernel_size"]]]
 
 
 @register("SeModule")

@@ -1,10 +1,8 @@
-"""The ECA gate's k-tap convolution across channels, in the form each context runs fastest.
+"""Shape helpers every attention module shares, and the ECA gate conv's math where a fused tail needs it by hand.
 
-The conv is tiny (one input and one output channel, k taps, a few thousand multiply-adds per
-block), so what it costs is per-call overhead: eagerly on CPU it runs as the direct convolution
-(im2col + GEMM, `thnn_conv2d` and its backward), whose setup is lighter than the library
-conv1d's (the benchmark notes in the README give the A/B); under torch.compile it is plain
-tensor ops the compiler fuses; wherever a graph is recorded, the library conv.
+The gate conv itself is a plain `nn.Conv1d` (what counting and rewriting tools expect); these
+functions only pool and broadcast over any number of spatial axes, and give the fused tail the
+conv as fusable tensor ops (under torch.compile) and its backward.
 """
 
 from __future__ import annotations
@@ -14,11 +12,20 @@ import torch.nn.functional as F
 from torch import nn
 
 
-def channel_windows(x: torch.Tensor, conv: nn.Conv1d) -> torch.Tensor:
-    """[N, 1, C] -> [N, 1, C, k]: the k inputs each output position of the gate's conv sees, padded as the conv pads."""
-    pad = conv.padding[0]
-    mode = "constant" if conv.padding_mode == "zeros" else conv.padding_mode
-    return F.pad(x, (pad, pad), mode=mode).unfold(-1, conv.kernel_size[0], 1)
+def spatial_mean(x: torch.Tensor) -> torch.Tensor:
+    """[N, C, *spatial] -> [N, C]: the mean over every axis after the channels (L, H x W or D x H x W).
+
+    This and `per_channel` read the input's rank, which FX symbolic tracing cannot: a module
+    calling them registers them with `torch.fx.wrap` so the traced graph records the call.
+    """
+    return x.mean(dim=[axis for axis in range(2, x.dim())])
+
+
+def per_channel(gate: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """[N, C] -> [N, C, 1, ...]: one value per (sample, channel), broadcastable over `like`'s spatial axes."""
+    for _ in range(like.dim() - 2):
+        gate = gate.unsqueeze(-1)
+    return gate
 
 
 def graph_recorded(x: torch.Tensor) -> bool:
@@ -27,76 +34,42 @@ def graph_recorded(x: torch.Tensor) -> bool:
     return torch.jit.is_tracing() or isinstance(x, torch.fx.Proxy) or torch.onnx.is_in_onnx_export() or exporting()
 
 
+def channel_windows(x: torch.Tensor, conv: nn.Conv1d) -> torch.Tensor:
+    """[N, 1, C] -> [N, 1, C, k]: the k inputs each output position of the gate's conv sees, padded as the conv pads."""
+    pad = conv.padding[0]
+    mode = "constant" if conv.padding_mode == "zeros" else conv.padding_mode
+    return F.pad(x, (pad, pad), mode=mode).unfold(-1, conv.kernel_size[0], 1)
+
+
 def channel_correlation(pooled: torch.Tensor, conv: nn.Conv1d) -> torch.Tensor:
-    """conv(pooled[:, None, :])[:, 0, :] for the gate's 1-input, 1-output, bias-free conv, as plain tensor ops."""
+    """conv(pooled[:, None, :])[:, 0, :] for the gate's 1-input, 1-output, bias-free conv, as plain tensor ops (for the compiler to fuse)."""
     return channel_windows(pooled[:, None, :], conv)[:, 0] @ conv.weight.view(-1)
 
 
-def _direct_operands(x: torch.Tensor, conv: nn.Conv1d) -> tuple[torch.Tensor, int]:
-    """The input as a [N, 1, 1, C'] image and the conv padding to use: circular padding is applied here, zeros by the conv."""
+def gate_logits(conv: nn.Conv1d, pooled: torch.Tensor) -> torch.Tensor:
+    """conv(pooled) for a [N, 1, C] input, computed in pooled's dtype (the weight cast to it) with autocast off: the fused tails keep the [N, C] gate in float32 whatever the activations' dtype."""
     pad = conv.padding[0]
     if conv.padding_mode == "circular" and pad:
-        return F.pad(x, (pad, pad), mode="circular").unsqueeze(2), 0
-    return x.unsqueeze(2), pad
-
-
-def direct_conv1d(x: torch.Tensor, conv: nn.Conv1d) -> torch.Tensor:
-    """conv(x) for a [N, 1, C] CPU input through the direct convolution, with autograd."""
-    image, pad = _direct_operands(x, conv)
-    return torch.ops.aten.thnn_conv2d(image, conv.weight.to(x.dtype).unsqueeze(2), [1, conv.kernel_size[0]], None, [1, 1], [0, pad]).squeeze(2)
+        pooled, pad = F.pad(pooled, (pad, pad), mode="circular"), 0
+    with torch.autocast(pooled.device.type, enabled=False):
+        return F.conv1d(pooled, conv.weight.to(pooled.dtype), None, 1, pad)
 
 
 def conv1d_backward(conv: nn.Conv1d, x: torch.Tensor, weight: torch.Tensor, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Gradients of the gate's conv w.r.t. its input [N, 1, C] and weight [1, 1, k], given the output's gradient.
 
-    CPU: the direct convolution's backward; other devices: the library's. Circular padding's
+    One call of the convolution's backward (what autograd runs for `conv`); circular padding's
     gradient is folded back from the padded margins onto the channels they copied.
     """
-    k = weight.shape[-1]
-    image, pad = _direct_operands(x, conv)
-    if x.device.type == "cpu":
-        grad_image, grad_weight, _ = torch.ops.aten._slow_conv2d_backward.output_mask(
-            grad.unsqueeze(2), image, weight.unsqueeze(2), [1, k], [1, 1], [0, pad], [True, True, False]
-        )
-    else:
-        grad_image, grad_weight, _ = torch.ops.aten.convolution_backward(
-            grad.unsqueeze(2), image, weight.unsqueeze(2), None, [1, 1], [0, pad], [1, 1], False, [0, 0], 1, [True, True, False]
-        )
-    grad_x = grad_image.squeeze(2)
-    margin = conv.padding[0]
-    if conv.padding_mode == "circular" and margin:
-        wrapped = grad_x[..., margin:-margin].clone()
-        wrapped[..., -margin:] += grad_x[..., :margin]
-        wrapped[..., :margin] += grad_x[..., -margin:]
+    pad = conv.padding[0]
+    circular = conv.padding_mode == "circular" and pad > 0
+    padded = F.pad(x, (pad, pad), mode="circular") if circular else x
+    grad_x, grad_weight, _ = torch.ops.aten.convolution_backward(
+        grad, padded, weight, None, [1], [0 if circular else pad], [1], False, [0], 1, [True, True, False]
+    )
+    if circular:
+        wrapped = grad_x[..., pad:-pad].clone()
+        wrapped[..., -pad:] += grad_x[..., :pad]
+        wrapped[..., :pad] += grad_x[..., -pad:]
         grad_x = wrapped
-    return grad_x, grad_weight.squeeze(2)
-
-
-class ChannelConv(nn.Conv1d):
-    """nn.Conv1d(1, 1, k, bias=False) across channels (zero or circular padding) that runs cheaply in every context.
-
-    Same parameter, name and shape as the library module ([1, 1, k], as in the paper's
-    checkpoints), called as a module so hooks see it; only the kernel that computes it differs.
-    Scripted, traced, FX-traced or exported, it is the library conv (what the graph records).
-    """
-
-    def __init__(self, kernel_size: int, padding_mode: str = "zeros") -> None:
-        super().__init__(1, 1, kernel_size, padding=(kernel_size - 1) // 2, padding_mode=padding_mode, bias=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not torch.jit.is_scripting():
-            fast = self.fast_forward(x)
-            if fast is not None:
-                return fast
-        return self._conv_forward(x, self.weight, self.bias)
-
-    @torch.jit.unused
-    def fast_forward(self, x: torch.Tensor) -> torch.Tensor | None:
-        """The conv by a cheaper kernel where one applies: fusable tensor ops under torch.compile, the direct convolution on CPU; else None."""
-        if graph_recorded(x):
-            return None
-        if torch.compiler.is_compiling():
-            return channel_correlation(x[:, 0, :], self)[:, None, :]
-        if x.device.type == "cpu":
-            return direct_conv1d(x, self)
-        return None
+    return grad_x, grad_weight

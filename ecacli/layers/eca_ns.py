@@ -7,31 +7,30 @@ import torch.nn.functional as F
 from torch import nn
 
 from ecacli.layers.build import add_children
+from ecacli.layers.channel_conv import per_channel, spatial_mean
+
+torch.fx.wrap("spatial_mean")
+torch.fx.wrap("per_channel")
 
 
-class WindowConv(nn.Conv1d):
-    """[N, 1, C] pooled channels -> [N, C, 1]: channel c's k taps over channels c - (k-1)/2 .. c + (k-1)/2, zero-padded at both ends.
+def channel_neighbourhoods(pooled: torch.Tensor, kernel_size: int) -> torch.Tensor:
+    """[N, C] -> [N, C, k]: channel c's window, channels c - (k-1)/2 .. c + (k-1)/2, zero-padded at both ends.
 
-    A grouped conv (one k-tap filter per channel, weight [C, 1, k], no bias) over each
-    channel's window of the padded vector, written as k shifted slices of it so that every
-    exporter and runtime takes it.
+    Built from k shifted slices of the padded vector (not `unfold`), so every exporter takes it.
     """
-
-    def __init__(self, channels: int, kernel_size: int) -> None:
-        super().__init__(channels, channels, kernel_size, groups=channels, bias=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        k = self.kernel_size[0]
-        channels = x.shape[-1]
-        padded = F.pad(x[:, 0, :], ((k - 1) // 2, (k - 1) // 2))
-        out = padded[:, 0:channels] * self.weight[:, 0, 0]
-        for tap in range(1, k):
-            out = out + padded[:, tap : tap + channels] * self.weight[:, 0, tap]
-        return out.unsqueeze(-1)
+    channels = pooled.shape[1]
+    half = (kernel_size - 1) // 2
+    padded = F.pad(pooled, (half, half))
+    return torch.stack([padded[:, tap : tap + channels] for tap in range(kernel_size)], dim=-1)
 
 
 class EcaNsModule(nn.Module):
-    """x * sigmoid(window_conv(mean over H, W of x)), with a separate k-tap filter per channel (k x C weights, named `conv.weight`)."""
+    """x * sigmoid(conv(windows of the pooled channels)), with a separate k-tap filter per channel.
+
+    The conv is a plain grouped `nn.Conv1d(C, C, k, groups=C, bias=False)` applied to each
+    channel's window (weight `conv.weight` [C, 1, k], k x C parameters). Takes any channel-first
+    feature map, as `EcaModule` does.
+    """
 
     def __init__(self, channels: int, kernel_size: int) -> None:
         super().__init__()
@@ -41,8 +40,9 @@ class EcaNsModule(nn.Module):
         add_children(self, "EcaNsModule", {"channels": channels, "kernel_size": kernel_size})
 
     def gate(self, x: torch.Tensor) -> torch.Tensor:
-        """The per-sample, per-channel gates of x, shaped [N, C, 1, 1]."""
-        return torch.sigmoid(self.conv(x.mean(dim=(2, 3)).unsqueeze(1))).unsqueeze(-1)
+        """The per-sample, per-channel gates of x, shaped [N, C, 1, ...] to broadcast over its spatial axes."""
+        logits = self.conv(channel_neighbourhoods(spatial_mean(x), self.kernel_size))
+        return per_channel(torch.sigmoid(logits)[:, :, 0], x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x * self.gate(x)

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ecacli.layers.channel_conv import conv1d_backward
+from ecacli.layers.channel_conv import channel_correlation, conv1d_backward, gate_logits
 
 
 def library_conv(module: nn.Module) -> bool:
@@ -118,7 +118,7 @@ class GatedResidual(torch.autograd.Function):
         # The pooled BN output, bn(z) averaged over H, W, is the affine image of the normalised plane means.
         centred_mean = (z_means - mean) * invstd
         pooled = torch.addcmul(bn_bias, centred_mean, bn_weight)[:, None, :]
-        gate = torch.sigmoid(conv(pooled))[:, 0, :]
+        gate = torch.sigmoid(gate_logits(conv, pooled))[:, 0, :]
         out = torch.addcmul(identity, y, _plane(gate, y.dtype), out=y).relu_()
         ctx.save_for_backward(z, out, gate, pooled, centred_mean, mean, invstd, bn_weight, bn_bias, conv_weight)
         ctx.use_batch_stats = use_batch_stats
@@ -200,7 +200,7 @@ def traced_residual(bn: nn.BatchNorm2d, conv: nn.Conv1d, z: torch.Tensor, identi
     scale = bn.weight * torch.rsqrt(var + bn.eps)
     shift = bn.bias - mean * scale
     with torch.autocast(z.device.type, enabled=False):  # the [N, C] gate in float32, as the fused tail computes it
-        gate = torch.sigmoid(conv((wide.mean(dim=(2, 3)) * scale + shift)[:, None, :]))[:, 0, :]
+        gate = torch.sigmoid(channel_correlation(wide.mean(dim=(2, 3)) * scale + shift, conv))
     out = wide * (scale * gate)[:, :, None, None] + (shift * gate)[:, :, None, None] + identity
     return out.to(z.dtype).relu_()
 
@@ -213,7 +213,7 @@ def compute_dtype(u: torch.Tensor) -> torch.dtype:
 
 def gate_times_scale(gate_conv: nn.Conv1d, means: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     """scale * sigmoid(gate_conv(scale * means)): the ECA gate of an eval-mode BN output `scale * (z + bias)`, whose plane means `means` are, times BN's scale."""
-    return torch.sigmoid(gate_conv((means * scale)[:, None, :]))[:, 0, :] * scale
+    return torch.sigmoid(gate_logits(gate_conv, (means * scale)[:, None, :]))[:, 0, :] * scale
 
 
 def fold_terms(norm: nn.BatchNorm2d, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
