@@ -410,14 +410,26 @@ def test_batch_norm_without_affine_parameters() -> None:
     compare_models(reference, fast, torch.randn(2, 16, 6, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(17)), out_rel=1e-12, grad_rel=1e-11)
 
 
-def test_higher_order_gradients_are_refused_with_a_way_out() -> None:
-    """create_graph=True would silently drop the fused backward's own derivatives: it is refused, naming the reference impl."""
-    _, fast = block_pair("bottleneck", None, False, torch.float64)
-    x = torch.randn(2, 32, 5, 5, dtype=torch.float64, requires_grad=True)
-    with pytest.raises(RuntimeError, match="first-order gradients only.*attention.impl: reference"):
-        torch.autograd.grad(fast(x).sum(), x, create_graph=True)
-    (grad,) = torch.autograd.grad(fast(x).sum(), x)
-    assert grad.shape == x.shape
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+@pytest.mark.parametrize("circular", [False, True], ids=["eca", "ceca"])
+def test_double_backward_gives_the_reference_gradients(training: bool, circular: bool, paths: list[tail.TailPath]) -> None:
+    """A gradient penalty (create_graph=True, then backward through the gradient) through the fused tail equals the module path's, input and every parameter."""
+    reference, fast = block_pair("bottleneck", "conv", circular, torch.float64)
+    generator = torch.Generator().manual_seed(31)
+    x = torch.randn(2, 16, 6, 6, dtype=torch.float64, generator=generator)
+    weights = torch.randn(2, 32, 3, 3, dtype=torch.float64, generator=generator)
+    results = []
+    for model in (reference, fast):
+        model.train(training)
+        inputs = x.clone().requires_grad_()
+        (grad_x,) = torch.autograd.grad((model(inputs) * weights).sum(), inputs, create_graph=True)
+        penalty = grad_x.square().sum() + (grad_x * x).sum()
+        tensors = (inputs, *model.parameters())
+        grads = torch.autograd.grad(penalty, tensors, allow_unused=True)  # a shortcut BN's bias, say, does not reach grad_x
+        results.append([torch.zeros_like(t) if g is None else g for t, g in zip(tensors, grads)])
+    assert paths == [tail.TailPath.FUSED]
+    for name, got, expected in zip(("input", *(n for n, _ in fast.named_parameters())), results[1], results[0]):
+        assert_close(got, expected, 1e-10, f"second-order gradient of {name}")
 
 
 @pytest.mark.skipif(importlib.util.find_spec("timm") is not None, reason="timm installed: the comparison would run")
@@ -441,8 +453,8 @@ def test_eval_tail_folds_batch_norm_into_the_last_conv(kind: str, paths: list[ta
 
 
 @pytest.mark.parametrize("case", ["zero scale", "float16 autocast"])
-def test_eval_fold_refused_where_batch_norm_has_no_such_form(case: str, paths: list[tail.TailPath]) -> None:
-    """A zero BN scale (a pruned channel), or float16 (no room for a shift: here 100 / 1e-3 is past 65504), runs conv and BN as they are."""
+def test_eval_fold_where_batch_norm_has_no_exact_form(case: str, paths: list[tail.TailPath]) -> None:
+    """A zero BN scale (a pruned channel) folds with its scale raised to a floor, same numbers; float16 (no room for a shift: 100 / 1e-3 is past 65504) runs conv and BN as they are."""
     dtype = torch.float64 if case == "zero scale" else torch.float32
     reference, fast = block_pair("bottleneck", None, False, dtype)
     exact = copy.deepcopy(reference).double()
@@ -456,7 +468,7 @@ def test_eval_fold_refused_where_batch_norm_has_no_such_form(case: str, paths: l
         out_exact = exact(x.double())
         with torch.autocast("cpu", dtype=torch.float16, enabled=case != "zero scale"):
             out_fast, out_ref = fast(x.to(dtype)), reference(x.to(dtype))
-    assert paths == [tail.TailPath.FUSED] and torch.isfinite(out_fast).all()
+    assert paths == [tail.TailPath.FOLDED if case == "zero scale" else tail.TailPath.FUSED] and torch.isfinite(out_fast).all()
     if case == "zero scale":
         assert_close(out_fast, out_ref, 1e-12, "output")
     else:

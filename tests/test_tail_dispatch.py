@@ -16,6 +16,7 @@ import torch.distributed as dist
 import torch.distributed.nn.functional as dist_nn
 import torch.multiprocessing as mp
 from torch import nn
+from torch.autograd import forward_ad
 
 from ecacli.layers import tail
 from ecacli.layers.eca import EcaModule
@@ -92,14 +93,35 @@ SCENARIOS: dict[str, tuple[Callable[[tail.TailCall], bool], Callable[[nn.Module]
     "hook replacing relu's output": (tail._observed, lambda m: (m.relu.register_forward_hook(lambda mod, args, out: out * 0.5), m.eval())[1], False),
     "backward hook on eca.conv": (tail._observed, lambda m: (m.eca.conv.register_full_backward_hook(lambda *a: None), m.train())[1], True),
     "compiling": (tail._compiling, lambda m: m.train(), True),
+    "forward-mode AD": (tail._transformed, lambda m: m.train(), False),
+    "torch.func.vmap": (tail._transformed, lambda m: m.eval(), False),
     "training": (tail._autograd_or_training, lambda m: m.train(), False),
     "eval with grad": (tail._autograd_or_training, lambda m: m.eval(), True),
     "small inference": (tail._small, no_grad_eval, False),
     "inference": (tail._foldable, no_grad_eval, False),
-    "inference, zero BN scale": (tail._always, lambda m: (m.bn3.weight.data.__setitem__(0, 0.0), m.eval())[1], False),
+    "inference, zero BN scale": (tail._foldable, lambda m: (m.bn3.weight.data.__setitem__(0, 0.0), m.eval())[1], False),
     "inference, BatchNorm without running statistics": (tail._always, lambda m: (setattr(m, "bn3", nn.BatchNorm2d(32, track_running_stats=False)), m.eval())[1], False),
     "inference, hook on conv3": (tail._always, lambda m: (m.conv3.register_forward_hook(lambda *a: None), m.eval())[1], False),
 }
+
+
+def plain_call(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    return model(x)
+
+
+def dual_call(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Output and its forward-mode tangent along a fixed direction, stacked."""
+    with forward_ad.dual_level():
+        out = forward_ad.unpack_dual(model(forward_ad.make_dual(x, torch.ones_like(x))))
+        return torch.stack([out.primal, out.tangent])
+
+
+CALLS: dict[str, Callable[[nn.Module, torch.Tensor], torch.Tensor]] = {
+    "trace": lambda model, x: torch.jit.trace(model, x, check_trace=False)(x),
+    "forward-mode AD": dual_call,
+    "torch.func.vmap": lambda model, x: torch.func.vmap(model)(x[None])[0],
+}
+"""How a scenario calls the block, where not as `model(x)`."""
 
 
 @pytest.mark.parametrize("scenario", list(SCENARIOS))
@@ -114,15 +136,34 @@ def test_every_rule_gives_its_path_and_the_reference_numbers(scenario: str, rule
         monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
     x = torch.randn(2, 16, 20, 20, dtype=torch.float64, generator=torch.Generator().manual_seed(1), requires_grad=grad)
     with torch.set_grad_enabled(grad):
-        expected = reference(x)
+        expected = CALLS.get(scenario, plain_call)(reference, x)
         rules.clear()
-        actual = torch.jit.trace(fast, x, check_trace=False)(x) if scenario == "trace" else fast(x)
+        actual = CALLS.get(scenario, plain_call)(fast, x)
     assert [rule.applies for rule in rules] == [applies]
     torch.testing.assert_close(actual, expected, rtol=1e-12, atol=1e-12)
 
 
 def test_every_rule_has_a_scenario() -> None:
-    assert {rule.applies for rule in tail.TAIL_RULES} == {applies for applies, _, _ in SCENARIOS.values()}
+    assert {rule.applies for rule in tail.TAIL_RULES} == {applies for applies, _, _ in SCENARIOS.values()} | {tail._off_cpu}
+
+
+def test_other_devices_take_the_module_path(rules: list[tail.TailRule]) -> None:
+    """Off the CPU (here the meta device; CUDA alike) eager blocks run module by module, in training and in inference."""
+    fast = block().to("meta")
+    for training in (True, False):
+        with torch.set_grad_enabled(training):
+            out = fast.train(training)(torch.empty(2, 16, 20, 20, device="meta"))
+        assert out.shape == (2, 32, 10, 10)
+    assert [rule.applies for rule in rules] == [tail._off_cpu, tail._off_cpu]
+
+
+def test_recorded_paths_name_each_block_call() -> None:
+    fast = block()
+    with tail.recording_paths() as paths:
+        fast.train()(torch.randn(2, 16, 20, 20))
+        with torch.no_grad():
+            fast.eval()(torch.randn(2, 16, 20, 20))
+    assert paths == [tail.TailPath.FUSED, tail.TailPath.MODULE]  # a 6,400-value inference block is under FOLD_MIN_ELEMENTS
 
 
 def test_readme_shows_the_decision_table() -> None:

@@ -46,13 +46,13 @@ def channel_correlation(pooled: torch.Tensor, conv: nn.Conv1d) -> torch.Tensor:
     return channel_windows(pooled[:, None, :], conv)[:, 0] @ conv.weight.view(-1)
 
 
-def gate_logits(conv: nn.Conv1d, pooled: torch.Tensor) -> torch.Tensor:
-    """conv(pooled) for a [N, 1, C] input, computed in pooled's dtype (the weight cast to it) with autocast off: the fused tails keep the [N, C] gate in float32 whatever the activations' dtype."""
+def gate_logits(conv: nn.Conv1d, pooled: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+    """conv(pooled) for a [N, 1, C] input (with `weight` in place of the conv's own if given), computed in pooled's dtype with autocast off: the fused tails keep the [N, C] gate in float32 whatever the activations' dtype."""
     pad = conv.padding[0]
     if conv.padding_mode == "circular" and pad:
         pooled, pad = F.pad(pooled, (pad, pad), mode="circular"), 0
     with torch.autocast(pooled.device.type, enabled=False):
-        return F.conv1d(pooled, conv.weight.to(pooled.dtype), None, 1, pad)
+        return F.conv1d(pooled, (conv.weight if weight is None else weight).to(pooled.dtype), None, 1, pad)
 
 
 def conv1d_backward(conv: nn.Conv1d, x: torch.Tensor, weight: torch.Tensor, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

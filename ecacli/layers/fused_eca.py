@@ -123,12 +123,14 @@ class GatedResidual(torch.autograd.Function):
         ctx.save_for_backward(z, out, gate, pooled, centred_mean, mean, invstd, bn_weight, bn_bias, conv_weight)
         ctx.use_batch_stats = use_batch_stats
         ctx.conv = conv
+        ctx.running_stats = (running_mean, running_var)
+        ctx.eps = eps
         return out
 
     @staticmethod
     def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[torch.Tensor | None, ...]:  # type: ignore[override]
         if torch.is_grad_enabled():  # autograd runs backward with grad mode on only for create_graph=True
-            raise RuntimeError("the fused ECA tail has first-order gradients only (create_graph=True asks for more); build the model with attention.impl: reference for higher-order gradients")
+            return differentiable_backward(ctx, grad_out)
         z, out, gate, pooled, centred_mean, mean, invstd, bn_weight, bn_bias, conv_weight = ctx.saved_tensors
         n, _, h, w = z.shape
         area = h * w
@@ -152,6 +154,26 @@ class GatedResidual(torch.autograd.Function):
         else:
             grad_z = plane_affine(grad_sum, grad_scale, scale * grad_pooled / area)
         return grad_z, grad_sum, grad_weight, grad_bias, grad_conv_weight.to(conv_weight.dtype), None, None, None, None, None, None, None
+
+
+def differentiable_backward(ctx: Any, grad_out: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+    """`GatedResidual`'s gradients as a graph (create_graph=True): the tail's gated BN output recomputed from the saved inputs with the module path's ops, then differentiated.
+
+    The ReLU's mask is constant almost everywhere, so the gradients flow through the gated BN
+    output `bn(z) * gate` alone; the shortcut's gradient is the masked output gradient.
+    """
+    z, out, _, _, _, _, _, bn_weight, bn_bias, conv_weight = ctx.saved_tensors
+    grad_sum = grad_out * (out > 0)
+    needed = [t for t, wanted in zip((z, bn_weight, bn_bias, conv_weight), (ctx.needs_input_grad[0], *ctx.needs_input_grad[2:5])) if wanted]
+    grads = iter(())
+    if needed:
+        running_mean, running_var = ctx.running_stats
+        stats = (None, None) if ctx.use_batch_stats else (running_mean, running_var)
+        y = torch.nn.functional.batch_norm(z, *stats, bn_weight, bn_bias, ctx.use_batch_stats, 0.0, ctx.eps)
+        gate = torch.sigmoid(gate_logits(ctx.conv, y.mean(dim=(2, 3))[:, None, :], conv_weight))[:, 0, :]
+        grads = iter(torch.autograd.grad(y * gate[:, :, None, None], needed, grad_sum, create_graph=True, allow_unused=True))
+    grad_z, grad_weight, grad_bias, grad_conv_weight = (next(grads) if wanted else None for wanted in (ctx.needs_input_grad[0], *ctx.needs_input_grad[2:5]))
+    return grad_z, grad_sum, grad_weight, grad_bias, grad_conv_weight, None, None, None, None, None, None, None
 
 
 def batch_norm_state(bn: nn.BatchNorm2d, z: torch.Tensor) -> tuple[bool, float, torch.Tensor | None, torch.Tensor | None]:
@@ -219,18 +241,21 @@ def gate_times_scale(gate_conv: nn.Conv1d, means: torch.Tensor, scale: torch.Ten
 def fold_terms(norm: nn.BatchNorm2d, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
     """(scale, bias) of eval-mode BatchNorm written as `scale * (z + bias)`, for a conv of u to carry `bias`; None where there is no such form.
 
-    A BatchNorm without running statistics (which normalises by the batch's), a zero scale (or a
-    `bias` beyond the conv's dtype) has none, and float16's range (65504) leaves a conv output no
-    room for the shift it would carry.
+    A BatchNorm without running statistics (which normalises by the batch's) has none, and
+    float16's range (65504) leaves a conv output no room for the shift it would carry. A scale
+    too small to divide BN's shift by (a zero-scale channel, pruned or zero-initialised) is raised
+    to the smallest that keeps `bias` under 2**-64 of the dtype's range (room for the conv's
+    values and their plane sums): the channel's output stays BN's shift, plus the conv's output
+    times that floor (under 1e-19 of the shift per unit of conv output in float32).
+    Decided from dtypes alone: nothing here waits on the tensors' values.
     """
     dtype = compute_dtype(u)
     if norm.running_var is None or norm.running_mean is None or torch.finfo(dtype).max < torch.finfo(torch.float32).max / 2:
         return None
     scale = norm.weight * torch.rsqrt(norm.running_var + norm.eps)  # type: ignore[operator]
-    bias = norm.bias / scale - norm.running_mean  # type: ignore[operator]
-    if not float(bias.abs().max()) < torch.finfo(dtype).max:  # also refuses NaN
-        return None
-    return scale, bias
+    floor = (norm.bias.abs() * (2.0**64 / torch.finfo(dtype).max)).clamp_min(torch.finfo(scale.dtype).tiny)
+    scale = torch.where(scale.abs() < floor, floor, scale)
+    return scale, norm.bias / scale - norm.running_mean  # type: ignore[operator]
 
 
 def folded_bias(conv: nn.Conv2d, bias: torch.Tensor, u: torch.Tensor) -> torch.Tensor:

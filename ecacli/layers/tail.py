@@ -9,7 +9,9 @@ README's table of paths is this table.
 
 from __future__ import annotations
 
+import contextlib
 import enum
+from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Callable
@@ -17,6 +19,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.autograd import forward_ad
 from torch.autograd.profiler import record_function
 from torch.nn.modules import module as module_hooks
 
@@ -45,13 +48,14 @@ class TailPath(str, enum.Enum):
 
 @dataclass(frozen=True)
 class TailCall:
-    """What the decision reads: the block's modules for the tail and the tail's input."""
+    """What the decision reads: the block's modules for the tail, the tail's input `u` and the block's input `x`."""
 
     conv: nn.Module
     norm: nn.Module
     attention: nn.Module | None
     activation: nn.Module
     u: torch.Tensor
+    x: torch.Tensor
 
     @cached_property
     def fold_terms(self) -> tuple[torch.Tensor, torch.Tensor] | None:
@@ -101,6 +105,26 @@ def _compiling(call: TailCall) -> bool:
     return torch.compiler.is_compiling()
 
 
+def plain(t: torch.Tensor | None) -> bool:
+    """Whether `t` is an ordinary tensor: it has storage (torch.func's vmap, grad and jvp wrappers have none) and no forward-mode tangent."""
+    if t is None:
+        return True
+    try:
+        t.untyped_storage()
+    except (NotImplementedError, RuntimeError):
+        return False
+    return forward_ad.unpack_dual(t).tangent is None
+
+
+def _transformed(call: TailCall) -> bool:
+    norm, gate_conv = call.norm, call.attention.conv  # type: ignore[union-attr]
+    return not all(plain(t) for t in (call.u, call.x, call.conv.weight, norm.weight, norm.bias, norm.running_mean, norm.running_var, gate_conv.weight))
+
+
+def _off_cpu(call: TailCall) -> bool:
+    return call.u.device.type != "cpu"
+
+
 def _autograd_or_training(call: TailCall) -> bool:
     return call.norm.training or torch.is_grad_enabled()
 
@@ -112,7 +136,7 @@ def _small(call: TailCall) -> bool:
 
 def _foldable(call: TailCall) -> bool:
     conv = call.conv
-    return call.u.device.type == "cpu" and library_conv(conv) and not observed(conv) and call.fold_terms is not None
+    return library_conv(conv) and not observed(conv) and call.fold_terms is not None
 
 
 def _always(call: TailCall) -> bool:
@@ -139,9 +163,11 @@ TAIL_RULES: tuple[TailRule, ...] = (
     TailRule("norm not exactly `BatchNorm2d` with affine parameters (SyncBatchNorm, FrozenBatchNorm2d, GroupNorm, subclasses), or activation not exactly `ReLU`", TailPath.MODULE, "the fused math is BatchNorm2d's and ReLU's", _other_norm_or_activation),
     TailRule("hooks on the norm, the attention, its conv or the activation", TailPath.MODULE, "observers see the reference's calls, inputs and outputs", _observed),
     TailRule("torch.compile", TailPath.TRACED, "the compiler fuses it and saves no BatchNorm output", _compiling),
+    TailRule("torch.func transforms (vmap, grad, jvp, ...) or forward-mode AD", TailPath.MODULE, "every transform has rules for the reference's ops", _transformed),
+    TailRule("eager on a device other than the CPU (CUDA)", TailPath.MODULE, "the fused forms are measured on CPU only", _off_cpu),
     TailRule("BatchNorm in training mode, or grad mode on", TailPath.FUSED, "one pass less, and no BatchNorm output saved for backward", _autograd_or_training),
     TailRule(f"inference, block output under {FOLD_MIN_ELEMENTS:,} values", TailPath.MODULE, "the fused forms' fixed cost exceeds the pass they save", _small),
-    TailRule("inference on CPU, a plain Conv2d without hooks, BatchNorm foldable (running statistics, no zero scale, not float16)", TailPath.FOLDED, "two passes where BatchNorm, add and ReLU take three", _foldable),
+    TailRule("inference, a plain Conv2d without hooks, BatchNorm with running statistics, not float16", TailPath.FOLDED, "two passes where BatchNorm, add and ReLU take three", _foldable),
     TailRule("other inference", TailPath.FUSED, "one pass less than the module path", _always),
 )
 
@@ -151,18 +177,35 @@ def tail_rule(call: TailCall) -> TailRule:
     return next(rule for rule in TAIL_RULES if rule.applies(call))
 
 
+_recorded_paths: list[TailPath] | None = None
+
+
+@contextlib.contextmanager
+def recording_paths() -> Iterator[list[TailPath]]:
+    """A list that receives the path of every tail decision made while the context is open (one per block call; under torch.compile, one per traced block)."""
+    global _recorded_paths
+    outer, _recorded_paths = _recorded_paths, []
+    try:
+        yield _recorded_paths
+    finally:
+        _recorded_paths = outer
+
+
 def choose_tail_path(call: TailCall) -> TailPath:
     """The path this call takes: its rule's."""
-    return tail_rule(call).path
+    path = tail_rule(call).path
+    if _recorded_paths is not None:
+        _recorded_paths.append(path)
+    return path
 
 
-def run_tail(path: TailPath, call: TailCall, x: torch.Tensor, downsample: nn.Module | None) -> torch.Tensor:
-    """Run a fused path (not the module path) for the block input `x` and its shortcut projection.
+def run_tail(path: TailPath, call: TailCall, downsample: nn.Module | None) -> torch.Tensor:
+    """Run a fused path (not the module path), with the block's shortcut projection `downsample` (None: identity).
 
     The block's conv and shortcut run as module calls outside the `FUSED_RANGE` profiler range,
     so a breakdown counts only the fused norm, gate, add and activation as the tail's.
     """
-    conv, norm, attention, u = call.conv, call.norm, call.attention, call.u
+    conv, norm, attention, u, x = call.conv, call.norm, call.attention, call.u, call.x
     gate_conv = attention.conv  # type: ignore[union-attr]
 
     def shortcut() -> torch.Tensor:

@@ -70,9 +70,9 @@ class ResidualBlock(nn.Module):
     @torch.jit.unused
     def fused_tail(self, u: torch.Tensor, x: torch.Tensor) -> torch.Tensor | None:
         """The tail on the path `choose_tail_path` picks, or None for the module path (the caller runs it)."""
-        call = tail.TailCall(self.last_conv, self.last_bn, self.attention, self.relu, u)
+        call = tail.TailCall(self.last_conv, self.last_bn, self.attention, self.relu, u, x)
         path = tail.choose_tail_path(call)
-        return None if path is tail.TailPath.MODULE else tail.run_tail(path, call, x, self.downsample)
+        return None if path is tail.TailPath.MODULE else tail.run_tail(path, call, self.downsample)
 
 
 class BasicBlock(ResidualBlock):
