@@ -281,9 +281,10 @@ def test_bad_backbone_options(kwargs, match):
     assert isinstance(info.value, ValueError)
 
 
-def test_features_only_refuses_classifier_options():
-    with pytest.raises(OptionError, match="dropout.*only shape the classifier"):
-        build_model(load_spec("mobilenetv2", ["dropout=0.5"]), features_only=True)
+def test_features_only_ignores_classifier_options():
+    """As timm's features_only: the classifier's keys (the release's dropout, say) shape nothing a trunk has."""
+    trunk = build_model(load_spec("eca_mobilenetv2_k13", ["dropout=0.5", "last_channel=640"]), features_only=True)
+    assert not any("classifier" in name or name.startswith("features.18") for name, _ in trunk.named_modules())
 
 
 def test_fpn_backbone_refusals():

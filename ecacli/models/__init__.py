@@ -21,8 +21,6 @@ __all__ = [
 ]
 
 DEFAULT_OUT_INDICES = (1, 2, 3, 4)
-CLASSIFIER_ONLY = ("dropout", "last_channel")
-"""Spec keys that shape only the classifier, which a feature extractor drops."""
 
 
 def with_options(spec: NetworkSpec, frozen_stages: int | None = None, norm_eval: bool | None = None) -> NetworkSpec:
@@ -54,8 +52,5 @@ def build_model(
         if out_indices is not None:
             raise OptionError("out_indices chooses the levels of a feature extractor; give it with features_only=True.")
         return build(plan(spec))
-    explicit = [key for key in CLASSIFIER_ONLY if key in spec.model_fields_set]
-    if explicit:
-        raise OptionError(f"spec '{spec.name}' sets {', '.join(explicit)}, which only shape the classifier; features_only drops it: remove {'them' if len(explicit) > 1 else 'it'} from the spec, or build the whole model.")
     indices = check_out_indices(spec, tuple(out_indices) if out_indices is not None else DEFAULT_OUT_INDICES[: spec.num_stages])
     return build(plan(spec, indices))
