@@ -15,7 +15,7 @@ from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ecacli.errors import OptionError, SpecError, shown
+from ecacli.errors import OptionError, SpecError, first_line, shown
 from ecacli.spec import NetworkSpec, suggest
 from ecacli.spec_loader import apply_overrides, load_spec, preset_names, spec_from_data
 
@@ -140,15 +140,20 @@ def timm_weights_file(preset: str) -> Path:
 
     require(("huggingface_hub",), f"pretrained=\"{TIMM}\"", "hub")
     from huggingface_hub import constants, hf_hub_download
-    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+    from huggingface_hub.errors import LocalEntryNotFoundError
 
     offline = constants.is_offline_mode()
     try:
         return Path(hf_hub_download(repo, TIMM_FILE, local_files_only=offline))
-    except (LocalEntryNotFoundError, HfHubHTTPError, OSError) as exc:
-        why = "offline mode is on (HF_HUB_OFFLINE) and they are not cached" if offline else f"they are not cached and the download failed ({type(exc).__name__})"
+    except OSError as exc:  # huggingface_hub's errors (not in the cache, HTTP, connection) are OSErrors
+        if offline:
+            why = "offline mode (HF_HUB_OFFLINE) allows no download"
+        elif isinstance(exc, LocalEntryNotFoundError):
+            why = "the Hub could not be reached to download them"
+        else:
+            why = f"downloading them failed: {first_line(exc)}"
         raise OptionError(
-            f"pretrained=\"{TIMM}\": timm's weights for '{preset}' ({repo}, {TIMM_FILE}) are not in the Hugging Face cache {constants.HF_HUB_CACHE}: {why}. "
+            f"pretrained=\"{TIMM}\": timm's weights for '{preset}' ({repo}, {TIMM_FILE}) are not in the Hugging Face cache {constants.HF_HUB_CACHE}, and {why}. "
             f"Fetch them once online (`hf download {repo} {TIMM_FILE}`), or point HF_HUB_CACHE (or HF_HOME) at a cache that holds them."
         ) from None
 
