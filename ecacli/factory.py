@@ -109,6 +109,8 @@ def _overridden(base: NetworkSpec, overrides: Mapping[str, Any], label: str) -> 
 def _as_set_items(overrides: Mapping[str, Any], label: str, prefix: str = "") -> Iterator[str]:
     """`key.path=value` items, as `--set` takes them, for keyword overrides: a non-empty mapping sets each of its keys; values as JSON (valid YAML)."""
     for key, value in overrides.items():
+        if not isinstance(key, str) or not key or any(c in key for c in ".= "):
+            raise OptionError(f"{label}: {shown(prefix + str(key))} is not a spec key (keys are plain words such as k_size).")
         if isinstance(value, Mapping) and value:
             yield from _as_set_items(value, label, f"{prefix}{key}.")
             continue

@@ -342,6 +342,8 @@ def test_build_options_are_build_models_own():
         ({"input_size": object()}, r"input_size must be plain data"),
         ({"input_size": float("nan")}, r"input_size must be plain data"),
         ({"out_indices": [1]}, r"give it with features_only=True"),
+        ({"attention": {"k_size=3": 5}}, r"'attention.k_size=3' is not a spec key"),
+        ({"attention": {"gama": 3}}, r"attention.gama: unknown key 'gama'. Did you mean 'gamma'\?"),
     ],
 )
 def test_bad_overrides_are_one_clear_option_error(overrides, match):
