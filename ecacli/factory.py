@@ -71,7 +71,7 @@ def create_model(name_or_spec: str | Path | NetworkSpec, pretrained: str | Path 
 
     checkpoint = open_checkpoint(_weights_path(base, pretrained))
     if "num_classes" in overrides and not build.get("features_only") and not check_against(spec, checkpoint.tensors).loads:
-        return _with_new_classifier(spec, checkpoint, **build)
+        return _with_new_classifier(spec, checkpoint)
     model, _ = model_with_weights(spec, checkpoint, **build)
     return model
 
@@ -138,9 +138,9 @@ def timm_weights_file(preset: str) -> Path:
             f"pretrained=\"{TIMM}\": timm publishes no weights for '{preset}'; presets with timm weights: {', '.join(TIMM_WEIGHTS)}. "
             "For other weights give pretrained=PATH to a checkpoint file."
         )
-    from ecacli.deploy.formats import require
+    from ecacli.deploy.formats import EXTRAS, require
 
-    require(("huggingface_hub",), f"pretrained=\"{TIMM}\"", "hub")
+    require(EXTRAS["hub"], f"pretrained=\"{TIMM}\"", "hub")
     from huggingface_hub import constants, hf_hub_download
     from huggingface_hub.errors import LocalEntryNotFoundError
 
@@ -160,22 +160,20 @@ def timm_weights_file(preset: str) -> Path:
         ) from None
 
 
-def _with_new_classifier(spec: NetworkSpec, checkpoint: Any, **build: Any) -> nn.Module:
+def _with_new_classifier(spec: NetworkSpec, checkpoint: Any) -> nn.Module:
     """The spec's model with the checkpoint's trunk loaded strictly and a freshly initialised classifier (timm's behaviour for another `num_classes`)."""
     from dataclasses import replace
 
-    from ecacli.checkpoints import floating_dtype, model_with_weights, new_model
+    from ecacli.checkpoints import floating_dtype, model_with_weights
     from ecacli.checkpoints.infer import model_shapes
 
     headless = spec_from_data({**spec.to_yaml_dict(), "num_classes": 0}, f"spec '{spec.name}' without its classifier")
-    trunk_keys = set(model_shapes(headless)[0])
-    trunk_state = replace(checkpoint.state, tensors={key: t for key, t in checkpoint.tensors.items() if key in trunk_keys})
-    trunk, _ = model_with_weights(headless, replace(checkpoint, state=trunk_state))
-    if spec.num_classes == 0:
-        return trunk
-    model = new_model(spec, **build)
-    dtype = floating_dtype(checkpoint.tensors)
-    if dtype is not None:
-        model.to(dtype)
-    model.load_state_dict(trunk.state_dict(), strict=False)
+    trunk_keys = model_shapes(headless)[0]
+    trunk = replace(checkpoint.state, tensors={key: t for key, t in checkpoint.tensors.items() if key in trunk_keys})
+    model, _ = model_with_weights(headless, replace(checkpoint, state=trunk))
+    if spec.num_classes:
+        model.reset_classifier(spec.num_classes)
+        dtype = floating_dtype(checkpoint.tensors)
+        if dtype is not None:
+            model.to(dtype)
     return model

@@ -202,12 +202,15 @@ def test_a_torchvision_layout_file_loads_into_a_plain_spec_and_not_silently_into
 
 def test_another_num_classes_keeps_the_trunk_and_gives_a_new_classifier(tmp_path):
     weights, x, _ = tiny_timm_fixture()
+    torch.save({key: t.half() if t.is_floating_point() else t for key, t in weights.items()}, tmp_path / "half.pth")
+    assert {p.dtype for p in create_model("ecaresnet50d", pretrained=tmp_path / "half.pth", **{**TINY_50D, "num_classes": 3}).parameters()} == {torch.float16}
     torch.save(weights, tmp_path / "timm.pth")
     model = create_model("ecaresnet50d", pretrained=tmp_path / "timm.pth", **{**TINY_50D, "num_classes": 3})
     state = model.state_dict()
     renamed = classify(weights, wrapped=False, prefixed=False, ecacli_file=False).tensors
     assert all(torch.equal(state[key], value) for key, value in renamed.items() if not key.startswith("fc."))
     assert state["fc.weight"].shape == (3, 256) and outputs(model, x).shape == (2, 3)
+    assert model.spec == create_model("ecaresnet50d", **{**TINY_50D, "num_classes": 3}).spec
     headless = create_model("ecaresnet50d", pretrained=tmp_path / "timm.pth", **{**TINY_50D, "num_classes": 0})
     features = torch.nn.Sequential(*list(model.children())[:-1])
     assert torch.equal(outputs(headless, x), outputs(features, x).flatten(1))
@@ -249,9 +252,9 @@ def random_timm_model(name: str, generator: torch.Generator) -> torch.nn.Module:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["ecaresnet26t", "ecaresnet50d"])
+@pytest.mark.parametrize("name", ["ecaresnet26t", "ecaresnet50d", "ecaresnetlight"])
 def test_timm_model_converts_to_the_same_outputs_in_float64(tmp_path, hub_cache, name):
-    """timm's state_dict, cached as its hub weights (26t) or given as a file (50d), loads strictly and computes timm's outputs."""
+    """timm's state_dict, cached as its hub weights (26t) or given as a file (the others), loads strictly and computes timm's outputs."""
     generator = torch.Generator().manual_seed(0)
     reference = random_timm_model(name, generator)
     if name == "ecaresnet26t":
