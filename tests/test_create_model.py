@@ -5,21 +5,24 @@ from __future__ import annotations
 import hashlib
 import inspect
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from safetensors.torch import load_file, save_file
 
 import ecacli
-from conftest import REPO, randomise_batch_norms
+from conftest import REPO, fuzz_examples, randomise_batch_norms
 from ecacli import create_model, list_models
 from ecacli.checkpoints import CheckpointError, check_against, new_model, open_checkpoint
 from ecacli.checkpoints.convert import classify
 from ecacli.deploy import MissingExtraError
-from ecacli.errors import OptionError, SpecError
+from ecacli.errors import OptionError, SpecError, UserError
 from ecacli.factory import BUILD_OPTIONS, TIMM_FILE, TIMM_WEIGHTS
 from ecacli.models import build_model
 from ecacli.spec import ResNetSpec
@@ -352,6 +355,57 @@ def test_build_options_are_build_models_own():
 def test_bad_overrides_are_one_clear_option_error(overrides, match):
     with pytest.raises(OptionError, match=match):
         create_model("r18", **overrides)
+
+
+odd_k = st.integers(0, 31).map(lambda i: 2 * i + 1)
+keyword_overrides = st.fixed_dictionaries(
+    {},
+    optional={
+        "num_classes": st.integers(0, 100_000),
+        "input_size": st.integers(8, 2048),
+        "width": st.sampled_from([8, 16, 64]),
+        "stem": st.sampled_from(["imagenet", "cifar", "deep", "deep_tiered"]),
+        "attention": st.fixed_dictionaries({}, optional={"k_size": st.one_of(odd_k, st.lists(odd_k, min_size=4, max_size=4)), "impl": st.sampled_from(["fast", "reference"]), "gamma": st.floats(0.5, 4)}),
+    },
+)
+
+
+def as_set_items(overrides: dict, prefix: str = "") -> list[str]:
+    import yaml
+
+    return [item for key, value in overrides.items() for item in (as_set_items(value, f"{prefix}{key}.") if isinstance(value, dict) else [f"{prefix}{key}={yaml.safe_dump(value, default_flow_style=True).removesuffix(chr(10)).removesuffix('...').strip()}"])]
+
+
+@settings(max_examples=fuzz_examples(), deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(keyword_overrides)
+def test_keyword_overrides_are_what_set_overrides_give(overrides):
+    """create_model's keywords and `--set` items of the same keys and values give the same spec, or the same refusal."""
+    try:
+        expected = load_spec("r18", as_set_items(overrides))
+    except SpecError as exc:
+        with pytest.raises(OptionError) as refusal, torch.device("meta"):
+            create_model("r18", **overrides)
+        assert re.sub(r" \(line \d+\)", "", str(exc).split(": invalid spec:")[1]) == str(refusal.value).split(": invalid spec:")[1]
+        return
+    with torch.device("meta"):
+        assert create_model("r18", **overrides).spec == expected
+
+
+junk = st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=12), lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3), max_leaves=6)
+
+
+@settings(max_examples=fuzz_examples(), deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.dictionaries(st.sampled_from([*ResNetSpec.model_fields, "num_clases"]), junk | st.builds(object), max_size=3),
+    st.fixed_dictionaries({}, optional={"features_only": st.booleans(), "out_indices": st.none() | st.lists(st.integers(-2, 6), max_size=6)}),
+)
+def test_any_keyword_overrides_build_or_raise_one_user_error(overrides, build):
+    """Spec keys with any values (build options with values of their types) give a model or one UserError."""
+    with torch.device("meta"):
+        try:
+            create_model("r18", **overrides, **build)
+        except UserError as exc:
+            assert str(exc) and "Traceback" not in str(exc)
 
 
 def test_bad_names_are_refused():
