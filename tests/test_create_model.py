@@ -234,9 +234,13 @@ def test_pretrained_that_names_no_weights_is_refused(pretrained):
         create_model("r18", pretrained=pretrained)
 
 
-def test_a_missing_pretrained_file_is_named(tmp_path):
-    with pytest.raises(CheckpointError, match="no such file"):
+def test_a_missing_pretrained_file_is_named(tmp_path, monkeypatch):
+    with pytest.raises(CheckpointError, match="absent.pth: no such file"):
         create_model("r18", pretrained=tmp_path / "absent.pth")
+    monkeypatch.chdir(tmp_path)
+    for named_timm in (Path("timm"), "./timm"):  # a file, not timm's weights
+        with pytest.raises(CheckpointError, match="timm: no such file"):
+            create_model("r18", pretrained=named_timm)
 
 
 # --- timm's numbers, in float64 -------------------------------------------------------------------
