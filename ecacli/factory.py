@@ -142,15 +142,14 @@ def timm_weights_file(preset: str) -> Path:
 
     require(EXTRAS["hub"], f"pretrained=\"{TIMM}\"", "hub")
     from huggingface_hub import constants, hf_hub_download
-    from huggingface_hub.errors import LocalEntryNotFoundError
 
-    offline = constants.is_offline_mode()
+    offline = constants.HF_HUB_OFFLINE
     try:
         return Path(hf_hub_download(repo, TIMM_FILE, local_files_only=offline))
     except OSError as exc:  # huggingface_hub's errors (not in the cache, HTTP, connection) are OSErrors
         if offline:
             why = "offline mode (HF_HUB_OFFLINE) allows no download"
-        elif isinstance(exc, LocalEntryNotFoundError):
+        elif isinstance(exc, FileNotFoundError):  # huggingface_hub's LocalEntryNotFoundError: no answer from the Hub, nothing cached
             why = "the Hub could not be reached to download them"
         else:
             why = f"downloading them failed: {first_line(exc)}"

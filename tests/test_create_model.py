@@ -124,6 +124,24 @@ def test_not_cached_while_offline_is_one_error_naming_the_cache_and_the_reposito
     assert "HF_HUB_OFFLINE" in message and "\n" not in message
 
 
+def test_online_with_the_hub_unreachable_is_one_error_naming_the_cache(hub_cache, monkeypatch):
+    """Online, hf_hub_download is asked to download (no local_files_only); its 'not cached and no answer' error becomes the clear one."""
+    import huggingface_hub
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    asked = []
+
+    def unreachable(repo_id, filename, **options):
+        asked.append((repo_id, filename, options))
+        raise LocalEntryNotFoundError("An error happened while trying to locate the file on the Hub and we cannot find the requested files in the local cache.")
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", unreachable)
+    with pytest.raises(OptionError, match=rf"not in the Hugging Face cache {re.escape(str(hub_cache))}, and the Hub could not be reached"):
+        create_model("ecaresnet269d", pretrained="timm")
+    assert asked == [("timm/ecaresnet269d.ra2_in1k", TIMM_FILE, {"local_files_only": False})]
+
+
 def test_another_presets_weights_in_the_cache_are_not_taken(hub_cache):
     weights, _, _ = tiny_timm_fixture()
     cache_timm_weights(hub_cache, "ecaresnet50d", weights)
