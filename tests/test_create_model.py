@@ -44,11 +44,11 @@ TINY_50D = {"depth": None, "layers": [1, 1, 1, 1], "block": "bottleneck", "width
 """Overrides that make the ecaresnet50d preset the tiny timm model of tests/data/timm_tiny_ecaresnet.safetensors ('d.')."""
 
 
-def tiny_timm_fixture(prefix: str = "d") -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
-    """A tiny timm ECA-ResNet's state_dict exactly as timm names it, an input and timm's eval-mode logits for it."""
+def tiny_timm_fixture() -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
+    """The tiny timm ECA-ResNet-D's state_dict exactly as timm names it, an input and timm's eval-mode logits for it."""
     fixture = load_file(DATA / "timm_tiny_ecaresnet.safetensors")
-    weights = {key[2:]: value for key, value in fixture.items() if key.startswith(f"{prefix}.") and key[2:] not in ("x", "logits")}
-    return weights, fixture[f"{prefix}.x"], fixture[f"{prefix}.logits"]
+    weights = {key[2:]: value for key, value in fixture.items() if key.startswith("d.") and key[2:] not in ("x", "logits")}
+    return weights, fixture["d.x"], fixture["d.logits"]
 
 
 def outputs(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
