@@ -1,6 +1,6 @@
 """ecacli: ECA-Net specs (ResNets and MobileNetV2), builder, reports, checkpoints and exports.
 
-`from ecacli import load_spec, build_model, kernel_size` works without the CLI. Names that
+`from ecacli import create_model, list_models, load_spec, build_model, kernel_size` works without the CLI. Names that
 need torch are imported on first use, so importing ecacli (and `ecacli ksize`) stays fast.
 """
 
@@ -21,6 +21,8 @@ _LAZY = {
     "ECAResNet": "ecacli.models",
     "EcaModule": "ecacli.layers",
     "load_model": "ecacli.checkpoints",
+    "create_model": "ecacli.factory",
+    "list_models": "ecacli.factory",
     "export_model": "ecacli.deploy",
 }
 

@@ -13,7 +13,10 @@ from ecacli.errors import SpecError
 from ecacli.spec import MobileNetV2Spec, ResNetSpec
 from ecacli.spec_loader import MAX_SPEC_BYTES, apply_overrides, load_spec, preset_names
 
-PRESETS = ["r18", "r34", "r50", "r101", "r152", "r50_k3557", "r101_k3357", "r152_k3357", "seed_r50", "resnet50"]
+PRESETS = [
+    "r18", "r34", "r50", "r101", "r152", "r50_k3557", "r101_k3357", "r152_k3357", "seed_r50", "resnet50",
+    "ecaresnet26t", "ecaresnet50d", "ecaresnet50t", "ecaresnet101d", "ecaresnet269d", "ecaresnetlight",
+]
 
 
 def test_every_required_preset_ships():

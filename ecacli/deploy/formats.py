@@ -25,7 +25,7 @@ FORMATS = WEIGHT_FORMATS + GRAPH_FORMATS
 NAMED_BY_SUFFIX = {".safetensors": SAFETENSORS, ".onnx": ONNX, ".ts": TORCHSCRIPT, ".torchscript": TORCHSCRIPT, ".pt2": PT2}
 """Suffixes that name one format; `.pt`, `.pth`, `.bin`, ... name a torch file, whose kind only its content tells."""
 
-EXTRAS = {"onnx": ("onnx", "onnxscript", "onnxruntime"), "vision": ("torchvision",)}
+EXTRAS = {"onnx": ("onnx", "onnxscript", "onnxruntime"), "vision": ("torchvision",), "hub": ("huggingface_hub",)}
 """ecacli's optional extras and the modules each installs."""
 
 

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from torch import nn
 
 from ecacli.arch import plan
-from ecacli.errors import OptionError, SpecError
+from ecacli.errors import OptionError, SpecError, shown
 from ecacli.layers.build import build
 from ecacli.models.mobilenetv2 import InvertedResidual, MobileNetV2, MobileNetV2Features
 from ecacli.models.network import FeatureInfo, check_out_indices
@@ -40,13 +40,20 @@ def build_model(
     out_indices: Sequence[int] | None = None,
     frozen_stages: int | None = None,
     norm_eval: bool | None = None,
+    pretrained: bool | None = None,
 ) -> nn.Module:
     """Build the model a spec describes (on the current default device; use `torch.device('meta')` for shapes only).
 
     With `features_only` it is the trunk alone, returning the feature maps of the levels
     `out_indices` names (default 1-4: the strides 4-32 of ResNet's stages and of MobileNetV2's
     levels; 0 is the stride-2 level, ResNet's stem; see `model.feature_info`). `frozen_stages` and `norm_eval` override the spec's fine-tuning options.
+    The weights are freshly initialised: `pretrained` other than None or False is refused, pointing to `ecacli.create_model`.
     """
+    if pretrained is not None and pretrained is not False:
+        raise OptionError(
+            f"build_model builds freshly initialised weights (pretrained={shown(pretrained)} given); for pretrained weights use "
+            "ecacli.create_model(spec, pretrained=\"timm\" or a checkpoint path), or ecacli.load_model(path)."
+        )
     spec = with_options(spec, frozen_stages, norm_eval)
     if not features_only:
         if out_indices is not None:
