@@ -140,7 +140,7 @@ def read_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo, label: str, err
 
 def archive_kind(members: dict[str, Any]) -> str | None:
     """'torchscript' or 'pt2' for a zip archive laid out as one (by its content, not its name), else None."""
-    if "archive_format" in members or "models/model.json" in members:
+    if "archive_format" in members:
         return "pt2"
     if "constants.pkl" in members and any(name.startswith("code/") for name in members):
         return "torchscript"

@@ -26,7 +26,7 @@ from ecacli.cli.schema import schema
 from ecacli.cli.specs import specs
 from ecacli.cli.summary import summary
 from ecacli.cli.validate import validate
-from ecacli.errors import Interrupted, Terminated, UserError, describe_path, os_reason
+from ecacli.errors import Interrupted, Terminated, UserError, describe_path, os_reason, printable
 
 app = typer.Typer(
     name="ecacli",
@@ -80,7 +80,7 @@ def main() -> None:
     try:
         app()
     except UserError as exc:
-        sys.stderr.write(f"error: {exc}\n")
+        sys.stderr.write("error: " + "\n".join(printable(line) for line in str(exc).splitlines()) + "\n")
         sys.exit(exc.exit_code)
     except (Interrupted, KeyboardInterrupt):
         sys.stderr.write("interrupted\n")
