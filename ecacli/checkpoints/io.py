@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import os
 import re
 import stat
@@ -216,9 +217,31 @@ def _torch_load(path: Path, container: str, size: int) -> Any:
         raise CheckpointError(f"{label}: cannot read it as a PyTorch checkpoint (truncated or corrupt?): {first_line(exc)}") from None
 
 
+def _check_safetensors_header(path: Path) -> None:
+    """Refuse a header that names a tensor twice (the JSON reader would keep the last silently)."""
+    label = describe_path(path)
+
+    def unique(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise CheckpointError(f"{label}: the safetensors header names {printable(key[:80])!r} twice; a tensor name may appear once.")
+            seen.add(key)
+        return dict(pairs)
+
+    with user_path(path, "read it", CheckpointError), path.open("rb") as handle:
+        length = int.from_bytes(handle.read(8), "little")
+        header = handle.read(length)
+    try:
+        json.loads(header, object_pairs_hook=unique)
+    except (ValueError, RecursionError):
+        pass  # not JSON: safetensors' own reader says what is wrong
+
+
 def _safetensors_load(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     from safetensors import safe_open
 
+    _check_safetensors_header(path)
     try:
         with safe_open(str(path), framework="pt", device="cpu") as handle:
             metadata = handle.metadata() or {}
