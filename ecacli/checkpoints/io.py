@@ -20,6 +20,8 @@ import re
 import stat
 import warnings
 import zipfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -200,13 +202,30 @@ def _prescan_legacy(path: Path, size: int) -> None:
         raise CheckpointError(f"{label}: its storages declare {declared:,} bytes in a file of {size:,} bytes (truncated or corrupt?).")
 
 
+@contextmanager
+def native_name(path: Path) -> Iterator[str]:
+    """A name of `path` that native readers (torch's, safetensors') take: itself, or for a name that is not UTF-8 the open file's /proc/self/fd entry."""
+    name = str(path)
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        with user_path(path, "read it", CheckpointError), path.open("rb") as handle:
+            alias = f"/proc/self/fd/{handle.fileno()}"
+            if not os.path.exists(alias):
+                raise CheckpointError(f"{describe_path(path)}: its name is not UTF-8, which this system's readers cannot open; rename the file.") from None
+            yield alias
+        return
+    yield name
+
+
 def _torch_load(path: Path, container: str, size: int) -> Any:
     label = describe_path(path)
     _prescan_zip(path, size) if container == "torch-zip" else _prescan_legacy(path, size)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            return torch.load(path, map_location="cpu", weights_only=True, mmap=container == "torch-zip")
+            with native_name(path) as name:
+                return torch.load(name, map_location="cpu", weights_only=True, mmap=container == "torch-zip")
     except Exception as exc:
         if "Weights only load failed" in str(exc):
             raise CheckpointError(
@@ -243,7 +262,7 @@ def _safetensors_load(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, st
 
     _check_safetensors_header(path)
     try:
-        with safe_open(str(path), framework="pt", device="cpu") as handle:
+        with native_name(path) as name, safe_open(name, framework="pt", device="cpu") as handle:
             metadata = handle.metadata() or {}
             tensors = {name: handle.get_tensor(name) for name in handle.keys()}
     except Exception as exc:
