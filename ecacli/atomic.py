@@ -84,6 +84,10 @@ def _publish(tmp: Path, target: Path, force: bool) -> None:
     tmp.unlink()
 
 
+TEMPORARY_PREFIX = ".ecacli-"
+"""Temporary files are `.ecacli-XXXXXXXX.tmp` in the target's folder: short, so a 255-byte target name still has one."""
+
+
 def _umask() -> int:
     """The process umask (read by setting and restoring it), so written files get the usual permissions."""
     current = os.umask(0)
@@ -102,7 +106,7 @@ def atomic_write(writers: dict[Path, Callable[[IO[bytes]], None]], force: bool =
         temporaries: dict[Path, Path] = {}
         for target, write in writers.items():
             with user_path(target, f"write in {describe_path(target.parent)}", OutputError):
-                fd, name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+                fd, name = tempfile.mkstemp(dir=target.parent, prefix=TEMPORARY_PREFIX, suffix=".tmp")  # short: any valid target name works
             tmp = Path(name)
             cleanup.callback(tmp.unlink, missing_ok=True)
             with user_path(target, "write it", OutputError):

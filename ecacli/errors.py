@@ -113,6 +113,13 @@ def user_path(path: str | Path, action: str, error: type[UserError] = PathError)
         raise error(f"{describe_path(path)}: cannot {action}: {os_reason(exc)}.") from None
 
 
+def printable(text: str) -> str:
+    """`text` with every character a terminal would act on (control characters, escapes, bidi overrides, lone surrogates) written as a visible escape, `\\x1b`."""
+    if text.isprintable():
+        return text
+    return "".join(char if char.isprintable() or char == " " else char.encode("unicode_escape", "backslashreplace").decode("ascii") for char in text)
+
+
 ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*m")
 
 FIRST_LINE_CHARS = 200

@@ -22,6 +22,9 @@ from ecacli.strict_model import StrictModel, suggest
 
 MIN_INPUT_SIZE, MAX_INPUT_SIZE = 8, 2048
 MAX_BATCH = 65536
+MAX_BLOCKS = 1_000
+MAX_WEIGHTS = 4e9
+"""Bounds on a spec, checked before it is built: blocks, and weights estimated from the widths (9 inner^2 + 2 inner x output per block, plus the classifier); the largest presets are far below both."""
 NORMS = ("batch", "frozen_batch", "group")
 
 __all__ = [
@@ -105,6 +108,16 @@ class NetworkSpec(StrictModel):
                 "{got} is beyond this network's {stages} stages; use -1 (nothing frozen), 0 (the stem) up to {stages}.",
                 {"at": "frozen_stages", "got": self.frozen_stages, "stages": self.num_stages},
             )
+
+    def _check_size(self) -> None:
+        """At most MAX_BLOCKS blocks and about MAX_WEIGHTS weights (a generous estimate from the widths), checked before anything is built."""
+        groups = self.groups
+        blocks = sum(group.blocks for group in groups)
+        if blocks > MAX_BLOCKS:
+            raise PydanticCustomError("too_large", "the network has {blocks} blocks, more than the {limit} a spec may have.", {"blocks": f"{blocks:,}", "limit": f"{MAX_BLOCKS:,}"})
+        weights = sum(group.blocks * (9 * group.inner * group.inner + 2 * group.inner * group.output) for group in groups) + self.num_classes * groups[-1].output
+        if weights > MAX_WEIGHTS:
+            raise PydanticCustomError("too_large", "the network would hold about {weights} weights, more than the {limit} a spec may build.", {"weights": f"{weights:.2e}", "limit": f"{MAX_WEIGHTS:.0e}"})
 
     def _check_kernels(self) -> None:
         """One k per group where k_size is a list; every k the adaptive rule can give, no larger than allowed nor wider than its channels."""
@@ -226,6 +239,7 @@ class ResNetSpec(NetworkSpec):
             )
         if self.layers is not None and self.block is None:
             raise PydanticCustomError("layout", "'layers' needs 'block' (basic or bottleneck).")
+        self._check_size()
         self._check_kernels()
         self._check_stages()
         return self
@@ -305,6 +319,7 @@ class MobileNetV2Spec(NetworkSpec):
         for i, (t, c, n, s) in enumerate(self.inverted_residual_setting, start=1):
             if s not in (1, 2):
                 raise PydanticCustomError("layout", "row {row} [t, c, n, s] = {got}: the stride s must be 1 or 2.", {"at": "inverted_residual_setting", "row": i, "got": [t, c, n, s]})
+        self._check_size()
         self._check_kernels()
         self._check_stages()
         return self

@@ -73,8 +73,13 @@ def _is_state_dict(value: Any) -> bool:
 
 def _plain(value: Any) -> Any:
     """A training checkpoint's scalar field as plain data, for display."""
-    if isinstance(value, torch.Tensor) and value.numel() == 1:
-        return value.item()
+    if isinstance(value, torch.Tensor):
+        if value.numel() != 1 or value.is_meta or value.layout != torch.strided:
+            return None
+        try:
+            return value.item()
+        except (RuntimeError, NotImplementedError):  # a kind of number .item() does not convert (float8, ...)
+            return None
     return value if isinstance(value, (str, Number)) else None
 
 
@@ -99,6 +104,10 @@ def unwrap(raw: RawCheckpoint) -> tuple[dict[str, torch.Tensor], dict[str, Any],
     )
 
 
+WEIGHT_FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+"""The floating-point kinds of number a checkpoint's weights may hold (float8, float4 and other narrow formats are refused)."""
+
+
 def check_state_dict(path: Path, tensors: Mapping[Any, torch.Tensor]) -> dict[str, torch.Tensor]:
     """The state_dict as a dict, after refusing what no model can hold: keys that are not text, and
     sparse, quantized, nested or meta (data-less) tensors. One line names the first offender.
@@ -116,6 +125,11 @@ def check_state_dict(path: Path, tensors: Mapping[Any, torch.Tensor]) -> dict[st
             raise CheckpointError(f"{label}: tensor {name} is a nested tensor; ecacli loads dense weights only.")
         if tensor.is_meta:
             raise CheckpointError(f"{label}: tensor {name} holds no data (a meta tensor: a shape without values); save the weights themselves.")
+        if tensor.is_floating_point() and tensor.dtype not in WEIGHT_FLOAT_DTYPES:
+            raise CheckpointError(
+                f"{label}: tensor {name} holds {str(tensor.dtype).removeprefix('torch.')} numbers, a wrong kind of number for ecacli's models, "
+                "which take float32, float16, bfloat16 or float64 weights; save them converted (tensor.float())."
+            )
     return dict(tensors)
 
 

@@ -1,12 +1,15 @@
 """The `ecacli` command line: thin typer commands over the library, one module per command.
 
-`main` maps outcomes to exit codes: 0 success, 2 a user mistake (one paragraph, no traceback),
-1 an internal failure, 130 interrupted (Ctrl-C), 143 terminated (SIGTERM); the last two print
-one line saying so on stderr, and unwind first, so no temporary file is left behind.
+`main` maps outcomes to exit codes: 0 success, 2 a user mistake (one paragraph, no traceback;
+also a standard output that cannot be written: closed, or on a full disk), 1 an internal
+failure, 130 interrupted (Ctrl-C), 143 terminated (SIGTERM), 141 quietly when the reader of
+stdout went away (a broken pipe, as for other unix tools); 130 and 143 print one line saying so
+on stderr, and unwind first, so no temporary file is left behind.
 """
 
 from __future__ import annotations
 
+import errno
 import functools
 import os
 import signal
@@ -26,7 +29,7 @@ from ecacli.cli.schema import schema
 from ecacli.cli.specs import specs
 from ecacli.cli.summary import summary
 from ecacli.cli.validate import validate
-from ecacli.errors import Interrupted, Terminated, UserError, describe_path, os_reason
+from ecacli.errors import Interrupted, Terminated, UserError, describe_path, os_reason, printable
 
 app = typer.Typer(
     name="ecacli",
@@ -39,7 +42,7 @@ app = typer.Typer(
 
 
 def _reporting_interrupts(command: Callable[..., Any]) -> Callable[..., Any]:
-    """The command, with Ctrl-C raised as `Interrupted` (typer would turn it into a silent exit 130)."""
+    """The command, with Ctrl-C raised as `Interrupted` (typer would turn it into a silent exit 130) and a broken pipe ending it quietly with 141 (click would exit 1)."""
 
     @functools.wraps(command)
     def run(*args: Any, **kwargs: Any) -> Any:
@@ -47,6 +50,9 @@ def _reporting_interrupts(command: Callable[..., Any]) -> Callable[..., Any]:
             return command(*args, **kwargs)
         except KeyboardInterrupt:
             raise Interrupted() from None
+        except BrokenPipeError:
+            _silence_stdout()
+            raise SystemExit(BROKEN_PIPE) from None
 
     return run
 
@@ -74,13 +80,52 @@ def _terminate(signum: int, frame: Any) -> None:
     raise Terminated()
 
 
+BROKEN_PIPE = 128 + signal.SIGPIPE
+"""Exit status when the reader of stdout went away (`ecacli schema | head`): as a unix tool killed by SIGPIPE, and quietly."""
+
+
+STDOUT_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EBADF, errno.EIO)
+
+
+def _stdout_failing() -> OSError | None:
+    """The error writing what is left of stdout's buffer raises, if it fails (a full disk, a closed pipe, a closed descriptor)."""
+    try:
+        sys.stdout.flush()
+    except OSError as exc:
+        return exc
+    return None
+
+
+def _silence_stdout() -> None:
+    """Point stdout at the null device, so the interpreter's last flush cannot fail again on the way out."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 1)
+    os.close(devnull)
+
+
+def _stdout_exit(exc: OSError) -> None:
+    _silence_stdout()
+    if isinstance(exc, BrokenPipeError):
+        sys.exit(BROKEN_PIPE)
+    sys.stderr.write(f"error: cannot write to standard output: {os_reason(exc)}.\n")
+    sys.exit(2)
+
+
 def main() -> None:
     """Console-script entry point."""
     signal.signal(signal.SIGTERM, _terminate)
+    if sys.stdout is None:  # started with stdout closed (`ecacli ... >&-`)
+        sys.stderr.write("error: standard output is closed; ecacli writes its results there (redirect it to a file or /dev/null instead).\n")
+        sys.exit(2)
     try:
-        app()
+        try:
+            app()
+        finally:
+            failing = _stdout_failing()
+            if failing is not None:
+                _stdout_exit(failing)
     except UserError as exc:
-        sys.stderr.write(f"error: {exc}\n")
+        sys.stderr.write("error: " + "\n".join(printable(line) for line in str(exc).splitlines()) + "\n")
         sys.exit(exc.exit_code)
     except (Interrupted, KeyboardInterrupt):
         sys.stderr.write("interrupted\n")
@@ -91,6 +136,8 @@ def main() -> None:
     except Exception as exc:
         if os.environ.get("ECACLI_DEBUG"):
             raise
+        if isinstance(exc, OSError) and exc.filename is None and (isinstance(exc, BrokenPipeError) or exc.errno in STDOUT_ERRNOS):
+            _stdout_exit(exc)  # every file ecacli reads or writes is named in its errors: one without a name is the output stream
         if isinstance(exc, OSError) and exc.filename is not None:
             sys.stderr.write(f"error: {describe_path(exc.filename)}: {os_reason(exc)}.\n")
             sys.exit(2)

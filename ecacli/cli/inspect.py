@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from ecacli.cli.common import JsonOption, SetOption, fmt_bytes, fmt_int, input_path, load_optional_spec_arg, print_json
-from ecacli.errors import UserError, cut
+from ecacli.errors import UserError, cut, printable
 
 if TYPE_CHECKING:
     from ecacli.deploy import GraphDescription
@@ -122,7 +122,7 @@ def _render(result: dict, spec_text: str | None, report) -> None:
             lines.append(report.describe())
     else:
         lines.append("loads strictly: no (no spec describes the file; give one with --spec)")
-    typer.echo("\n".join(lines))
+    typer.echo("\n".join(printable(line) for line in lines))
 
 
 def _signature(tensor: TensorSignature) -> str:
@@ -146,6 +146,8 @@ def _render_graph(graph: GraphDescription, spec_text: str | None) -> None:
         lines.append(f"{'parameters:':<{LABEL_WIDTH}}{fmt_int(graph.parameters)} (the model's, as exported)")
     lines.append(f"{'weights:':<{LABEL_WIDTH}}{fmt_int(graph.weight_tensors)} tensors, {fmt_int(graph.weight_values)} values in the graph")
     lines += [f"{'metadata:':<{LABEL_WIDTH}}{cut(key, 30)} = {cut(value)}" for key, value in graph.metadata.items() if key != "parameters"]
+    if graph.code_files:
+        lines.append(f"{'code:':<{LABEL_WIDTH}}{fmt_int(len(graph.code_files))} files, read as text, not run (--json lists them)")
     items = [f"{fmt_int(sum(graph.ops.values()))} nodes:", *(f"{op} {count}," for op, count in graph.ops.items())]
     items[-1] = items[-1].rstrip(",")
     lines.append(f"{'ops:':<{LABEL_WIDTH}}{items[0]}")
@@ -159,4 +161,4 @@ def _render_graph(graph: GraphDescription, spec_text: str | None) -> None:
     else:
         lines.append(f"{'spec:':<{LABEL_WIDTH}}{graph.spec.name} (file metadata)")
         lines += [f"  {line}" for line in spec_text.rstrip().splitlines()]
-    typer.echo("\n".join(lines))
+    typer.echo("\n".join(printable(line) for line in lines))

@@ -1,10 +1,10 @@
 """What a graph file is: its inputs and outputs (with their open axes), operator histogram, weights, and the spec ecacli stored in it.
 
 ONNX files are read as protocol buffers (`onnx.load`, weights kept external if they are);
-torch.export's `.pt2` archives from their JSON graph description; TorchScript archives with
-`torch.jit.load`, whose loader builds only TorchScript types. No Python object is unpickled
-(`torch.export.load` would: it is not used here), but TorchScript's loader runs the archive's
-TorchScript code, such as a module's `__setstate__`; what it prints is kept off stdout.
+torch.export's `.pt2` archives from their JSON graph description; TorchScript archives from
+their content, never loaded (loading one runs its code, such as a module's `__setstate__`):
+the code as text, the pickles through ecacli's bounded reader. Nothing from a file is executed
+or unpickled as an object, and every member is read under a declared-size bound.
 """
 
 from __future__ import annotations
@@ -12,18 +12,17 @@ from __future__ import annotations
 import json
 import math
 import re
-import warnings
 import zipfile
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ecacli.checkpoints import SPEC_KEY
-from ecacli.checkpoints.io import MAX_CHECKPOINT_BYTES, CheckpointError, check_readable
+from ecacli.checkpoints.io import MAX_CHECKPOINT_BYTES, MAX_MEMBER_BYTES, CheckpointError, archive_members, check_readable, read_member
+from ecacli.checkpoints.pickles import MAX_DIMS, MAX_ELEMENTS, Built, PickleRefused, read_pickle
 from ecacli.deploy.export import BATCH_AXIS, METADATA_FILE, onnx_opset
 from ecacli.deploy.formats import ONNX, PT2, TORCHSCRIPT, require
-from ecacli.errors import UserError, first_line, shown
-from ecacli.quiet import native_output_silenced
+from ecacli.errors import UserError, describe_path, first_line, shown
 from ecacli.spec import NetworkSpec
 from ecacli.spec_loader import parse_yaml_text, spec_from_data
 
@@ -66,6 +65,8 @@ class GraphDescription:
     """ecacli's metadata (versions, parameter count, dtype, source), spec aside."""
     spec: NetworkSpec | None = None
     spec_error: str | None = None
+    code_files: list[str] = field(default_factory=list)
+    """A TorchScript archive's code files (read as text, never run)."""
 
     @property
     def parameters(self) -> int | None:
@@ -90,6 +91,7 @@ class GraphDescription:
             "metadata": self.metadata,
             "spec": self.spec.to_yaml_dict() if self.spec else None,
             "spec_error": self.spec_error,
+            "code_files": self.code_files,
         }
 
 
@@ -176,39 +178,79 @@ def describe_onnx(path: Path, size: int) -> GraphDescription:
 
 
 def describe_torchscript(path: Path, size: int) -> GraphDescription:
-    import torch
-
-    extra = {METADATA_FILE: ""}
+    """A TorchScript archive from its content, never loaded: its code read as text (the root class's `forward` signature, the operators its code calls), its `data.pkl` and `constants.pkl` through ecacli's bounded pickle reader (tensors counted, not built)."""
+    label = describe_path(path)
     try:
-        with warnings.catch_warnings(), native_output_silenced(1):  # the archive's own code may print (`__setstate__`)
-            warnings.simplefilter("ignore")  # torch.jit's deprecation notice: this command's output is the description
-            module = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
-    except Exception as exc:
-        raise GraphFileError(f"{path}: cannot read it as a TorchScript archive (truncated or corrupt?): {first_line(exc)}") from None
-    if not hasattr(module, "forward"):
-        raise GraphFileError(f"{path}: the TorchScript module has no forward method, so it has no inputs or outputs to describe.")
-    schema = module.forward.schema
-    ops: Counter = Counter()
-    pending = list(module.inlined_graph.nodes())
-    while pending:
-        node = pending.pop()
-        if node.kind().startswith("aten::"):
-            ops[node.kind()] += 1
-        pending += [inner for block in node.blocks() for inner in block.nodes()]
-    tensors = list(module.state_dict().values())
+        with zipfile.ZipFile(path) as archive:
+            members = archive_members(archive, label, size, GraphFileError)
+            code_names = sorted(name for name in members if name.startswith("code/") and name.endswith(".py"))
+            code_bytes = sum(members[name].file_size for name in code_names)
+            if code_bytes > MAX_MEMBER_BYTES:
+                raise GraphFileError(f"{label}: the archive's code declares {code_bytes:,} bytes, over the {MAX_MEMBER_BYTES:,}-byte limit for what ecacli reads whole.")
+            data = read_pickle(read_member(archive, members["data.pkl"], label, GraphFileError))
+            constants = read_pickle(read_member(archive, members["constants.pkl"], label, GraphFileError))
+            code = {name: read_member(archive, members[name], label, GraphFileError).decode("utf-8", "replace") for name in code_names}
+            extra = members.get(f"extra/{METADATA_FILE}")
+            stored = read_member(archive, extra, label, GraphFileError) if extra else b""
+            version = read_member(archive, members["version"], label, GraphFileError, limit=64).decode("ascii", "replace").strip() if "version" in members else "?"
+    except PickleRefused as exc:
+        raise GraphFileError(f"{label}: refused: {exc}. ecacli reads a TorchScript archive's pickles under fixed limits, without running anything from it; nothing from the file ran.") from None
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, NotImplementedError, EOFError, KeyError, ValueError, OSError, RuntimeError) as exc:
+        if isinstance(exc, GraphFileError):
+            raise
+        raise GraphFileError(f"{label}: cannot read it as a TorchScript archive (truncated or corrupt?): {type(exc).__name__}: {first_line(exc)}") from None
+    root = data.value
+    if not (isinstance(root, Built) and root.kind.module.startswith("__torch__")):
+        raise GraphFileError(f"{label}: cannot read it as a TorchScript archive (truncated or corrupt?): its data.pkl holds no TorchScript module.")
+    module_file = "code/" + root.kind.module.replace(".", "/") + ".py"
+    body = class_body(code.get(module_file, ""), root.kind.name)
+    forward = re.search(r"^  def forward\((.*?)\)\s*->\s*(.+?):\s*$", body, re.MULTILINE | re.DOTALL)
+    if forward is None:
+        raise GraphFileError(f"{label}: the TorchScript module has no forward method, so it has no inputs or outputs to describe.")
+    arguments = [argument.split(":", 1) for argument in split_top_level(forward.group(1))[1:]]
+    ops = Counter(f"{namespace}::{name}" for text in code.values() for namespace, name in CODE_CALL.findall(text.replace("torch.", "aten.")))
+    tensors = data.tensors + constants.tensors
     description = GraphDescription(
         path,
         TORCHSCRIPT,
         size,
-        f"torch.jit (loaded with torch {torch.__version__})",
+        f"torch.jit archive (format version {version}), read without loading it",
         None,
-        [TensorSignature(arg.name, str(arg.type), None) for arg in schema.arguments[1:]],
-        [TensorSignature(ret.name or "output", str(ret.type), None) for ret in schema.returns],
+        [TensorSignature(name.strip(), kind.strip(), None) for name, kind in arguments if kind],
+        [TensorSignature("output", forward.group(2).strip(), None)],
         by_count(ops),
         len(tensors),
-        sum(t.numel() for t in tensors),
+        sum(t.numel for t in tensors),
+        code_files=code_names,
     )
-    return with_spec(description, stored_metadata(path, extra[METADATA_FILE]))
+    return with_spec(description, stored_metadata(path, stored))
+
+
+CODE_CALL = re.compile(r"\b(aten|ops\.\w+)\.(\w+)\(")
+"""A call in TorchScript's code: `torch.conv2d(` (read as `aten.conv2d(`) or `ops.prim.NumToTensor(`."""
+
+
+def class_body(code: str, name: str) -> str:
+    """The lines of `class NAME(...)` in a TorchScript code file, up to the next top-level line."""
+    found = re.search(rf"^class {re.escape(name)}\(.*?$(.*?)(?=^\S|\Z)", code, re.MULTILINE | re.DOTALL)
+    return found.group(1) if found else ""
+
+
+def split_top_level(text: str) -> list[str]:
+    """`text` split at commas outside brackets: `self: M, x: Tuple[Tensor, Tensor]` -> two arguments."""
+    parts, depth, current = [], 0, []
+    for char in text:
+        if char in "[(":
+            depth += 1
+        elif char in "])":
+            depth -= 1
+        if char == "," and depth == 0:
+            parts.append("".join(current))
+            current = []
+        else:
+            current.append(char)
+    parts.append("".join(current))
+    return [part.strip() for part in parts if part.strip()]
 
 
 ONNX_DTYPE_NAMES = {"float": "float32", "double": "float64"}
@@ -222,19 +264,20 @@ def describe_pt2(path: Path, size: int) -> GraphDescription:
 
     An open axis shows torch.export's symbol (`s77`), except the batch axis of an archive ecacli wrote, which shows the name `ecacli export` gave it.
     """
+    label = describe_path(path)
     try:
         with zipfile.ZipFile(path) as archive:
-            entries = {name.split("/", 1)[-1]: name for name in archive.namelist()}
-            program = json.loads(archive.read(entries["models/model.json"]))
-            weights = json.loads(archive.read(entries["data/weights/model_weights_config.json"]))["config"]
-            extra = entries.get(f"extra/{METADATA_FILE}")
-            stored = archive.read(extra) if extra else b""
+            members = archive_members(archive, label, size, GraphFileError)
+            program = json.loads(read_member(archive, members["models/model.json"], label, GraphFileError))
+            weights = json.loads(read_member(archive, members["data/weights/model_weights_config.json"], label, GraphFileError))["config"]
+            extra = members.get(f"extra/{METADATA_FILE}")
+            stored = read_member(archive, extra, label, GraphFileError) if extra else b""
         graph, signature = program["graph_module"]["graph"], program["graph_module"]["signature"]
         values = graph["tensor_values"]
 
         def dim(size: dict) -> Dim:
             if "as_int" in size:
-                return size["as_int"]
+                return checked_size(size["as_int"])
             found = SYMBOL.search(size["as_expr"]["expr_str"])
             return found.group(1) if found else size["as_expr"]["expr_str"]
 
@@ -242,11 +285,23 @@ def describe_pt2(path: Path, size: int) -> GraphDescription:
             meta = values[name]
             return TensorSignature(name, PT2_DTYPES.get(meta["dtype"], str(meta["dtype"])), [dim(s) for s in meta["sizes"]])
 
+        def elements(sizes: list) -> int:
+            if len(sizes) > MAX_DIMS or not all(isinstance(size, dict) and "as_int" in size for size in sizes):
+                raise GraphFileError(f"{label}: a weight's size is symbolic or has more than {MAX_DIMS} axes; a weight's sizes are whole numbers.")
+            return math.prod(checked_size(size["as_int"]) for size in sizes)
+
+        def checked_size(value: object) -> int:
+            if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_ELEMENTS:
+                raise GraphFileError(f"{label}: a tensor size in the archive is {shown(value) if not isinstance(value, int) else f'an integer of {value.bit_length():,} bits'}, not a whole number from 0 to {MAX_ELEMENTS:,}.")
+            return value
+
         inputs = [tensor(spec["user_input"]["arg"]["as_tensor"]["name"]) for spec in signature["input_specs"] if "user_input" in spec]
         outputs = [tensor(spec["user_output"]["arg"]["as_tensor"]["name"]) for spec in signature["output_specs"] if "user_output" in spec]
-        ops = Counter(node["target"].removeprefix("torch.ops.") for node in graph["nodes"])
-        elements = [math.prod(dim(s) for s in entry["tensor_meta"]["sizes"]) for entry in weights.values()]
-        producer = f"torch.export (torch {program.get('torch_version', '?')})"
+        ops = Counter(str(node["target"]).removeprefix("torch.ops.") for node in graph["nodes"])
+        counts = [elements(entry["tensor_meta"]["sizes"]) for entry in weights.values()]
+        producer = f"torch.export (torch {str(program.get('torch_version', '?'))[:40]})"
+    except GraphFileError:
+        raise
     except Exception as exc:  # anything the zip reader or walking the JSON meets in a corrupt archive
         raise GraphFileError(f"{path}: cannot read it as a torch.export archive (corrupt, or written by another torch version?): {type(exc).__name__}: {first_line(exc)}") from None
     metadata = stored_metadata(path, stored)
@@ -254,7 +309,7 @@ def describe_pt2(path: Path, size: int) -> GraphDescription:
     if isinstance(batch, str):  # the symbol torch.export chose for the axis ecacli's export named
         for io_tensor in inputs + outputs:
             io_tensor.shape = [BATCH_AXIS if axis == batch else axis for axis in io_tensor.shape]
-    description = GraphDescription(path, PT2, size, producer, None, inputs, outputs, by_count(ops), len(elements), sum(elements))
+    description = GraphDescription(path, PT2, size, producer, None, inputs, outputs, by_count(ops), len(counts), sum(counts))
     return with_spec(description, metadata)
 
 

@@ -45,7 +45,7 @@ from torch import nn
 from ecacli.atomic import atomic_write
 from ecacli.checkpoints import DTYPES, SavedCheckpoint, check_writable_outputs, file_metadata, floating_dtype, new_model, parameter_count, save_checkpoint
 from ecacli.deploy.formats import EXTRAS, ONNX, PT2, TORCHSCRIPT, WEIGHT_FORMATS, format_for, require
-from ecacli.errors import OutOfMemory, UserError, first_line, is_out_of_memory
+from ecacli.errors import OptionError, OutOfMemory, UserError, first_line, is_out_of_memory, shown
 from ecacli.quiet import native_output_silenced
 from ecacli.spec import MAX_BATCH, NetworkSpec, check_input_size
 
@@ -134,6 +134,11 @@ class ExportRequest:
         check in the runtime); given with a weights format they are refused, as are an opset for a
         non-ONNX graph and a missing extra.
         """
+        for name, value, kind in (("input_size", input_size, int), ("batch", batch, int), ("opset", opset, int), ("dynamic_batch", dynamic_batch, bool), ("verify", verify, bool), ("force", force, bool), ("format", format, str), ("dtype", dtype, str)):
+            if value is not None and (not isinstance(value, kind) or (kind is int and isinstance(value, bool))):
+                raise OptionError(f"{name}: expected {'an integer' if kind is int else 'True or False' if kind is bool else 'text'}, got {type(value).__name__} {shown(value)}.")
+        if not isinstance(path, (str, Path)):
+            raise OptionError(f"path: expected the file to write (str or Path), got {type(path).__name__}.")
         path = Path(path)
         fmt = format_for(path, format)
         if dtype is not None and dtype not in DTYPES:

@@ -69,23 +69,38 @@ def suffixes_of(fmt: str) -> str:
 
 
 def graph_format_of(path: Path) -> str | None:
-    """The graph format of an existing file from its suffix, or for a zip archive (a `.pt`, say) from its layout; None for anything else.
+    """The graph format of an existing file from its content, whatever its name; None for anything else (a checkpoint).
 
-    TorchScript archives hold `code/` and `constants.pkl`; torch.export's hold `archive_format`. A zip
-    whose directory cannot be read is no graph here (reading it as a checkpoint says what is wrong).
+    A zip archive is TorchScript when it holds `code/` and `constants.pkl`, torch.export's when it
+    holds `archive_format`, else a checkpoint (torch.save's `data.pkl`); a zip whose directory cannot
+    be read is no graph here (reading it as a checkpoint says what is wrong). Any other file is ONNX
+    when named `.onnx` or when it starts as an ONNX model's protocol buffer does (field 1, the IR
+    version) and not as a checkpoint.
     """
-    named = NAMED_BY_SUFFIX.get(path.suffix.lower())
-    if named in GRAPH_FORMATS:
-        return named
-    if named is not None or not path.is_file() or not zipfile.is_zipfile(path):
-        return None
+    from ecacli.checkpoints.io import CheckpointError, archive_kind, sniff_container
+
+    named_onnx = NAMED_BY_SUFFIX.get(path.suffix.lower()) == ONNX
+    if not path.is_file():
+        return ONNX if named_onnx else None
     try:
-        with zipfile.ZipFile(path) as archive:
-            entries = {name.split("/", 1)[-1] for name in archive.namelist()}
-    except (zipfile.BadZipFile, OSError, ValueError, NotImplementedError):  # NotImplementedError: a zip version Python cannot read
+        with path.open("rb") as handle:
+            head = handle.read(16)
+    except OSError:
         return None
-    if "archive_format" in entries:
-        return PT2
-    if "constants.pkl" in entries and any(entry.startswith("code/") for entry in entries):
-        return TORCHSCRIPT
-    return None
+    if head.startswith(b"PK"):
+        try:
+            with zipfile.ZipFile(path) as archive:
+                return archive_kind(dict.fromkeys(name.split("/", 1)[-1] for name in archive.namelist()))
+        except (zipfile.BadZipFile, OSError, ValueError, NotImplementedError):  # NotImplementedError: a zip version Python cannot read
+            return None
+    if named_onnx:
+        return ONNX
+    try:
+        sniff_container(path, head)
+        return None
+    except CheckpointError:
+        return ONNX if head[:1] == ONNX_FIRST_BYTE else None
+
+
+ONNX_FIRST_BYTE = b"\x08"
+"""How an ONNX model's protocol buffer starts: field 1 (ir_version), a varint."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 from torch import nn
 
@@ -13,7 +14,7 @@ from ecacli.models.mobilenetv2 import InvertedResidual, MobileNetV2, MobileNetV2
 from ecacli.models.network import FeatureInfo, check_out_indices
 from ecacli.models.resnet import BasicBlock, Bottleneck, ECAResNet, ResNetFeatures
 from ecacli.spec import NetworkSpec
-from ecacli.spec_loader import spec_from_data
+from ecacli.spec_loader import load_spec, spec_from_data
 
 __all__ = [
     "BasicBlock", "Bottleneck", "ECAResNet", "FeatureInfo", "InvertedResidual", "MobileNetV2", "MobileNetV2Features", "ResNetFeatures",
@@ -47,13 +48,17 @@ def build_model(
     With `features_only` it is the trunk alone, returning the feature maps of the levels
     `out_indices` names (default 1-4: the strides 4-32 of ResNet's stages and of MobileNetV2's
     levels; 0 is the stride-2 level, ResNet's stem; see `model.feature_info`). `frozen_stages` and `norm_eval` override the spec's fine-tuning options.
-    The weights are freshly initialised: `pretrained` other than None or False is refused, pointing to `ecacli.create_model`.
+    `spec` may also be a preset name or a YAML path. The weights are freshly initialised: `pretrained` other than None or False is refused, pointing to `ecacli.create_model`.
     """
     if pretrained is not None and pretrained is not False:
         raise OptionError(
             f"build_model builds freshly initialised weights (pretrained={shown(pretrained)} given); for pretrained weights use "
             "ecacli.create_model(spec, pretrained=\"timm\" or a checkpoint path), or ecacli.load_model(path)."
         )
+    if isinstance(spec, (str, Path)):
+        spec = load_spec(spec)
+    if not isinstance(spec, NetworkSpec):
+        raise OptionError(f"spec: expected a NetworkSpec, a preset name or a YAML path, got {type(spec).__name__}.")
     spec = with_options(spec, frozen_stages, norm_eval)
     if not features_only:
         if out_indices is not None:

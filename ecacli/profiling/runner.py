@@ -20,6 +20,7 @@ least) and timing once all of it is (after `MIN_TIMED_ROUNDS` at least), or afte
 from __future__ import annotations
 
 import math
+import os
 import time
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
@@ -41,7 +42,13 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 MODES = ("train", "eval")
 SGD_LR, SGD_MOMENTUM = 0.01, 0.9
 MAX_STEPS = 1_000_000
-MAX_THREADS = 4096
+THREADS_PER_CORE = 4
+
+
+def max_threads() -> int:
+    """The most CPU threads a profile may ask for: 4 per core, so an oversubscribed run still ends."""
+    return THREADS_PER_CORE * (os.cpu_count() or 1)
+
 MAX_SEED = 2**64 - 1
 MAX_SECONDS = 7 * 24 * 3600.0
 MIN_TIMED_ROUNDS = 3
@@ -74,9 +81,12 @@ class ProfileConfig:
     def validate(self) -> None:
         """Raise a UserError naming the first option that cannot work."""
         bounded = (("--batch", self.batch, MAX_BATCH), ("--iters", self.iters, MAX_STEPS), ("--warmup", self.warmup, MAX_STEPS))
-        for option, value, largest in (*bounded, ("--threads", self.threads, MAX_THREADS)):
+        for option, value, largest in bounded:
             if value is not None and not 1 <= value <= largest:
                 raise UserError(f"{option} must be a positive integer, got {_short_number(value)} (at most {largest:,}).")
+        most_threads = max_threads()
+        if self.threads is not None and not 1 <= self.threads <= most_threads:
+            raise UserError(f"--threads must be from 1 to {most_threads:,} (4 per CPU core of this machine's {os.cpu_count() or 1}), got {_short_number(self.threads)}.")
         if not 0 <= self.seed <= MAX_SEED:
             raise UserError(f"--seed must be an integer from 0 to 2**64 - 1, got {_short_number(self.seed)}.")
         if self.seconds is not None and not (math.isfinite(self.seconds) and 0 < self.seconds <= MAX_SECONDS):
@@ -205,7 +215,8 @@ def make_workload(label: str, spec: NetworkSpec, config: ProfileConfig, device: 
     model.train(config.train)
     generator = torch.Generator().manual_seed(config.seed)
     inputs = torch.randn(config.input_shape(spec), generator=generator).to(device=device, memory_format=memory_format)
-    target = torch.randint(0, spec.num_classes, (config.batch,), generator=generator).to(device)
+    # a headless model (num_classes 0) returns pooled features: its training loss takes them as scores, target 0
+    target = (torch.randint(0, spec.num_classes, (config.batch,), generator=generator) if spec.num_classes else torch.zeros(config.batch, dtype=torch.long)).to(device)
     optimizer = torch.optim.SGD(model.parameters(), lr=SGD_LR, momentum=SGD_MOMENTUM) if config.train else None
     scaler = torch.amp.GradScaler("cuda") if config.train and config.dtype == "float16" and device.type == "cuda" else None
     runner = torch.compile(model) if config.compile else model
