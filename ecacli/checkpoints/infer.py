@@ -14,11 +14,11 @@ from typing import Any
 
 import torch
 
-from ecacli.arch import KINDS, infer
+from ecacli.arch import KINDS
 from ecacli.arch.attention import is_attention
 from ecacli.arch.resnet import LayoutError
 from ecacli.checkpoints.io import CheckpointError
-from ecacli.spec import NetworkSpec
+from ecacli.spec import NetworkSpec, infer
 from ecacli.spec_loader import spec_from_data
 
 BN_BUFFERS = ("running_mean", "running_var", "num_batches_tracked")

@@ -12,7 +12,7 @@ from ecacli.layers.build import build
 from ecacli.models.mobilenetv2 import InvertedResidual, MobileNetV2, MobileNetV2Features
 from ecacli.models.network import FeatureInfo, check_out_indices
 from ecacli.models.resnet import BasicBlock, Bottleneck, ECAResNet, ResNetFeatures
-from ecacli.spec import NetworkSpec
+from ecacli.spec import BaseSpec, NetworkSpec
 from ecacli.spec_loader import spec_from_data
 
 __all__ = [
@@ -47,6 +47,7 @@ def build_model(
     With `features_only` it is the trunk alone, returning the feature maps of the levels
     `out_indices` names (default 1-4: the strides 4-32 of ResNet's stages and of MobileNetV2's
     levels; 0 is the stride-2 level, ResNet's stem; see `model.feature_info`). `frozen_stages` and `norm_eval` override the spec's fine-tuning options.
+    A base spec (`base: torchvision:NAME` / `timm:NAME`) builds that model with its attention attached (`ecacli.models.base`).
     The weights are freshly initialised: `pretrained` other than None or False is refused, pointing to `ecacli.create_model`.
     """
     if pretrained is not None and pretrained is not False:
@@ -54,6 +55,12 @@ def build_model(
             f"build_model builds freshly initialised weights (pretrained={shown(pretrained)} given); for pretrained weights use "
             "ecacli.create_model(spec, pretrained=\"timm\" or a checkpoint path), or ecacli.load_model(path)."
         )
+    if isinstance(spec, BaseSpec):
+        if features_only or out_indices is not None or frozen_stages is not None or norm_eval is not None:
+            raise OptionError(f"spec '{spec.name}' names a base model ({spec.base}): features_only, out_indices, frozen_stages and norm_eval apply to ecacli's own families.")
+        from ecacli.models.base import build_base
+
+        return build_base(spec)
     spec = with_options(spec, frozen_stages, norm_eval)
     if not features_only:
         if out_indices is not None:
