@@ -11,7 +11,7 @@ from typing import Any
 
 from torch import nn
 
-from ecacli.attachment import attach
+from ecacli.attachment import InsertionPoint, attach, insertion_points
 from ecacli.layers.build import OPTIONAL_PACKAGES
 from ecacli.errors import OptionError, SpecError, UserError, first_line
 from ecacli.spec import BaseSpec, suggest
@@ -42,6 +42,18 @@ def base_model(spec: BaseSpec) -> nn.Module:
         return module.create_model(spec.model_name, pretrained=False, **kwargs)
     except (TypeError, ValueError, KeyError, AssertionError, RuntimeError) as exc:
         raise SpecError(f"spec '{spec.name}': {spec.base} cannot be built with base_args {kwargs}: {first_line(exc)}") from None
+
+
+def base_insertion_points(spec: BaseSpec) -> list[InsertionPoint]:
+    """Where the spec's attention goes in its base (module, attention name, channels, k), found on the base built on the meta device."""
+    import torch
+
+    with torch.device("meta"):
+        model = base_model(spec)
+    try:
+        return insertion_points(model, spec.attention, after=spec.attention.after, replace=spec.attention.replace, input_shape=spec.input_shape(1) if spec.attention.after else None)
+    except OptionError as exc:
+        raise SpecError(f"spec '{spec.name}': attention on {spec.base}: {exc}") from None
 
 
 def build_base(spec: BaseSpec, attention: bool = True) -> nn.Module:
