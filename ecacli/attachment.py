@@ -256,9 +256,9 @@ def _gated_forward(self: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 
 def _refuse_scripting(self: nn.Module) -> nn.Module:
-    raise RuntimeError(
-        f"torch.jit.script cannot script {type(self).__name__}: the attention attached after this module lives in its parent. "
-        "Export with torch.export, torch.onnx.export or torch.fx instead, or attach after children of an nn.Sequential (which script)."
+    raise OptionError(
+        f"TorchScript cannot script a {type(self).__name__}: attention attached after a module outside an nn.Sequential lives in the module's parent, "
+        "which a scripted module cannot reach. Export as ONNX or torch.export (pt2), or trace (torch.jit.trace); attention after children of an nn.Sequential scripts."
     )
 
 

@@ -56,10 +56,11 @@ def base_insertion_points(spec: BaseSpec) -> list[InsertionPoint]:
         raise SpecError(f"spec '{spec.name}': attention on {spec.base}: {exc}") from None
 
 
-def build_base(spec: BaseSpec, attention: bool = True) -> nn.Module:
-    """The base model with the spec's attention attached (or without, `attention=False`: the baseline)."""
+def build_base(spec: BaseSpec) -> nn.Module:
+    """The base model with the spec's attention attached, carrying its spec as `model.spec` (as every model ecacli builds)."""
     model = base_model(spec)
-    if not attention or spec.attention.type == "none" and spec.attention.replace is None:
+    model.spec = spec
+    if spec.attention.type == "none" and spec.attention.replace is None:
         return model
     try:
         return attach(model, spec.attention, after=spec.attention.after, replace=spec.attention.replace, input_shape=spec.input_shape(1) if spec.attention.after else None)

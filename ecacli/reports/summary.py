@@ -95,8 +95,9 @@ def summarize_built(spec: NetworkSpec, batch: int = 1, input_size: int | None = 
     names = {id(module): name for name, module in model.named_modules()}
     leaf_macs: dict[str, int] = {}
     for layer in stats.summary_list:
-        name = names.get(id(layer.module), "")
-        leaf_macs[name] = leaf_macs.get(name, 0) + layer.macs
+        if layer.is_leaf_layer:  # as torchinfo totals them
+            name = names.get(id(layer.module), "")
+            leaf_macs[name] = leaf_macs.get(name, 0) + layer.macs
     attention = [(name, module) for name, module in model.named_modules() if is_attention_module(module)]
 
     def within(name: str, prefix: str) -> bool:
