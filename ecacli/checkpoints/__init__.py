@@ -212,10 +212,13 @@ def model_with_weights(
         if not (init_missing_eca and report.only_attention_missing and not checkpoint.state.has_eca):
             found = f" ({checkpoint.state.problem})" if checkpoint.state.problem else ""
             raise CheckpointError(f"{label}: the weights do not load into spec '{spec.name}'{found}:\n{report.describe()}")
+        kernels = f" (k per {spec.group_noun} {spec.group_kernel_sizes})" if spec.group_kernel_sizes else ""
         notes.append(
-            f"the source has no ECA kernels: initialised all {len(report.missing)} of them (k per {spec.group_noun} "
-            f"{spec.group_kernel_sizes}); everything else was copied - a warm start for fine-tuning"
+            f"the source has no {'ECA kernels' if spec.attention.has_kernel else 'attention weights'}: initialised all {len(report.missing)} of them{kernels}; "
+            "everything else was copied - a warm start for fine-tuning"
         )
+    if report.replaced:
+        notes.append(f"the attention replaces the source's SE modules: left their {len(report.replaced)} tensors unused ({summarise_keys(report.replaced)})")
     nonfinite = nonfinite_tensors(checkpoint.tensors)
     if nonfinite and not allow_nonfinite:
         raise CheckpointError(
