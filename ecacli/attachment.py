@@ -200,10 +200,15 @@ def _plan(model: nn.Module, settings: AttentionSettings, after: str | None, repl
         if replace is not None:
             attention_child = child
         else:
+            owner = modules[parent]
+
+            def is_taken(name: str) -> bool:
+                return _qualified(parent, name) in taken or hasattr(owner, name)  # a plain attribute too (timm's blocks keep `se = None`)
+
             attention_child = base_name if per_parent[parent] == 1 else f"{base_name}_{child}"
-            if _qualified(parent, attention_child) in taken:
+            if is_taken(attention_child):
                 attention_child = f"{base_name}_{child}"
-            if _qualified(parent, attention_child) in taken:
+            if is_taken(attention_child):
                 raise OptionError(f"'{parent or type(model).__name__}' already has a module named '{attention_child}': the attention after '{name}' has no free name.")
             taken.add(_qualified(parent, attention_child))
         plans.append(_Plan(InsertionPoint(name, _qualified(parent, attention_child), channels[name], k), parent, child, attention_child))
