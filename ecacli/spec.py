@@ -478,12 +478,18 @@ class BaseSpec(NetworkSpec):
         return {**super().resolved(), "base": self.base, "base_args": self.builder_kwargs(), "after": self.attention.after, "replace": self.attention.replace}
 
 
+BASE_TAG = "base model"
+"""The union tag of base specs (a word no spec key is, so error locations never mistake it for the `base` key)."""
+
+
 def _arch_of(value: Any) -> str:
-    """The family tag of spec data: `base` where it names a base model, else its `arch`, resnet when it gives none."""
+    """The union tag of spec data: base specs' where it names a base model, else its `arch`, resnet when it gives none."""
     if isinstance(value, dict) and "base" in value and "arch" not in value:
-        return "base"
+        return BASE_TAG
     arch = value.get("arch", "resnet") if isinstance(value, dict) else getattr(value, "arch", "resnet")
-    return arch if isinstance(arch, str) and (arch in FAMILIES or arch == "base") else "unknown"
+    if arch == "base":
+        return BASE_TAG
+    return arch if isinstance(arch, str) and arch in FAMILIES else "unknown"
 
 
 FAMILIES: dict[str, type[NetworkSpec]] = {"resnet": ResNetSpec, "mobilenetv2": MobileNetV2Spec}
@@ -510,7 +516,7 @@ def infer(shapes: Mapping[str, tuple[int, ...]], name: str) -> dict[str, Any]:
 
 
 Spec = Annotated[
-    Union[tuple(Annotated[spec_class, Tag(tag)] for tag, spec_class in {**FAMILIES, "base": BaseSpec}.items())],  # type: ignore[valid-type]
+    Union[tuple(Annotated[spec_class, Tag(tag)] for tag, spec_class in {**FAMILIES, BASE_TAG: BaseSpec}.items())],  # type: ignore[valid-type]
     Discriminator(
         _arch_of,
         custom_error_type="arch",
