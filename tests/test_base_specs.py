@@ -86,7 +86,7 @@ def test_a_missing_library_names_its_extra(monkeypatch):
 def test_unknown_builder_keywords_and_bad_globs_name_the_spec():
     with pytest.raises(SpecError, match=r"tv_r18_eca': torchvision:resnet18 cannot be built with base_args \{'depth': 3\}"):
         build_model(spec_from_data({**R18_ECA, "base_args": {"depth": 3}}))
-    with pytest.raises(SpecError, match=r"attention on torchvision:resnet18: after='layer\\*.bn9' matches no module"):
+    with pytest.raises(SpecError, match=r"attention on torchvision:resnet18: after='layer\*.bn9' matches no module"):
         build_model(spec_from_data({**R18_ECA, "attention": {"after": "layer*.bn9"}}))
 
 
