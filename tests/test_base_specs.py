@@ -168,6 +168,7 @@ def test_profile_baseline_of_a_base_spec_is_the_base_itself():
     assert sum(p.numel() for p in build_model(baseline).parameters()) == sum(p.numel() for p in torchvision.models.resnet18(num_classes=10).parameters())
 
 
+@pytest.mark.slow
 def test_export_from_the_bases_own_weights_initialises_and_reports_the_attention(tmp_path):
     from safetensors.torch import load_file
 

@@ -205,6 +205,8 @@ def model_with_weights(
     refused unless `allow_nonfinite`. `build` gives `build_model`'s options (a feature extractor
     takes what it has and leaves the rest, noted).
     """
+    if spec.attaches:  # a base spec's names are the base's own: the file's tensors load under their names, none renamed to ecacli's
+        checkpoint = Checkpoint(checkpoint.raw, detect(checkpoint.raw, has_spec=True), checkpoint.spec, checkpoint.spec_origin)
     report = check_against(spec, checkpoint.tensors, **build)
     notes = list(checkpoint.state.notes)
     label = describe_path(checkpoint.path)
