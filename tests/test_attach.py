@@ -255,6 +255,20 @@ def test_torchscript_of_a_class_swapped_match_is_one_clear_error(attached_r18):
 
 
 @pytest.mark.slow
+def test_torch_compile_of_an_attached_network():
+    model = attach(Toy(nn.Conv1d, nn.BatchNorm1d), "eca", after="bn*").eval()
+    x = torch.randn(2, 2, 40, generator=seeded(8))
+    torch.testing.assert_close(torch.compile(model, fullgraph=True)(x), model(x), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_torchscript_of_replaced_se_modules_runs_as_eager():
+    model = attach(torchvision.models.efficientnet_b0(num_classes=5), "eca", replace="se").eval()
+    x = torch.randn(1, 3, 32, 32, generator=seeded(7))
+    torch.testing.assert_close(torch.jit.script(model)(x), model(x))
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("dynamo", [False, True])
 def test_onnx_exporters_run_in_onnxruntime(attached_r18, dynamo, tmp_path):
     ort = pytest.importorskip("onnxruntime")
