@@ -275,6 +275,16 @@ def _renamed(function: types.FunctionType, name: str) -> types.FunctionType:
     return copy
 
 
+def gated_instance(base: type[nn.Module]) -> nn.Module:
+    """An empty instance of `base`'s gated class, for unpickling (its state follows)."""
+    return object.__new__(gated_class(base))
+
+
+def _reduce_gated(self: nn.Module, protocol: int) -> tuple:
+    """Pickle (and deepcopy) by the base class, which can be imported, rather than the gated class made at run time."""
+    return gated_instance, (type(self).__bases__[0],), self.__dict__
+
+
 _GATED_CLASSES: dict[type, type] = {}
 
 
@@ -287,6 +297,7 @@ def gated_class(base: type[nn.Module]) -> type[nn.Module]:
             "matched_forward": _renamed(base.forward, "matched_forward") if isinstance(base.forward, types.FunctionType) else base.forward,
             "forward": _gated_forward,
             "__prepare_scriptable__": _refuse_scripting,
+            "__reduce_ex__": _reduce_gated,
         }
         _GATED_CLASSES[base] = type(f"Gated{base.__name__}", (base,), namespace)
     return _GATED_CLASSES[base]

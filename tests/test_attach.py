@@ -293,3 +293,8 @@ def test_deepcopy_and_state_dict_round_trip(attached_r18):
     torch.save(model.state_dict(), buffer)
     twin.load_state_dict(torch.load(io.BytesIO(buffer.getvalue())), strict=True)
     assert torch.equal(twin(x), model(x))
+    buffer = io.BytesIO()
+    torch.save(model, buffer)  # the whole module, pickled
+    whole = torch.load(io.BytesIO(buffer.getvalue()), weights_only=False)
+    assert type(whole.layer1[0].bn2) is type(model.layer1[0].bn2) and whole.layer1[0].bn2.attached_attention is whole.layer1[0].eca
+    assert torch.equal(whole(x), model(x))
