@@ -6,6 +6,7 @@ kernel sizes every convention gives are computed here with the pure rule in `eca
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from functools import cached_property
@@ -25,6 +26,7 @@ from ecacli.strict_model import StrictModel, suggest
 
 MIN_INPUT_SIZE, MAX_INPUT_SIZE = 8, 2048
 MAX_BATCH = 65536
+MAX_SAMPLE_ELEMENTS = 2**28
 NORMS = ("batch", "frozen_batch", "group")
 
 __all__ = [
@@ -388,6 +390,10 @@ class BaseSpec(NetworkSpec):
         dict[Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")], JsonValue],
         Field(max_length=64, description="keyword arguments of the base's builder, plain values only (e.g. num_classes: 10, block_args: {attn_layer: eca})"),
     ] = {}
+    sample_shape: Annotated[
+        list[Annotated[int, Field(ge=1, le=MAX_INPUT_SIZE)]] | None,
+        Field(min_length=2, max_length=4, description="one input's shape [C, L], [C, H, W] or [C, D, H, W] for bases that take no square images (video, volumes, sequences); default [in_chans, input_size, input_size]"),
+    ] = None
     attention: AttentionSpec = NoAttention(type="none")
 
     attaches: ClassVar[bool] = True
@@ -417,6 +423,12 @@ class BaseSpec(NetworkSpec):
             raise PydanticCustomError("layout", "num_classes is given twice (top level and base_args); keep one.", {"at": "base_args"})
         if "in_chans" in self.model_fields_set and self.library == "torchvision":
             raise PydanticCustomError("layout", "torchvision's models take 3 input channels: in_chans applies to timm bases only.", {"at": "in_chans"})
+        if self.sample_shape is not None:
+            given = [key for key in ("input_size", "in_chans") if key in self.model_fields_set]
+            if given:
+                raise PydanticCustomError("layout", "sample_shape gives the whole input shape; drop {keys}.", {"at": "sample_shape", "keys": " and ".join(given)})
+            if math.prod(self.sample_shape) > MAX_SAMPLE_ELEMENTS:
+                raise PydanticCustomError("layout", "{got} holds more than {max:,} values per sample.", {"at": "sample_shape", "got": self.sample_shape, "max": MAX_SAMPLE_ELEMENTS})
         for key, default in (("norm", "batch"), ("frozen_stages", -1), ("norm_eval", False)):
             if getattr(self, key) != default:
                 raise PydanticCustomError("layout", "{key} applies to ecacli's own families; a base model keeps its own layers.", {"at": key, "key": key})
@@ -430,6 +442,16 @@ class BaseSpec(NetworkSpec):
                 {"at": "attention"},
             )
         return self
+
+    def input_shape(self, batch: int = 1, input_size: int | None = None) -> list[int]:
+        """[N, C, ...] of a batch: the spec's sample_shape (with `input_size`, its last one or two axes set to it), else square images."""
+        if self.sample_shape is None:
+            return super().input_shape(batch, input_size)
+        shape = list(self.sample_shape)
+        if input_size is not None:
+            axes = min(2, len(shape) - 1)
+            shape[-axes:] = [input_size] * axes
+        return [batch, *shape]
 
     @property
     def library(self) -> str:

@@ -211,6 +211,26 @@ def test_the_installed_cli_summarises_the_base_preset(cli):
     assert report["total_params"] == 4_652_084 and report["attention_params"] == 76
 
 
+def test_a_video_base_takes_its_sample_shape_and_gets_eca_in_3d(tmp_path):
+    import torchinfo
+
+    data = {"name": "r3d", "base": "torchvision:r3d_18", "sample_shape": [3, 4, 16, 16], "attention": {"type": "eca", "after": "layer*.*.conv2.1"}}
+    path = write_spec(tmp_path, data)
+    code, out, err = run_main("ksize", "--spec", str(path), "--json")
+    assert code == 0, err
+    assert json.loads(out)[0] == {"module": "layer1.0.conv2.1", "attention": "layer1.0.conv2.eca", "channels": 64, "k": 3}
+    code, out, err = run_main("summary", str(path), "--json", "--depth", "0")
+    report = json.loads(out)
+    assert report["input_size"] == [1, 3, 4, 16, 16] and report["attention_params"] == 36
+    with torch.device("meta"):
+        model = build_model(load_spec(path))
+        stats = torchinfo.summary(model, input_data=[torch.empty(1, 3, 4, 16, 16)], device="meta", verbose=0)
+    assert (report["total_params"], report["mult_adds"]) == (stats.total_params, stats.total_mult_adds)
+    assert spec_from_data(data).input_shape(2, 8) == [2, 3, 4, 8, 8]
+    with pytest.raises(SpecError, match="sample_shape gives the whole input shape; drop input_size"):
+        spec_from_data({**data, "input_size": 64})
+
+
 # --- one family registry ---------------------------------------------------------------------------
 
 
