@@ -11,7 +11,7 @@ model as it was.
 from __future__ import annotations
 
 import types
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
@@ -51,7 +51,7 @@ def attention_settings(attention: str | Mapping[str, Any] | AttentionSettings) -
     if isinstance(attention, str):
         data: dict[str, Any] = {"type": attention}
     elif isinstance(attention, Mapping):
-        data = {"type": "eca", **{key: value for key, value in attention.items() if key not in ("after", "replace")}}
+        data = {"type": "eca", **attention}
     else:
         raise OptionError(f"attention must be a type name ({', '.join(ATTENTION_TYPES)}) or a mapping of its keys, got {shown(attention)}.")
     model = ATTENTION_TYPES.get(data["type"]) if isinstance(data["type"], str) else None
@@ -153,15 +153,51 @@ def _qualified(parent: str, child: str) -> str:
     return f"{parent}.{child}" if parent else child
 
 
+CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
+"""Modules whose forward (or whose owner's) runs or iterates every child: attention registered in one would run twice."""
+
+
+def _holder(model: nn.Module, modules: Mapping[str, nn.Module], name: str) -> tuple[str, str]:
+    """Where the attention after `name` is registered, and the stem of its name: the match's parent (a plain
+    nn.Sequential parent takes it as the next child), else the nearest ancestor that is no container, the
+    path below it joined by '_' (`eca_denseblock1_denselayer1`)."""
+    parent, child = _parent_and_child(name)
+    if _is_plain_sequential(modules[parent]):
+        return parent, child
+    path = [child]
+    while isinstance(modules[parent], CONTAINERS):
+        if not parent:
+            raise OptionError(f"'{name}' sits in containers up to the model ({type(model).__name__}) itself, which runs every child: match a module that holds it instead.")
+        parent, up = _parent_and_child(parent)
+        path.insert(0, up)
+    return parent, "_".join(path)
+
+
+def _is_free(modules: Mapping[str, nn.Module], holder: str, child: str, taken: set[str]) -> bool:
+    """Whether `child` is a free name in the holder: no module, planned attention or plain attribute (timm's blocks keep `se = None`) has it."""
+    return _qualified(holder, child) not in taken and not hasattr(modules[holder], child)
+
+
 @dataclass(frozen=True)
 class _Plan:
+    """One change: the point, the module that takes the attention (`holder`), the match's own child name, and the attention's child name."""
+
     point: InsertionPoint
-    parent: str
+    holder: str
     child: str
     attention_child: str
 
 
+def _placement_of(settings: AttentionSettings, after: str | None, replace: str | None) -> tuple[str | None, str | None]:
+    """`after` and `replace` as given, else as the attention's own keys give them (a spec's `attention:` mapping)."""
+    for key, given, own in (("after", after, settings.after), ("replace", replace, settings.replace)):
+        if given is not None and own is not None and given != own:
+            raise OptionError(f"{key}={given!r} contradicts the attention's own {key}: {own!r}; give it once.")
+    return (after if after is not None else settings.after), (replace if replace is not None else settings.replace)
+
+
 def _plan(model: nn.Module, settings: AttentionSettings, after: str | None, replace: str | None, input_shape: Sequence[int] | None) -> list[_Plan]:
+    after, replace = _placement_of(settings, after, replace)
     if (after is None) == (replace is None):
         raise OptionError("give one of after= (a glob over module names, e.g. 'layer*.*.bn3') or replace='se'.")
     modules = dict(model.named_modules())
@@ -190,28 +226,18 @@ def _plan(model: nn.Module, settings: AttentionSettings, after: str | None, repl
     if len(names) > MAX_POINTS:
         raise OptionError(f"{len(names):,} matches; at most {MAX_POINTS:,} insertion points.")
     kernels = _kernels(settings, names, channels)
-    per_parent: dict[str, int] = {}
-    for name in names:
-        per_parent[_parent_and_child(name)[0]] = per_parent.get(_parent_and_child(name)[0], 0) + 1
+    holders = {name: (_parent_and_child(name)[0], _parent_and_child(name)[1]) if replace is not None else _holder(model, modules, name) for name in names}
+    per_holder = Counter(holder for holder, _ in holders.values())
     plans, taken = [], set(modules)
     base_name = settings.module_name or settings.type
     for name, k in zip(names, kernels):
-        parent, child = _parent_and_child(name)
-        if replace is not None:
-            attention_child = child
-        else:
-            owner = modules[parent]
-
-            def is_taken(name: str) -> bool:
-                return _qualified(parent, name) in taken or hasattr(owner, name)  # a plain attribute too (timm's blocks keep `se = None`)
-
-            attention_child = base_name if per_parent[parent] == 1 else f"{base_name}_{child}"
-            if is_taken(attention_child):
-                attention_child = f"{base_name}_{child}"
-            if is_taken(attention_child):
-                raise OptionError(f"'{parent or type(model).__name__}' already has a module named '{attention_child}': the attention after '{name}' has no free name.")
-            taken.add(_qualified(parent, attention_child))
-        plans.append(_Plan(InsertionPoint(name, _qualified(parent, attention_child), channels[name], k), parent, child, attention_child))
+        holder, stem = holders[name]
+        if replace is None:
+            stem = base_name if per_holder[holder] == 1 and _is_free(modules, holder, base_name, taken) else f"{base_name}_{stem}"
+            if not _is_free(modules, holder, stem, taken):
+                raise OptionError(f"'{holder or type(model).__name__}' already has a module named '{stem}': the attention after '{name}' has no free name.")
+            taken.add(_qualified(holder, stem))
+        plans.append(_Plan(InsertionPoint(name, _qualified(holder, stem), channels[name], k), holder, _parent_and_child(name)[1], stem))
     return plans
 
 
@@ -345,7 +371,7 @@ def attach(
     """Put attention into `model` (in place; returns it): gating the output of every module whose qualified name matches the glob `after`, or in place of every squeeze-and-excitation module (`replace="se"`).
 
     `attention`: a type name (eca, ceca, eca_ns, se, cbam, none) or a mapping of the spec's
-    attention keys (k_size, gamma, b, ...); adaptive k comes from each point's channels (the
+    attention keys (k_size, gamma, b, ..., after and replace too); adaptive k comes from each point's channels (the
     match's out_channels / num_features, or with `input_shape` a dry run on the meta device).
     New attention is freshly initialised. `OptionError` on any mistake, the model unchanged.
     """
@@ -353,19 +379,20 @@ def attach(
         raise OptionError(f"attach needs an nn.Module, got {type(model).__name__}.")
     settings = attention_settings(attention)
     plans = _plan(model, settings, after, replace, input_shape)
+    after, replace = _placement_of(settings, after, replace)
     modules = dict(model.named_modules())
-    built = [_attention_module(settings, plan.point).to(**_placement(modules[plan.point.name], modules[plan.parent], model)) for plan in plans]
+    built = [_attention_module(settings, plan.point).to(**_placement(modules[plan.point.name], modules[plan.holder], model)) for plan in plans]
     if settings.type == "none" and replace is None:
         return model
     for plan, new in zip(plans, built):
-        parent = modules[plan.parent]
+        holder = modules[plan.holder]
         if replace is not None:
-            setattr(parent, plan.child, new)
-        elif _is_plain_sequential(parent):
-            _insert_into_sequential(parent, plan.child, plan.attention_child, new)
+            setattr(holder, plan.child, new)
+        elif _is_plain_sequential(holder) and _parent_and_child(plan.point.name)[0] == plan.holder:
+            _insert_into_sequential(holder, plan.child, plan.attention_child, new)
         else:
             match = modules[plan.point.name]
-            parent.add_module(plan.attention_child, new)
+            holder.add_module(plan.attention_child, new)
             match.__class__ = gated_class(type(match))
-            object.__setattr__(match, "attached_attention", new)  # a reference, not a submodule: its weights are the parent's
+            object.__setattr__(match, "attached_attention", new)  # a reference, not a submodule: its weights are the holder's
     return model

@@ -195,6 +195,28 @@ def test_a_kernel_wider_than_the_channels_is_refused():
     assert list(model._modules) == ["0", "1"]
 
 
+def test_a_spec_attention_mapping_carries_its_own_placement():
+    model = attach(torchvision.models.resnet18(), {"type": "eca", "k_size": 3, "after": "layer4.*.bn2"})
+    assert [name for name, _ in model.named_modules() if name.endswith(".eca")] == ["layer4.0.eca", "layer4.1.eca"]
+    with pytest.raises(OptionError, match="after='layer1.*.bn2' contradicts the attention's own after: 'layer4.*.bn2'"):
+        insertion_points(torchvision.models.resnet18(), {"after": "layer4.*.bn2"}, after="layer1.*.bn2")
+
+
+@pytest.mark.slow
+def test_matches_inside_containers_register_their_attention_where_it_runs_once():
+    model = torchvision.models.densenet121(num_classes=3)
+    points = insertion_points(model, "eca", after="features.denseblock1.denselayer[12]", input_shape=[1, 3, 32, 32])
+    assert [p.attention for p in points] == ["eca_features_denseblock1_denselayer1", "eca_features_denseblock1_denselayer2"]
+    attach(model, "eca", after="features.denseblock1.denselayer[12]", input_shape=[1, 3, 32, 32])
+    calls = []
+    for point in points:
+        model.get_submodule(point.attention).register_forward_hook(lambda *_, name=point.attention: calls.append(name))
+    model.eval()(torch.randn(1, 3, 32, 32))
+    assert calls == [p.attention for p in points]
+    with pytest.raises(OptionError, match="sits in containers up to the model"):
+        attach(nn.Sequential(nn.ModuleList([nn.Conv2d(3, 8, 1)])), "eca", after="0.0")
+
+
 def test_attaching_twice_after_one_module_is_refused():
     model = attach(torchvision.models.resnet18(), "eca", after="layer1.0.bn2")
     with pytest.raises(OptionError, match="already has attention attached"):
