@@ -4,12 +4,14 @@ Where a match is a child of a plain `nn.Sequential`, the attention is inserted a
 the match's class is swapped for a small subclass whose forward gates its output (its own
 state-dict names stay) and the attention is registered in the match's parent, under the type's
 module name (`layer1.0.eca`), or `<name>_<child>` (`eca_bn3`) where one parent holds several
-matches. Every check runs before anything changes: a mistake raises `OptionError` and leaves the
+matches; a parent that runs every child (a container) passes it up to the nearest one that does
+not. Every check runs before anything changes: a mistake raises `OptionError` and leaves the
 model as it was.
 """
 
 from __future__ import annotations
 
+import itertools
 import types
 from collections import Counter, OrderedDict
 from collections.abc import Mapping, Sequence
@@ -82,6 +84,25 @@ def se_channels(module: nn.Module) -> int | None:
 # --- finding the points ----------------------------------------------------------------------------
 
 
+PLANAR_TYPES = ("se", "cbam")
+"""Attention types that take [N, C, H, W] features only (ECA, CECA and ECA-NS pool over any number of axes)."""
+
+
+def feature_layout(rank: int | None) -> str:
+    """[N, C, L], [N, C, H, W] or [N, C, D, H, W] for 1 to 3 axes after the channels."""
+    return "[N, C, " + {1: "L", 2: "H, W", 3: "D, H, W"}.get(rank or 0, f"{rank} axes") + "]"
+
+
+def _declared_rank(module: nn.Module) -> int | None:
+    """How many axes after the channels a module's output has, where its class says (convs, batch norms), else None."""
+    if isinstance(module, nn.modules.conv._ConvNd):
+        return len(module.kernel_size)
+    for rank, norm in enumerate((nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d), start=1):
+        if isinstance(module, norm):
+            return None if rank == 1 else rank  # BatchNorm1d also takes [N, C]
+    return None
+
+
 def _declared_channels(module: nn.Module) -> int | None:
     """Output channels a module declares (convs, norms), or None where only running it tells."""
     if isinstance(module, (nn.modules.conv._ConvNd,)):
@@ -113,8 +134,8 @@ def _dry_run_shapes(model: nn.Module, names: list[str], input_shape: Sequence[in
     return outputs
 
 
-def _match_channels(model: nn.Module, names: list[str], input_shape: Sequence[int] | None) -> dict[str, int]:
-    """The channels of each match's output; a match whose output is not a channel-first feature map [N, C, ...] is refused."""
+def _match_channels(model: nn.Module, names: list[str], input_shape: Sequence[int] | None) -> tuple[dict[str, int], dict[str, int | None]]:
+    """The channels of each match's output and its number of axes after the channels (None where unknown); a match whose output is not a channel-first feature map [N, C, ...] is refused."""
     modules = dict(model.named_modules())
     if input_shape is not None:
         if not (isinstance(input_shape, Sequence) and 2 <= len(input_shape) <= 6 and all(isinstance(d, int) and d >= 1 for d in input_shape)):
@@ -129,7 +150,7 @@ def _match_channels(model: nn.Module, names: list[str], input_shape: Sequence[in
                 got = f"a tensor of shape {list(out.shape)}" if isinstance(out, torch.Tensor) else type(out).__name__
                 raise OptionError(f"'{name}' returns {got}, not a channel-first feature map [N, C, L], [N, C, H, W] or [N, C, D, H, W].")
             channels[name] = out.shape[1]
-        return channels
+        return channels, {name: outputs[name].dim() - 2 for name in names}
     channels = {}
     for name in names:
         module = modules[name]
@@ -141,7 +162,7 @@ def _match_channels(model: nn.Module, names: list[str], input_shape: Sequence[in
                 "(e.g. [1, 3, 224, 224]) so a dry run on the meta device reads each match's output."
             )
         channels[name] = declared
-    return channels
+    return channels, {name: _declared_rank(modules[name]) for name in names}
 
 
 def _parent_and_child(name: str) -> tuple[str, str]:
@@ -222,7 +243,13 @@ def _plan(model: nn.Module, settings: AttentionSettings, after: str | None, repl
         gated = [name for name in names if type(modules[name]) in _GATED_CLASSES.values()]
         if gated:
             raise OptionError(f"'{gated[0]}' already has attention attached after it; attach once per module.")
-        channels = _match_channels(model, names, input_shape)
+        channels, ranks = _match_channels(model, names, input_shape)
+        flat = [name for name in names if ranks[name] not in (None, 2)]
+        if settings.type in PLANAR_TYPES and flat:
+            raise OptionError(
+                f"'{flat[0]}' gives {feature_layout(ranks[flat[0]])} features; {settings.type} takes [N, C, H, W] only "
+                "(eca, ceca and eca_ns take [N, C, L], [N, C, H, W] and [N, C, D, H, W])."
+            )
     if len(names) > MAX_POINTS:
         raise OptionError(f"{len(names):,} matches; at most {MAX_POINTS:,} insertion points.")
     kernels = _kernels(settings, names, channels)
@@ -341,7 +368,7 @@ def _attention_module(settings: AttentionSettings, point: InsertionPoint) -> nn.
 def _placement(*modules: nn.Module) -> dict[str, Any]:
     """The device and floating dtype of the first floating tensor the modules hold (new attention joins them there), or {} where they hold none."""
     for module in modules:
-        for tensor in [*module.parameters(), *module.buffers()]:
+        for tensor in itertools.chain(module.parameters(), module.buffers()):
             if tensor.is_floating_point():
                 return {"device": tensor.device, "dtype": tensor.dtype}
     return {}

@@ -188,6 +188,14 @@ def test_every_mistake_is_one_option_error_and_the_model_is_unchanged(kwargs, me
     assert snapshot(model) == before
 
 
+def test_planar_attention_on_one_or_three_dimensional_features_is_refused():
+    for attention in ("se", "cbam"):
+        with pytest.raises(OptionError, match=rf"'bn1' gives \[N, C, D, H, W\] features; {attention} takes \[N, C, H, W\] only"):
+            attach(Toy(nn.Conv3d, nn.BatchNorm3d), attention, after="bn*")
+        with pytest.raises(OptionError, match=r"'conv1' gives \[N, C, L\] features"):
+            attach(Toy(nn.Conv1d, nn.BatchNorm1d), attention, after="conv*")
+
+
 def test_a_kernel_wider_than_the_channels_is_refused():
     model = nn.Sequential(nn.Conv1d(1, 8, 3), nn.BatchNorm1d(8))
     with pytest.raises(OptionError, match="k = 9 at '1' is wider than the 8 channels it slides over; use an odd k of at most 7"):
