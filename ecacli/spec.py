@@ -2,6 +2,9 @@
 
 A spec is data only (no torch): the builder in `ecacli.models` turns it into a module, and the
 kernel sizes every convention gives are computed here with the pure rule in `ecacli.kernel`.
+`FAMILIES` registers ecacli's own families (each spec class names its torch-free description in
+`ecacli.arch`); a base spec (`BaseSpec`) names a torchvision or timm model instead, which
+`ecacli.models.base` builds and `ecacli.attachment` gives its attention.
 """
 
 from __future__ import annotations
