@@ -194,6 +194,22 @@ def test_the_replaced_se_modules_weights_are_left_unused_and_reported(tmp_path):
 
 
 @pytest.mark.slow
+def test_a_timm_eca_file_keeps_its_own_names_for_a_timm_base(tmp_path):
+    timm = pytest.importorskip("timm")
+    source = timm.create_model("resnet18", block_args=dict(attn_layer="eca"), num_classes=10).state_dict()
+    torch.save(source, tmp_path / "eca18.pth")
+    path = write_spec(tmp_path, {"name": "se18_eca", "base": "timm:seresnet18", "num_classes": 10, "attention": {"type": "eca", "replace": "se"}})
+    code, out, err = run_main("inspect", str(tmp_path / "eca18.pth"), "--spec", str(path), "--json")
+    assert code == 0, err
+    report = json.loads(out)
+    assert report["source_label"] == "timm ResNet with ECA attention" and report["loads_strictly"] is True
+    from ecacli.checkpoints import load_model
+
+    model = load_model(tmp_path / "eca18.pth", path)
+    assert all(torch.equal(model.state_dict()[key], value) for key, value in source.items())
+
+
+@pytest.mark.slow
 def test_export_a_base_spec_as_onnx_and_pt2_but_torchscript_is_refused(tmp_path):
     path = write_spec(tmp_path, R18_ECA)
     for suffix in ("onnx", "pt2"):
