@@ -1,6 +1,6 @@
-"""ecacli: ECA-Net specs (ResNets and MobileNetV2), builder, reports, checkpoints and exports.
+"""ecacli: ECA-Net specs (ResNets, MobileNetV2, torchvision and timm bases), builder, attention for any network, reports, checkpoints and exports.
 
-`from ecacli import create_model, list_models, load_spec, build_model, kernel_size` works without the CLI. Names that
+`from ecacli import create_model, list_models, load_spec, build_model, attach, kernel_size` works without the CLI. Names that
 need torch are imported on first use, so importing ecacli (and `ecacli ksize`) stays fast.
 """
 
@@ -24,6 +24,8 @@ _LAZY = {
     "create_model": "ecacli.factory",
     "list_models": "ecacli.factory",
     "export_model": "ecacli.deploy",
+    "attach": "ecacli.attachment",
+    "insertion_points": "ecacli.attachment",
 }
 
 __all__ = ["__version__", *_LAZY]

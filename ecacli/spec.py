@@ -2,20 +2,27 @@
 
 A spec is data only (no torch): the builder in `ecacli.models` turns it into a module, and the
 kernel sizes every convention gives are computed here with the pure rule in `ecacli.kernel`.
+`FAMILIES` registers ecacli's own families (each spec class names its torch-free description in
+`ecacli.arch`); a base spec (`BaseSpec`) names a torchvision or timm model instead, which
+`ecacli.models.base` builds and `ecacli.attachment` gives its attention.
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from functools import cached_property
+from types import ModuleType
 from typing import Annotated, Any, ClassVar, Literal, Union
 
-from pydantic import ConfigDict, Discriminator, Field, Tag, TypeAdapter, field_validator, model_validator
+from pydantic import ConfigDict, Discriminator, Field, JsonValue, Tag, TypeAdapter, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
 from ecacli.arch.attention import ATTENTION_TYPES, MAX_GROUPS, MAX_KERNEL, AttentionSpec, CecaAttention, CbamAttention, EcaAttention, EcaKernelSettings, NoAttention, SeAttention, reduced_channels
+from ecacli.arch import mobilenetv2, resnet
 from ecacli.arch.mobilenetv2 import DEFAULT_LAST_CHANNEL, DEFAULT_SETTING, STEM_CHANNELS, hidden_width, level_blocks, make_divisible
-from ecacli.arch.resnet import BLOCKS, DEPTHS, NUM_STAGES, STEMS
+from ecacli.arch.resnet import BLOCKS, DEPTHS, NUM_STAGES, STEMS, LayoutError
 from ecacli.errors import UserError, shown
 from ecacli.kernel import kernel_size
 from ecacli.strict_model import StrictModel, suggest
@@ -25,12 +32,13 @@ MAX_BATCH = 65536
 MAX_BLOCKS = 1_000
 MAX_WEIGHTS = 4e9
 """Bounds on a spec, checked before it is built: blocks, and weights estimated from the widths (9 inner^2 + 2 inner x output per block, plus the classifier); the largest presets are far below both."""
+MAX_SAMPLE_ELEMENTS = 2**28
 NORMS = ("batch", "frozen_batch", "group")
 
 __all__ = [
     "ATTENTION_TYPES", "AttentionSpec", "CbamAttention", "CecaAttention", "EcaAttention", "NoAttention", "SeAttention",
-    "DEPTHS", "FAMILIES", "MobileNetV2Spec", "NUM_STAGES", "NetworkSpec", "ResNetSpec", "Reported", "Spec", "SPEC_ADAPTER", "StrictModel",
-    "attention_model", "check_input_size", "json_schema", "reduced_channels", "suggest",
+    "BASE_LIBRARIES", "BaseSpec", "DEPTHS", "FAMILIES", "MobileNetV2Spec", "NUM_STAGES", "NetworkSpec", "ResNetSpec", "Reported", "Spec", "SPEC_ADAPTER", "StrictModel",
+    "attention_model", "check_input_size", "family_of", "infer", "json_schema", "reduced_channels", "suggest",
 ]
 
 
@@ -76,6 +84,10 @@ class NetworkSpec(StrictModel):
     norm_eval: Annotated[bool, Field(description="fine-tuning: norm layers stay in eval mode (running statistics fixed) while the model trains")] = False
     reported: Reported | None = None
 
+    family: ClassVar[ModuleType | None] = None
+    """The family's torch-free description in `ecacli.arch` (plan, feature_levels, stage_modules, infer, claims); None for base specs."""
+    attaches: ClassVar[bool] = False
+    """Whether the spec places its attention with `attention.after` / `attention.replace` (base specs) rather than in every block."""
     group_noun: ClassVar[str] = "stage"
     """What a group of blocks sharing one ECA k is called: a ResNet stage, a MobileNetV2 table row."""
     inner_noun: ClassVar[str] = "planes"
@@ -95,6 +107,17 @@ class NetworkSpec(StrictModel):
                 {"got": shown(given), "hint": hint, "allowed": ", ".join(ATTENTION_TYPES)},
             )
         return value
+
+    @model_validator(mode="after")
+    def _check_placement(self) -> "NetworkSpec":
+        if not self.attaches and (self.attention.after is not None or self.attention.replace is not None):
+            raise PydanticCustomError(
+                "layout",
+                "attention.after and attention.replace place attention in a base model (base: torchvision:NAME or timm:NAME); "
+                "an ecacli family ({arch}) puts it in every block itself: drop them.",
+                {"at": "attention", "arch": self.arch},
+            )
+        return self
 
     @property
     def num_stages(self) -> int:
@@ -207,6 +230,7 @@ class ResNetSpec(NetworkSpec):
     """A ResNet / ECA-ResNet: depth or per-stage block counts, stem, widths and attention."""
 
     arch: Literal["resnet"] = "resnet"
+    family: ClassVar[ModuleType] = resnet
     depth: Annotated[Literal[tuple(DEPTHS)] | None, Field(description="sets block type and per-stage block counts as torchvision")] = None  # type: ignore[valid-type]
     layers: Annotated[
         list[Annotated[int, Field(ge=1, le=64)]] | None,
@@ -302,6 +326,7 @@ class MobileNetV2Spec(NetworkSpec):
     """A MobileNetV2 / ECA-MobileNetV2: torchvision's inverted-residual table, width multiplier and classifier, with attention in every inverted residual."""
 
     arch: Literal["mobilenetv2"]
+    family: ClassVar[ModuleType] = mobilenetv2
     width_mult: Annotated[float, Field(gt=0, le=4, allow_inf_nan=False, description="width multiplier of every layer (torchvision's width_mult)")] = 1.0
     round_nearest: Annotated[int, Field(ge=1, le=64, description="widths are rounded to a multiple of this")] = 8
     inverted_residual_setting: Annotated[
@@ -361,21 +386,181 @@ class MobileNetV2Spec(NetworkSpec):
         }
 
 
+BASE_LIBRARIES = ("torchvision", "timm")
+"""The registries a base spec names its model from (`base: torchvision:NAME` or `base: timm:NAME`)."""
+REFUSED_BASE_ARGS = ("weights", "weights_backbone", "pretrained", "pretrained_cfg", "pretrained_cfg_overlay", "checkpoint_path", "cache_dir", "progress", "features_only")
+"""Builder keywords that would fetch or read weights, or change what is built: a base is built freshly initialised, its weights come through `--from` / `pretrained=`."""
+
+
+class BaseSpec(NetworkSpec):
+    """A torchvision or timm model by its registered name, built without pretrained weights, with attention attached after glob-matched modules or in place of its SE modules.
+
+    A spec never imports or calls anything but those two registries: `base` is a registered name,
+    `base_args` plain keyword values (numbers, strings, booleans, lists, mappings).
+    """
+
+    arch: Literal["base"] = "base"
+    base: Annotated[
+        str,
+        Field(pattern=r"^(torchvision|timm):[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$", description="torchvision:NAME or timm:NAME, a model name registered with that library (built without pretrained weights)"),
+    ]
+    base_args: Annotated[
+        dict[Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")], JsonValue],
+        Field(max_length=64, description="keyword arguments of the base's builder, plain values only (e.g. num_classes: 10, block_args: {attn_layer: eca})"),
+    ] = {}
+    sample_shape: Annotated[
+        list[Annotated[int, Field(ge=1, le=MAX_INPUT_SIZE)]] | None,
+        Field(min_length=2, max_length=4, description="one input's shape [C, L], [C, H, W] or [C, D, H, W] for bases that take no square images (video, volumes, sequences); default [in_chans, input_size, input_size]"),
+    ] = None
+    attention: AttentionSpec = NoAttention(type="none")
+
+    attaches: ClassVar[bool] = True
+    group_noun: ClassVar[str] = "insertion point"
+
+    @field_validator("base", mode="wrap")
+    @classmethod
+    def _check_base_name(cls, value: Any, handler: Any) -> Any:
+        try:
+            return handler(value)
+        except Exception:
+            raise PydanticCustomError(
+                "layout", "must be torchvision:NAME or timm:NAME, a model name registered with that library (e.g. torchvision:resnet50, timm:efficientnet_b0); got {got}.", {"got": shown(value)}
+            ) from None
+    inner_noun: ClassVar[str] = "channels"
+
+    @model_validator(mode="after")
+    def _check_base(self) -> "BaseSpec":
+        refused = [key for key in self.base_args if key in REFUSED_BASE_ARGS]
+        if refused:
+            raise PydanticCustomError(
+                "layout",
+                "{key} is not a base_args key: a base is built freshly initialised (load weights with `--from FILE` or pretrained=); refused keys: {refused}.",
+                {"at": "base_args", "key": refused[0], "refused": ", ".join(REFUSED_BASE_ARGS)},
+            )
+        if "num_classes" in self.base_args and "num_classes" in self.model_fields_set:
+            raise PydanticCustomError("layout", "num_classes is given twice (top level and base_args); keep one.", {"at": "base_args"})
+        if "in_chans" in self.model_fields_set and self.library == "torchvision":
+            raise PydanticCustomError("layout", "torchvision's models take 3 input channels: in_chans applies to timm bases only.", {"at": "in_chans"})
+        if self.sample_shape is not None:
+            given = [key for key in ("input_size", "in_chans") if key in self.model_fields_set]
+            if given:
+                raise PydanticCustomError("layout", "sample_shape gives the whole input shape; drop {keys}.", {"at": "sample_shape", "keys": " and ".join(given)})
+            if math.prod(self.sample_shape) > MAX_SAMPLE_ELEMENTS:
+                raise PydanticCustomError("layout", "{got} holds more than {max:,} values per sample.", {"at": "sample_shape", "got": self.sample_shape, "max": MAX_SAMPLE_ELEMENTS})
+        for key, default in (("norm", "batch"), ("frozen_stages", -1), ("norm_eval", False)):
+            if getattr(self, key) != default:
+                raise PydanticCustomError("layout", "{key} applies to ecacli's own families; a base model keeps its own layers.", {"at": key, "key": key})
+        attention = self.attention
+        if attention.after is not None and attention.replace is not None:
+            raise PydanticCustomError("layout", "give attention.after or attention.replace, not both.", {"at": "attention"})
+        if attention.type != "none" and attention.after is None and attention.replace is None:
+            raise PydanticCustomError(
+                "layout",
+                "a base spec places its attention: give attention.after (a glob over the base's module names, e.g. 'layer*.*.bn3') or attention.replace: se.",
+                {"at": "attention"},
+            )
+        return self
+
+    def input_shape(self, batch: int = 1, input_size: int | None = None) -> list[int]:
+        """[N, C, ...] of a batch: the spec's sample_shape (with `input_size`, its last one or two axes set to it), else square images."""
+        if self.sample_shape is None:
+            return super().input_shape(batch, input_size)
+        shape = list(self.sample_shape)
+        if input_size is not None:
+            axes = min(2, len(shape) - 1)
+            shape[-axes:] = [input_size] * axes
+        return [batch, *shape]
+
+    @property
+    def library(self) -> str:
+        """torchvision or timm."""
+        return self.base.partition(":")[0]
+
+    @property
+    def model_name(self) -> str:
+        """The base's registered name."""
+        return self.base.partition(":")[2]
+
+    def builder_kwargs(self) -> dict[str, Any]:
+        """The keywords the base's builder gets: base_args, with the spec's num_classes and in_chans (timm) where given."""
+        kwargs = dict(self.base_args)
+        if "num_classes" in self.model_fields_set:
+            kwargs["num_classes"] = self.num_classes
+        if "in_chans" in self.model_fields_set:
+            kwargs["in_chans"] = self.in_chans
+        return kwargs
+
+    @property
+    def groups(self) -> list[BlockGroup]:
+        return []  # insertion points are found on the built model (`ecacli.attachment.insertion_points`)
+
+    @cached_property
+    def group_kernel_sizes(self) -> list[int] | None:
+        return None
+
+    @property
+    def num_stages(self) -> int:
+        return 0
+
+    def placement_text(self) -> str:
+        """Where the attention goes, in words."""
+        attention = self.attention
+        if attention.type == "none":
+            return "no attention"
+        where = f"after '{attention.after}'" if attention.after is not None else f"in place of every {attention.replace.upper()} module"  # type: ignore[union-attr]
+        return f"{attention.type} {where}"
+
+    def layout_text(self) -> str:
+        args = ", ".join(f"{key}={value!r}" for key, value in self.builder_kwargs().items())
+        return f"{self.base}{f'({args})' if args else ''}, {self.placement_text()}"
+
+    def resolved(self) -> dict[str, Any]:
+        return {**super().resolved(), "base": self.base, "base_args": self.builder_kwargs(), "after": self.attention.after, "replace": self.attention.replace}
+
+
+BASE_TAG = "base model"
+"""The union tag of base specs (a word no spec key is, so error locations never mistake it for the `base` key)."""
+
+
 def _arch_of(value: Any) -> str:
-    """The family tag of spec data: its `arch`, resnet when it gives none."""
+    """The union tag of spec data: base specs' where it names a base model, else its `arch`, resnet when it gives none."""
+    if isinstance(value, dict) and "base" in value and "arch" not in value:
+        return BASE_TAG
     arch = value.get("arch", "resnet") if isinstance(value, dict) else getattr(value, "arch", "resnet")
+    if arch == "base":
+        return BASE_TAG
     return arch if isinstance(arch, str) and arch in FAMILIES else "unknown"
 
 
-FAMILIES = {"resnet": ResNetSpec, "mobilenetv2": MobileNetV2Spec}
-"""Every model family by its `arch:` name."""
+FAMILIES: dict[str, type[NetworkSpec]] = {"resnet": ResNetSpec, "mobilenetv2": MobileNetV2Spec}
+"""Every model family ecacli describes itself, by its `arch:` name: its spec class, whose `family` is its
+description in `ecacli.arch`. A new family is one module there plus one entry here."""
+
+
+def family_of(keys: Iterable[str]) -> str | None:
+    """The family whose names a state_dict's keys carry (the first whose description claims them), or None."""
+    keys = list(keys)
+    return next((name for name, spec_class in FAMILIES.items() if spec_class.family.claims(keys)), None)  # type: ignore[union-attr]
+
+
+def infer(shapes: Mapping[str, tuple[int, ...]], name: str) -> dict[str, Any]:
+    """Spec data describing a state_dict with the names of one of ecacli's families, by that family's own reading (`LayoutError` where none can)."""
+    family = family_of(shapes)
+    if family is None:
+        sample = ", ".join(list(shapes)[:4])
+        raise LayoutError(
+            f"cannot infer the layout: the tensors ({sample}, ...) carry the names of none of ecacli's families "
+            f"({', '.join(FAMILIES)}); for another network write a base spec (base: torchvision:NAME or timm:NAME)."
+        )
+    return FAMILIES[family].family.infer(shapes, name)  # type: ignore[union-attr]
+
 
 Spec = Annotated[
-    Union[Annotated[ResNetSpec, Tag("resnet")], Annotated[MobileNetV2Spec, Tag("mobilenetv2")]],
+    Union[tuple(Annotated[spec_class, Tag(tag)] for tag, spec_class in {**FAMILIES, BASE_TAG: BaseSpec}.items())],  # type: ignore[valid-type]
     Discriminator(
         _arch_of,
         custom_error_type="arch",
-        custom_error_message=f"unknown arch; allowed: {', '.join(FAMILIES)} (resnet when arch is not given)",
+        custom_error_message=f"unknown arch; allowed: {', '.join(FAMILIES)} (resnet when arch is not given), or base: torchvision:NAME / timm:NAME",
     ),
 ]
 SPEC_ADAPTER: TypeAdapter[Spec] = TypeAdapter(Spec)  # type: ignore[arg-type]

@@ -52,7 +52,7 @@ def assert_same_as_torchinfo(spec: ResNetSpec, batch: int, side: int) -> None:
         assert ours[1][name] == expected, name
 
 
-@pytest.mark.parametrize("name", preset_names())
+@pytest.mark.parametrize("name", [name for name in preset_names() if load_spec(name).family is not None])
 def test_every_preset_equals_torchinfo(name):
     assert_same_as_torchinfo(load_spec(name), 1, 224)
 

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ecacli.errors import SpecError
-from ecacli.spec import MobileNetV2Spec, ResNetSpec
+from ecacli.spec import BaseSpec, MobileNetV2Spec, ResNetSpec
 from ecacli.spec_loader import MAX_SPEC_BYTES, apply_overrides, load_spec, preset_names
 
 PRESETS = [
@@ -102,8 +102,9 @@ def test_json_schema_describes_every_top_level_key():
 
     schema = json_schema()
     families = {ref["$ref"].rsplit("/", 1)[-1] for ref in schema["oneOf"]}
-    assert families == {"ResNetSpec", "MobileNetV2Spec"}
+    assert families == {"ResNetSpec", "MobileNetV2Spec", "BaseSpec"}
     assert set(schema["$defs"]["ResNetSpec"]["properties"]) == set(ResNetSpec.model_fields)
+    assert set(schema["$defs"]["BaseSpec"]["properties"]) == set(BaseSpec.model_fields) and "base" in schema["$defs"]["BaseSpec"]["required"]
     assert set(schema["$defs"]["MobileNetV2Spec"]["properties"]) == set(MobileNetV2Spec.model_fields)
     assert "arch" in schema["$defs"]["MobileNetV2Spec"]["required"] and "arch" not in schema["$defs"]["ResNetSpec"].get("required", [])
     assert schema["$schema"].startswith("https://json-schema.org/")

@@ -50,6 +50,14 @@ class AttentionSettings(StrictModel):
     """Whether the type has ECA's k (`k_size`)."""
 
     type: str
+    after: Annotated[
+        str | None,
+        Field(min_length=1, max_length=500, description="base specs only: a glob over the base model's qualified module names (fnmatch, e.g. 'layer*.*.bn3'); the attention gates each match's output"),
+    ] = None
+    replace: Annotated[
+        Literal["se"] | None,
+        Field(description="base specs only: se puts the attention in place of every squeeze-and-excitation module of the base (k from its channels)"),
+    ] = None
 
     def node(self, channels: int, k: int | None) -> Node | None:
         """The module a block whose attention sees `channels` channels gets (k: its ECA kernel size), or None."""

@@ -10,7 +10,7 @@ a 1x1 conv to `last_channel` and the classifier (Dropout, Linear). Torch-free.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from ecacli.arch.attention import ATTENTION_TYPES
@@ -168,6 +168,12 @@ def stage_modules(spec: MobileNetV2Spec) -> list[list[str]]:
 # --- reading a state_dict -----------------------------------------------------------------------
 
 FEATURE_KEY = re.compile(r"^features\.(\d+)\.")
+INVERTED_RESIDUAL_KEY = re.compile(r"^features\.\d+\.conv\.")
+
+
+def claims(keys: Iterable[str]) -> bool:
+    """Whether a state_dict's keys carry this family's names: inverted residuals `features.N.conv.*` (torchvision's EfficientNet, also `features.*`, has `features.N.M.block.*`)."""
+    return any(INVERTED_RESIDUAL_KEY.match(key) for key in keys)
 
 
 WIDTH_MULTIPLIERS = (1.0, 0.35, 0.5, 0.75, 1.3, 1.4)

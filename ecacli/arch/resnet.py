@@ -10,7 +10,7 @@ Torch-free.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -277,6 +277,11 @@ def stage_modules(spec: ResNetSpec) -> list[list[str]]:
 # --- reading a state_dict -----------------------------------------------------------------------
 
 BLOCK_KEY = re.compile(r"^layer(\d+)\.(\d+)\.")
+
+
+def claims(keys: Iterable[str]) -> bool:
+    """Whether a state_dict's keys carry this family's names: residual blocks `layerN.M.*`."""
+    return any(BLOCK_KEY.match(key) for key in keys)
 
 
 class LayoutError(ValueError):

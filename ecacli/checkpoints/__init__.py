@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
@@ -43,6 +43,7 @@ __all__ = [
     "CheckpointError",
     "LoadReport",
     "SavedCheckpoint",
+    "as_read_by",
     "check_against",
     "check_writable_outputs",
     "converted_spec",
@@ -150,6 +151,15 @@ def spec_for(checkpoint: Checkpoint, spec: NetworkSpec | None = None) -> tuple[N
         raise CheckpointError(f"{describe_path(checkpoint.path)}: {exc}") from None
 
 
+def as_read_by(checkpoint: Checkpoint, spec: NetworkSpec) -> Checkpoint:
+    """The checkpoint as a spec reads it: a base spec's names are the base's own, so its tensors keep the file's names (none renamed to ecacli's)."""
+    if not spec.attaches:
+        return checkpoint
+    as_named = detect(checkpoint.raw, has_spec=True)
+    state = replace(checkpoint.state, tensors=as_named.tensors, notes=as_named.notes)
+    return Checkpoint(checkpoint.raw, state, checkpoint.spec, checkpoint.spec_origin)
+
+
 WARM_START_SUFFIX = "_eca_warm"
 
 
@@ -205,6 +215,7 @@ def model_with_weights(
     refused unless `allow_nonfinite`. `build` gives `build_model`'s options (a feature extractor
     takes what it has and leaves the rest, noted).
     """
+    checkpoint = as_read_by(checkpoint, spec)
     report = check_against(spec, checkpoint.tensors, **build)
     notes = list(checkpoint.state.notes)
     label = describe_path(checkpoint.path)
@@ -212,10 +223,13 @@ def model_with_weights(
         if not (init_missing_eca and report.only_attention_missing and not checkpoint.state.has_eca):
             found = f" ({checkpoint.state.problem})" if checkpoint.state.problem else ""
             raise CheckpointError(f"{label}: the weights do not load into spec '{spec.name}'{found}:\n{report.describe()}")
+        kernels = f" (k per {spec.group_noun} {spec.group_kernel_sizes})" if spec.group_kernel_sizes else ""
         notes.append(
-            f"the source has no ECA kernels: initialised all {len(report.missing)} of them (k per {spec.group_noun} "
-            f"{spec.group_kernel_sizes}); everything else was copied - a warm start for fine-tuning"
+            f"the source has no {'ECA kernels' if spec.attention.has_kernel else 'attention weights'}: initialised all {len(report.missing)} of them{kernels}; "
+            "everything else was copied - a warm start for fine-tuning"
         )
+    if report.replaced:
+        notes.append(f"the attention replaces the source's SE modules: left their {len(report.replaced)} tensors unused ({summarise_keys(report.replaced)})")
     nonfinite = nonfinite_tensors(checkpoint.tensors)
     if nonfinite and not allow_nonfinite:
         raise CheckpointError(

@@ -21,6 +21,7 @@ import torch
 
 from ecacli.checkpoints.io import CheckpointError, RawCheckpoint
 from ecacli.errors import cut, describe_path, shown
+from ecacli.spec import family_of
 
 WRAPPER_KEYS = ("state_dict", "model", "model_state_dict")
 TRAINING_FIELDS = ("epoch", "arch", "best_prec1", "best_acc1", "metric")
@@ -160,7 +161,7 @@ def classify(tensors: dict[str, torch.Tensor], wrapped: bool, prefixed: bool, ec
     """
     if ecacli_file:
         return SourceState(ECACLI, "ecacli checkpoint", tensors)
-    if tensors and all(MOBILENET_KEYS.match(key) for key in tensors):
+    if tensors and all(MOBILENET_KEYS.match(key) for key in tensors) and family_of(tensors) == "mobilenetv2":  # torchvision's EfficientNet has features.* too
         return classify_mobilenet(tensors, wrapped, prefixed)
     foreign = [key for key in tensors if not RESNET_KEYS.match(key)]
     if foreign or "layer1.0.conv1.weight" not in tensors:

@@ -14,11 +14,11 @@ from typing import Any
 
 import torch
 
-from ecacli.arch import KINDS, infer
+from ecacli.arch import KINDS
 from ecacli.arch.attention import is_attention
 from ecacli.arch.resnet import LayoutError
 from ecacli.checkpoints.io import CheckpointError
-from ecacli.spec import NetworkSpec
+from ecacli.spec import NetworkSpec, infer
 from ecacli.spec_loader import spec_from_data
 
 BN_BUFFERS = ("running_mean", "running_var", "num_batches_tracked")
@@ -134,6 +134,8 @@ class LoadReport:
     attention_keys: set[str] = field(default_factory=set)
     dropped: list[str] = field(default_factory=list)
     """Keys of the file a feature extractor has no use for (its classifier, deeper stages)."""
+    replaced: list[str] = field(default_factory=list)
+    """Keys of the file's modules a base spec's attention replaces (`attention.replace: se`): the attention takes their place, freshly initialised."""
 
     @property
     def loads(self) -> bool:
@@ -173,6 +175,15 @@ class LoadReport:
         }
 
 
+def replaced_modules(spec: NetworkSpec) -> list:
+    """The modules of a base spec's base that its attention replaces (none for other specs)."""
+    if not spec.attaches or spec.attention.replace is None:
+        return []
+    from ecacli.models.base import base_insertion_points
+
+    return base_insertion_points(spec)  # type: ignore[arg-type]
+
+
 def check_against(spec: NetworkSpec, tensors: Mapping[str, torch.Tensor], **build: Any) -> LoadReport:
     """Compare a state_dict with the spec's model key by key: names, shapes, and the kind of number
     (float weights must be float16, bfloat16, float32 or float64; integer counters real numbers).
@@ -191,6 +202,9 @@ def check_against(spec: NetworkSpec, tensors: Mapping[str, torch.Tensor], **buil
         elif dtype_kind(tensors[key].dtype) not in ACCEPTED_KINDS.get(dtype_kind(dtype), (dtype_kind(dtype),)):
             report.wrong_kind.append((key, str(tensors[key].dtype).removeprefix("torch."), dtype_kind(dtype)))
     extra = [key for key in tensors if key not in expected and not key.endswith(OPTIONAL_BUFFER)]
+    replaced = tuple(f"{point.name}." for point in replaced_modules(spec))
+    report.replaced = [key for key in extra if key.startswith(replaced)] if replaced else []
+    extra = [key for key in extra if key not in report.replaced]
     if build.get("features_only"):
         report.dropped = extra
     else:

@@ -40,7 +40,7 @@ def inspect(
     """
     path = input_path(file, "a checkpoint")
     given = load_optional_spec_arg(spec, overrides)
-    from ecacli.checkpoints import check_against, nonfinite_tensors, open_checkpoint, parameter_count, spec_for, spec_yaml
+    from ecacli.checkpoints import as_read_by, check_against, nonfinite_tensors, open_checkpoint, parameter_count, spec_for, spec_yaml
     from ecacli.deploy import describe_graph, graph_format_of
 
     graph_format = graph_format_of(path)
@@ -61,6 +61,9 @@ def inspect(
         spec_error = None
     except UserError as exc:
         model_spec, origin, spec_error = None, None, str(exc)
+    if model_spec is not None:
+        checkpoint = as_read_by(checkpoint, model_spec)
+        state = checkpoint.state
     report = check_against(model_spec, state.tensors) if model_spec else None
     dtypes = Counter(str(t.dtype).removeprefix("torch.") for t in state.tensors.values())
     result = {

@@ -107,6 +107,9 @@ def describe_attention(spec: NetworkSpec) -> str:
 
 
 def _spec_table(spec: NetworkSpec, as_json: bool) -> None:
+    if spec.attaches:
+        _points_table(spec, as_json)
+        return
     rows = [{"channels": r["output"], "k": r["k_spec"], **r} for r in spec.kernel_conventions()]
     if as_json:
         print_json(rows)
@@ -131,3 +134,20 @@ def _spec_table(spec: NetworkSpec, as_json: bool) -> None:
         f"convention, {inner} is what readers of the paper compute, and the paper's releases use explicit k "
         "(r50_k3557, r101_k3357, r152_k3357, eca_mobilenetv2_k13).",
     )
+
+
+def _points_table(spec: NetworkSpec, as_json: bool) -> None:
+    """A base spec's insertion points, found on its base built on the meta device: module, attention, channels and k."""
+    if spec.attention.after is None and spec.attention.replace is None:
+        raise UserError(f"spec '{spec.name}' attaches no attention to {spec.base}; give attention.after or attention.replace (--set attention.after='layer*.*.bn3').")  # type: ignore[attr-defined]
+    from ecacli.models.base import base_insertion_points
+
+    points = base_insertion_points(spec)  # type: ignore[arg-type]
+    rows = [{"module": p.name, "attention": p.attention, "channels": p.channels, "k": p.k} for p in points]
+    if as_json:
+        print_json(rows)
+        return
+    cells = [[r["module"], r["attention"], fmt_int(r["channels"]), "-" if r["k"] is None else str(r["k"])] for r in rows]
+    title = f"{spec.name}: ECA k at each of {len(rows)} insertion points"
+    caption = f"{spec.layout_text()}; {describe_attention(spec)}"
+    print_table(console(), TableSpec(title, ["module", "attention", "channels", "k"], cells, [False, False, True, True], caption))

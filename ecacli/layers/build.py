@@ -13,7 +13,8 @@ from torch import nn
 from ecacli.arch import KINDS, Node
 from ecacli.errors import UserError
 
-OPTIONAL_PACKAGES = {"torchvision": "vision"}
+OPTIONAL_PACKAGES = {"torchvision": "vision", "timm": "timm"}
+"""The optional extra (`pip install 'ecacli[EXTRA]'`) that installs each optional package."""
 
 
 @cache

@@ -13,7 +13,7 @@ from ecacli.layers.build import build
 from ecacli.models.mobilenetv2 import InvertedResidual, MobileNetV2, MobileNetV2Features
 from ecacli.models.network import FeatureInfo, check_out_indices
 from ecacli.models.resnet import BasicBlock, Bottleneck, ECAResNet, ResNetFeatures
-from ecacli.spec import NetworkSpec
+from ecacli.spec import BaseSpec, NetworkSpec
 from ecacli.spec_loader import load_spec, spec_from_data
 
 __all__ = [
@@ -48,7 +48,9 @@ def build_model(
     With `features_only` it is the trunk alone, returning the feature maps of the levels
     `out_indices` names (default 1-4: the strides 4-32 of ResNet's stages and of MobileNetV2's
     levels; 0 is the stride-2 level, ResNet's stem; see `model.feature_info`). `frozen_stages` and `norm_eval` override the spec's fine-tuning options.
-    `spec` may also be a preset name or a YAML path. The weights are freshly initialised: `pretrained` other than None or False is refused, pointing to `ecacli.create_model`.
+    `spec` may also be a preset name or a YAML path. A base spec (`base: torchvision:NAME` / `timm:NAME`) builds that model with
+    its attention attached (`ecacli.models.base`).
+    The weights are freshly initialised: `pretrained` other than None or False is refused, pointing to `ecacli.create_model`.
     """
     if pretrained is not None and pretrained is not False:
         raise OptionError(
@@ -57,8 +59,14 @@ def build_model(
         )
     if isinstance(spec, (str, Path)):
         spec = load_spec(spec)
+    if isinstance(spec, BaseSpec):
+        if features_only or out_indices is not None or frozen_stages is not None or norm_eval is not None:
+            raise OptionError(f"spec '{spec.name}' names a base model ({spec.base}): features_only, out_indices, frozen_stages and norm_eval apply to ecacli's own families.")
+        from ecacli.models.base import build_base
+
+        return build_base(spec)
     if not isinstance(spec, NetworkSpec):
-        raise OptionError(f"spec: expected a NetworkSpec, a preset name or a YAML path, got {type(spec).__name__}.")
+        raise OptionError(f"spec: expected a spec, a preset name or a YAML path, got {type(spec).__name__}.")
     spec = with_options(spec, frozen_stages, norm_eval)
     if not features_only:
         if out_indices is not None:

@@ -175,7 +175,7 @@ class ModelProfile:
 
 def without_attention(spec: NetworkSpec) -> NetworkSpec:
     """The same network with `attention.type: none`: the plain ResNet to compare against."""
-    return type(spec).model_validate({**spec.model_dump(), "attention": {"type": "none"}})
+    return type(spec).model_validate({**spec.to_yaml_dict(), "attention": {"type": "none"}})
 
 
 def _no_annotation(phase: str) -> AbstractContextManager:

@@ -11,7 +11,8 @@ from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ecacli.arch import FLOAT32_BYTES, feature_levels, model_layers
-from ecacli.spec import NetworkSpec
+from ecacli.errors import OptionError
+from ecacli.spec import FAMILIES, NetworkSpec
 
 if TYPE_CHECKING:
     import torchinfo
@@ -54,7 +55,9 @@ class SummaryReport:
 
 
 def summarize(spec: NetworkSpec, batch: int = 1, input_size: int | None = None, depth: int = 3) -> SummaryReport:
-    """Summary statistics, with one row per module down to `depth` levels below the model."""
+    """Summary statistics, with one row per module down to `depth` levels below the model: counted without torch for ecacli's families, by torchinfo on the meta device for base specs."""
+    if spec.family is None:
+        return summarize_built(spec, batch, input_size, depth)
     model = model_layers(spec, batch, input_size)
     rows = [
         LayerRow(layer.name, layer.type, d, layer.output_shape, layer.total_params, layer.total_macs, layer.eca_kernels)
@@ -83,6 +86,57 @@ def summarize(spec: NetworkSpec, batch: int = 1, input_size: int | None = None, 
     )
 
 
+def summarize_built(spec: NetworkSpec, batch: int = 1, input_size: int | None = None, depth: int = 3) -> SummaryReport:
+    """Summary statistics of the built model, read off torchinfo's own statistics on the meta device (rows total their subtrees, as `summarize`'s do)."""
+    from ecacli.checkpoints.infer import is_attention_module
+
+    stats = run_torchinfo(spec, batch, input_size, depth=max(depth, 1))
+    model = stats.summary_list[0].module
+    names = {id(module): name for name, module in model.named_modules()}
+    leaf_macs: dict[str, int] = {}
+    for layer in stats.summary_list:
+        if layer.is_leaf_layer:  # as torchinfo totals them
+            name = names.get(id(layer.module), "")
+            leaf_macs[name] = leaf_macs.get(name, 0) + layer.macs
+    attention = [(name, module) for name, module in model.named_modules() if is_attention_module(module)]
+
+    def within(name: str, prefix: str) -> bool:
+        return name == prefix or name.startswith(prefix + ".")
+
+    rows, seen = [], set()
+    for layer in stats.summary_list[1:]:
+        name = names.get(id(layer.module))
+        if name is None or name in seen or not 1 <= name.count(".") + 1 <= depth:
+            continue
+        seen.add(name)
+        rows.append(
+            LayerRow(
+                name, layer.class_name, name.count(".") + 1, list(layer.output_size), sum(p.numel() for p in layer.module.parameters()),
+                sum(macs for inner, macs in leaf_macs.items() if within(inner, name)),
+                [m.kernel_size for inner, m in attention if within(inner, name) and hasattr(m, "kernel_size")],
+            )
+        )
+    attention_params = sum(p.numel() for _, module in attention for p in module.parameters())
+    kernels = [module.kernel_size for _, module in attention if hasattr(module, "kernel_size")]
+    eca_params = attention_params if kernels else 0
+    return SummaryReport(
+        spec=spec.name,
+        input_size=spec.input_shape(batch, input_size),
+        total_params=stats.total_params,
+        trainable_params=stats.trainable_params,
+        mult_adds=stats.total_mult_adds,
+        param_bytes=stats.total_param_bytes,
+        activation_bytes=stats.total_output_bytes,
+        input_bytes=math.prod(spec.input_shape(batch, input_size)) * FLOAT32_BYTES,
+        attention_type=spec.attention.type,
+        attention_params=attention_params,
+        eca_params=eca_params,
+        eca_param_share=eca_params / stats.total_params if stats.total_params else 0.0,
+        eca_kernel_sizes=kernels,
+        layers=rows,
+    )
+
+
 @dataclass
 class FeatureRow:
     """One level a feature extractor returns (`build_model(spec, features_only=True)`): its index, module, channels, stride and output shape."""
@@ -96,6 +150,8 @@ class FeatureRow:
 
 def feature_rows(spec: NetworkSpec, batch: int = 1, input_size: int | None = None) -> list[FeatureRow]:
     """Every feature level of the spec's model, with its output shape at the input size (torch-free)."""
+    if spec.family is None:
+        raise OptionError(f"spec '{spec.name}' names a base model ({spec.base}): feature levels are described for ecacli's own families ({', '.join(FAMILIES)}).")  # type: ignore[attr-defined]
     model = model_layers(spec, batch, input_size)
     shapes = {layer.name: layer.output_shape for _, layer in model.walk()}
     return [FeatureRow(i, level.module, level.channels, level.reduction, shapes[level.module]) for i, level in enumerate(feature_levels(spec))]

@@ -1,0 +1,259 @@
+"""Base specs (`base: torchvision:NAME` / `timm:NAME`): the schema, the builder, the commands on them, loading the base's own weights, and the one family registry."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import yaml
+
+from conftest import run_main
+from ecacli import build_model, load_spec
+from ecacli.errors import SpecError, UserError
+from ecacli.spec import BaseSpec, family_of, infer
+from ecacli.spec_loader import spec_from_data
+
+torchvision = pytest.importorskip("torchvision")
+
+R18_ECA = {"name": "tv_r18_eca", "base": "torchvision:resnet18", "input_size": 32, "attention": {"type": "eca", "after": "layer*.*.bn2"}}
+
+
+def write_spec(tmp_path, data: dict, name: str = "spec.yaml"):
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+# --- the schema ------------------------------------------------------------------------------------
+
+
+def test_a_base_spec_round_trips_and_describes_itself():
+    spec = spec_from_data({**R18_ECA, "base_args": {"num_classes": 10}})
+    assert isinstance(spec, BaseSpec) and spec.family is None and spec.attaches
+    assert (spec.library, spec.model_name, spec.builder_kwargs()) == ("torchvision", "resnet18", {"num_classes": 10})
+    assert spec.layout_text() == "torchvision:resnet18(num_classes=10), eca after 'layer*.*.bn2'"
+    assert spec_from_data(spec.to_yaml_dict()) == spec
+    assert spec_from_data({"name": "plain", "base": "timm:resnet18"}).attention.type == "none"
+
+
+@pytest.mark.parametrize(
+    "data, message",
+    [
+        ({"attention": {"type": "eca"}}, "a base spec places its attention: give attention.after"),
+        ({"attention": {"after": "x", "replace": "se"}}, "give attention.after or attention.replace, not both"),
+        ({"attention": {"replace": "all"}}, "attention.replace"),
+        ({"base": "torchvision"}, "must be torchvision:NAME or timm:NAME"),
+        ({"base": "os:system"}, "must be torchvision:NAME or timm:NAME"),
+        ({"base": "timm:torch.nn:Module"}, "must be torchvision:NAME or timm:NAME"),
+        ({"base_args": {"weights": "IMAGENET1K_V1"}}, "weights is not a base_args key: a base is built freshly initialised"),
+        ({"base_args": {"pretrained": True}}, "pretrained is not a base_args key"),
+        ({"base_args": {"num_classes": 10}, "num_classes": 10}, "num_classes is given twice"),
+        ({"in_chans": 1}, "in_chans applies to timm bases only"),
+        ({"norm": "group"}, "norm applies to ecacli's own families"),
+        ({"frozen_stages": 1}, "frozen_stages applies to ecacli's own families"),
+        ({"base_args": {"bad key": 1}}, "base_args"),
+    ],
+)
+def test_base_spec_mistakes_are_one_clear_message(data, message):
+    with pytest.raises(SpecError) as caught:
+        spec_from_data({**R18_ECA, **data}, label="spec.yaml")
+    assert message in str(caught.value) and "spec.yaml" in str(caught.value)
+
+
+def test_after_and_replace_belong_to_base_specs_only():
+    with pytest.raises(SpecError, match=r"an ecacli family \(resnet\) puts it in every block itself"):
+        spec_from_data({"name": "x", "depth": 18, "attention": {"type": "eca", "after": "layer*.*.bn2"}})
+
+
+def test_a_name_the_registry_does_not_hold_is_refused_and_nothing_is_imported():
+    for base, message in (("timm:os.path", "is not a model timm registers"), ("torchvision:resnet5", "Did you mean 'resnet50'?")):
+        with pytest.raises(SpecError, match=message):
+            build_model(spec_from_data({**R18_ECA, "base": base}))
+
+
+def test_a_missing_library_names_its_extra(monkeypatch):
+    import ecacli.models.base as base
+
+    def missing(name):
+        raise ImportError(name)
+
+    monkeypatch.setattr(base, "import_module", missing)
+    with pytest.raises(UserError, match=r"needs timm, which is not installed; install it with `pip install 'ecacli\[timm\]'`"):
+        build_model(spec_from_data({**R18_ECA, "base": "timm:resnet18"}))
+
+
+def test_unknown_builder_keywords_and_bad_globs_name_the_spec():
+    with pytest.raises(SpecError, match=r"tv_r18_eca': torchvision:resnet18 cannot be built with base_args \{'depth': 3\}"):
+        build_model(spec_from_data({**R18_ECA, "base_args": {"depth": 3}}))
+    with pytest.raises(SpecError, match=r"attention on torchvision:resnet18: after='layer\*.bn9' matches no module"):
+        build_model(spec_from_data({**R18_ECA, "attention": {"after": "layer*.bn9"}}))
+
+
+# --- the built model -------------------------------------------------------------------------------
+
+
+def test_the_built_model_is_the_base_with_attention_attached_and_carries_its_spec():
+    spec = spec_from_data({**R18_ECA, "base_args": {"num_classes": 10}})
+    model = build_model(spec)
+    assert model.spec is spec and model.fc.out_features == 10
+    plain = sum(p.numel() for p in torchvision.models.resnet18(num_classes=10).parameters())
+    assert sum(p.numel() for p in model.parameters()) == plain + 2 * 3 + 6 * 5  # k = 3 at 64 channels, 5 at 128 to 512
+
+
+def test_parameters_are_the_base_plus_each_insertion_points_kernel():
+    from ecacli.models.base import base_insertion_points
+
+    spec = spec_from_data(R18_ECA)
+    points = base_insertion_points(spec)
+    assert [(p.name, p.attention, p.channels, p.k) for p in points[:3]] == [
+        ("layer1.0.bn2", "layer1.0.eca", 64, 3), ("layer1.1.bn2", "layer1.1.eca", 64, 3), ("layer2.0.bn2", "layer2.0.eca", 128, 5)
+    ]
+    plain = sum(p.numel() for p in torchvision.models.resnet18().parameters())
+    assert sum(p.numel() for p in build_model(spec).parameters()) == plain + sum(p.k for p in points)
+
+
+# --- the commands ----------------------------------------------------------------------------------
+
+
+def test_summary_numbers_are_torchinfos_on_the_built_model(tmp_path):
+    import torchinfo
+
+    path = write_spec(tmp_path, R18_ECA)
+    code, out, err = run_main("summary", str(path), "--json", "--depth", "2")
+    assert code == 0, err
+    report = json.loads(out)
+    model = build_model(load_spec(path)).eval()
+    stats = torchinfo.summary(model, input_size=(1, 3, 32, 32), verbose=0, device="cpu")
+    assert (report["total_params"], report["mult_adds"]) == (stats.total_params, stats.total_mult_adds)
+    assert report["attention_params"] == 36 and report["eca_kernel_sizes"] == [3, 3, 5, 5, 5, 5, 5, 5]
+    rows = {row["name"]: row for row in report["layers"]}
+    assert rows["layer1.0"]["eca_k"] == [3] and rows["layer1"]["params"] == sum(p.numel() for p in model.layer1.parameters())
+    assert sum(row["mult_adds"] for row in report["layers"] if row["depth"] == 1) == report["mult_adds"]
+
+
+@pytest.mark.slow
+def test_torchvision_resnet50_base_summarises_as_ecacli_r50():
+    from ecacli.reports.summary import summarize
+
+    base = summarize(spec_from_data({"name": "tv", "base": "torchvision:resnet50", "attention": {"type": "eca", "after": "layer*.*.bn3"}}), depth=2)
+    own = summarize(load_spec("r50"), depth=2)
+    assert (base.total_params, base.mult_adds, base.activation_bytes, base.attention_params) == (own.total_params, own.mult_adds, own.activation_bytes, own.attention_params)
+    assert [(r.name, r.params, r.mult_adds, r.output_shape) for r in base.layers] == [(r.name, r.params, r.mult_adds, r.output_shape) for r in own.layers]
+
+
+def test_ksize_spec_lists_every_insertion_point(tmp_path):
+    code, out, err = run_main("ksize", "--spec", str(write_spec(tmp_path, R18_ECA)), "--json")
+    assert code == 0, err
+    rows = json.loads(out)
+    assert len(rows) == 8 and rows[-1] == {"module": "layer4.1.bn2", "attention": "layer4.1.eca", "channels": 512, "k": 5}
+
+
+def test_compare_the_same_base_with_eca_se_and_none(tmp_path):
+    paths = [write_spec(tmp_path, {**R18_ECA, "name": f"r18_{kind}", "attention": {"type": kind, "after": "layer*.*.bn2"}}, f"{kind}.yaml") for kind in ("none", "eca", "se")]
+    code, out, err = run_main("compare", *map(str, paths), "--json")
+    assert code == 0, err
+    rows = {row["name"]: row for row in json.loads(out)}
+    assert rows["r18_none"]["total_params"] == sum(p.numel() for p in torchvision.models.resnet18().parameters())
+    assert rows["r18_eca"]["delta_params"] == rows["r18_eca"]["attention_params"] == 36
+    assert rows["r18_se"]["delta_params"] == rows["r18_se"]["attention_params"] > 36
+
+
+def test_profile_baseline_of_a_base_spec_is_the_base_itself():
+    from ecacli.profiling.runner import without_attention
+
+    spec = spec_from_data({**R18_ECA, "base_args": {"num_classes": 10}})
+    baseline = without_attention(spec)
+    assert baseline.attention.type == "none" and baseline.builder_kwargs() == {"num_classes": 10}
+    assert sum(p.numel() for p in build_model(baseline).parameters()) == sum(p.numel() for p in torchvision.models.resnet18(num_classes=10).parameters())
+
+
+@pytest.mark.slow
+def test_export_from_the_bases_own_weights_initialises_and_reports_the_attention(tmp_path):
+    from safetensors.torch import load_file
+
+    source = torchvision.models.resnet18()
+    torch.save(source.state_dict(), tmp_path / "resnet18.pth")
+    path = write_spec(tmp_path, R18_ECA)
+    code, out, err = run_main("export", str(path), "--from", str(tmp_path / "resnet18.pth"), "-o", str(tmp_path / "out.safetensors"))
+    assert code == 0, err
+    assert "the source has no ECA kernels: initialised all 8 of them; everything else was copied" in out + err
+    written = load_file(tmp_path / "out.safetensors")
+    assert all(torch.equal(written[key], value) for key, value in source.state_dict().items())
+    assert sorted(key for key in written if key not in source.state_dict()) == sorted(f"layer{s}.{b}.eca.conv.weight" for s in range(1, 5) for b in range(2))
+
+
+def test_the_replaced_se_modules_weights_are_left_unused_and_reported(tmp_path):
+    from ecacli.checkpoints.infer import check_against
+
+    spec = load_spec("tv_efficientnet_b0_eca")
+    tensors = torchvision.models.efficientnet_b0().state_dict()
+    report = check_against(spec, tensors)
+    assert report.only_attention_missing and len(report.missing) == 16 and not report.unexpected
+    assert len(report.replaced) == 64 and all(".fc1." in key or ".fc2." in key for key in report.replaced)
+
+
+@pytest.mark.slow
+def test_a_timm_eca_file_keeps_its_own_names_for_a_timm_base(tmp_path):
+    timm = pytest.importorskip("timm")
+    source = timm.create_model("resnet18", block_args=dict(attn_layer="eca"), num_classes=10).state_dict()
+    torch.save(source, tmp_path / "eca18.pth")
+    path = write_spec(tmp_path, {"name": "se18_eca", "base": "timm:seresnet18", "num_classes": 10, "attention": {"type": "eca", "replace": "se"}})
+    code, out, err = run_main("inspect", str(tmp_path / "eca18.pth"), "--spec", str(path), "--json")
+    assert code == 0, err
+    report = json.loads(out)
+    assert report["source_label"] == "timm ResNet with ECA attention" and report["loads_strictly"] is True
+    from ecacli.checkpoints import load_model
+
+    model = load_model(tmp_path / "eca18.pth", path)
+    assert all(torch.equal(model.state_dict()[key], value) for key, value in source.items())
+
+
+@pytest.mark.slow
+def test_export_a_base_spec_as_onnx_and_pt2_but_torchscript_is_refused(tmp_path):
+    path = write_spec(tmp_path, R18_ECA)
+    for suffix in ("onnx", "pt2"):
+        code, out, err = run_main("export", str(path), "-o", str(tmp_path / f"m.{suffix}"))
+        assert code == 0, err
+    code, out, err = run_main("export", str(path), "-o", str(tmp_path / "m.ts"))
+    assert code == 2 and "TorchScript cannot script a GatedBatchNorm2d" in err and not (tmp_path / "m.ts").exists()
+
+
+@pytest.mark.slow
+def test_the_installed_cli_summarises_the_base_preset(cli):
+    result = cli("summary", "tv_efficientnet_b0_eca", "--json", "--depth", "0")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["total_params"] == 4_652_084 and report["attention_params"] == 76
+
+
+def test_a_video_base_takes_its_sample_shape_and_gets_eca_in_3d(tmp_path):
+    import torchinfo
+
+    data = {"name": "r3d", "base": "torchvision:r3d_18", "sample_shape": [3, 4, 16, 16], "attention": {"type": "eca", "after": "layer*.*.conv2.1"}}
+    path = write_spec(tmp_path, data)
+    code, out, err = run_main("ksize", "--spec", str(path), "--json")
+    assert code == 0, err
+    assert json.loads(out)[0] == {"module": "layer1.0.conv2.1", "attention": "layer1.0.conv2.eca", "channels": 64, "k": 3}
+    code, out, err = run_main("summary", str(path), "--json", "--depth", "0")
+    report = json.loads(out)
+    assert report["input_size"] == [1, 3, 4, 16, 16] and report["attention_params"] == 36
+    with torch.device("meta"):
+        model = build_model(load_spec(path))
+        stats = torchinfo.summary(model, input_data=[torch.empty(1, 3, 4, 16, 16)], device="meta", verbose=0)
+    assert (report["total_params"], report["mult_adds"]) == (stats.total_params, stats.total_mult_adds)
+    assert spec_from_data(data).input_shape(2, 8) == [2, 3, 4, 8, 8]
+    with pytest.raises(SpecError, match="sample_shape gives the whole input shape; drop input_size"):
+        spec_from_data({**data, "input_size": 64})
+
+
+# --- one family registry ---------------------------------------------------------------------------
+
+
+def test_each_family_claims_its_own_checkpoints_and_no_other():
+    assert family_of(torchvision.models.resnet18().state_dict()) == "resnet"
+    assert family_of(torchvision.models.mobilenet_v2().state_dict()) == "mobilenetv2"
+    efficientnet = {key: tuple(t.shape) for key, t in torchvision.models.efficientnet_b0().state_dict().items()}
+    assert family_of(efficientnet) is None
+    with pytest.raises(ValueError, match=r"carry the names of none of ecacli's families \(resnet, mobilenetv2\); for another network write a base spec"):
+        infer(efficientnet, "effnet")
