@@ -34,7 +34,7 @@ import ecacli
 from ecacli.atomic import check_writable
 from ecacli.checkpoints import CheckpointError, load_model, new_model, open_checkpoint, save_checkpoint
 from ecacli.checkpoints.io import sniff_container
-from ecacli.deploy.formats import installed
+from ecacli.extras import installed
 from ecacli.errors import SpecError, UserError
 from ecacli.kernel import kernel_size
 from ecacli.spec import ATTENTION_TYPES, Reported, ResNetSpec

@@ -44,7 +44,8 @@ from torch import nn
 
 from ecacli.atomic import atomic_write
 from ecacli.checkpoints import DTYPES, SavedCheckpoint, check_writable_outputs, file_metadata, floating_dtype, new_model, parameter_count, save_checkpoint
-from ecacli.deploy.formats import EXTRAS, ONNX, PT2, TORCHSCRIPT, WEIGHT_FORMATS, format_for, require
+from ecacli.deploy.formats import ONNX, PT2, TORCHSCRIPT, WEIGHT_FORMATS, format_for
+from ecacli.extras import EXTRA_MODULES, require
 from ecacli.errors import OutOfMemory, UserError, first_line, is_out_of_memory
 from ecacli.quiet import native_output_silenced
 from ecacli.spec import MAX_BATCH, NetworkSpec, check_input_size
@@ -156,7 +157,7 @@ class ExportRequest:
         if input_size is not None:
             check_input_size(input_size)
         if fmt == ONNX:
-            needed = EXTRAS["onnx"] if verify is not False else tuple(name for name in EXTRAS["onnx"] if name != "onnxruntime")
+            needed = EXTRA_MODULES["onnx"] if verify is not False else tuple(name for name in EXTRA_MODULES["onnx"] if name != "onnxruntime")
             require(needed, "--format onnx" + ("" if verify is not False else " --no-verify"), "onnx")
             if opset is not None:
                 check_opset(opset)
