@@ -298,7 +298,7 @@ def test_the_kernel_rule_raises_value_error_naming_gamma_and_b():
     [
         (["ksize", "64", "--b", "1e308", "--gamma", "0.1"], "error: --b must be a finite number from -64 to 64 (as in a spec), got 1e+308."),
         (["ksize", "64", "--gamma", "1e308"], "error: --gamma must be a finite number of at least 0.05 and at most 64, got 1e+308."),
-        (["export", "r18", "-o", "x.pt", "--seed", str(2**64)], "'--seed'"),
+        (["export", "r18", "-o", "x.pt", "--seed", str(2**64)], "error: --seed must be an integer from 0 to 2**64 - 1, got 18446744073709551616."),
         (["profile", "r18", "--device", "cpu", "--batch", str(2**64)], "error: --batch must be a positive integer, got 18446744073709551616 (at most 65,536)."),
         (["profile", "r18", "--device", "cpu", "--seed", str(2**64)], "error: --seed must be an integer from 0 to 2**64 - 1, got 18446744073709551616."),
         (["profile", "r18", "--device", "cpu", "--threads", str(2**40)], "error: --threads must be a positive integer, got 1099511627776 (at most 4,096)."),

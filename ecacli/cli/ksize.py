@@ -46,15 +46,18 @@ def _check_inputs(widths: list[int], channels: tuple[int, int] | None, gamma: fl
 
 
 def ksize(
-    widths: Annotated[list[int] | None, typer.Argument(help="Channel widths, one row each.", show_default=False)] = None,
-    channels: Annotated[tuple[int, int] | None, typer.Option("--channels", help="LOW HIGH: powers of two in between, the ends, and the exact runs of constant k.", show_default=False)] = None,
-    gamma: Annotated[float, typer.Option(help="gamma of the rule.")] = DEFAULT_GAMMA,
-    b: Annotated[float, typer.Option("--b", help="b of the rule.")] = DEFAULT_B,
-    spec: Annotated[str | None, typer.Option("--spec", help="Spec or preset: k per stage under each width convention.", show_default=False)] = None,
+    widths: Annotated[list[int] | None, typer.Argument(metavar="C", help="Channel widths, one row each.", show_default=False)] = None,
+    channels: Annotated[tuple[int, int] | None, typer.Option("--channels", metavar="LOW HIGH", help="Powers of two in between, the ends, and the runs of constant k.", show_default=False)] = None,
+    gamma: Annotated[float, typer.Option(metavar="X", help="gamma of the rule.")] = DEFAULT_GAMMA,
+    b: Annotated[float, typer.Option("--b", metavar="X", help="b of the rule.")] = DEFAULT_B,
+    spec: Annotated[str | None, typer.Option("--spec", metavar="SPEC", help="k per stage of a spec under each width convention.", show_default=False)] = None,
     overrides: SetOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """ECA kernel size k = odd(|(log2 C + b) / gamma|) per channel width, with ECA and SE costs."""
+    """Show the ECA kernel size per channel width.
+
+    k = odd(|(log2 C + b) / gamma|) per channel width C, with ECA's and SE's parameter costs.
+    """
     widths = widths or []
     _check_inputs(widths, channels, gamma, b)
     if widths and channels:

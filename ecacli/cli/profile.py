@@ -27,53 +27,66 @@ if TYPE_CHECKING:
     from ecacli.profiling.distributed import DataParallelReport
 
 DEFAULT_SPEC = "r50"
+BATCH, WARMUP, ITERS = 32, 5, 20
+CPU_BATCH, CPU_SECONDS = 8, 50.0
+"""On a CPU, `ecacli profile` with no --batch, --seconds, --warmup or --iters takes about a minute for R-50."""
 MODEL_LABEL, BASELINE_LABEL = "model", "plain"
 PHASES = ("forward", "backward", "optimizer", "step")
 
 
 def profile(
-    spec: Annotated[str, typer.Argument(help="Spec YAML file or preset name (see `ecacli specs`).")] = DEFAULT_SPEC,
-    device: Annotated[str, typer.Option(help="cpu, cuda, cuda:N, mps, or auto (CUDA, else MPS, else CPU).")] = "auto",
-    batch: Annotated[int, typer.Option(help="Images per step.")] = 32,
-    input_size: Annotated[int | None, typer.Option(help="Square input side in pixels (default: the spec's).", show_default=False)] = None,
-    dtype: Annotated[str, typer.Option(help="float32, bfloat16 or float16 (half types through autocast, weights stay float32).")] = "float32",
-    channels_last: Annotated[bool, typer.Option("--channels-last", help="Model and input in channels_last memory format.")] = False,
-    compile_model: Annotated[bool, typer.Option("--compile", help="torch.compile the model; compile time is reported separately.")] = False,
-    mode: Annotated[str, typer.Option(help="train: forward + backward + SGD step; eval: forward under inference_mode.")] = "train",
-    warmup: Annotated[int, typer.Option(help="Untimed steps per model before timing (at most).")] = 5,
-    iters: Annotated[int, typer.Option(help="Timed steps per model (at most).")] = 20,
-    seconds: Annotated[float | None, typer.Option(help="Time budget: warm-up stops after a quarter of it, timing when it is spent (after 3 rounds at least), or at --warmup / --iters.", show_default=False)] = None,
-    seed: Annotated[int, typer.Option(help="Seed for weights, input and labels (0 to 2**64 - 1).")] = 0,
-    threads: Annotated[int | None, typer.Option(help="CPU threads, torch.set_num_threads (default: torch's choice).", show_default=False)] = None,
-    cudnn_benchmark: Annotated[bool, typer.Option("--cudnn-benchmark", help="CUDA: let cuDNN pick the fastest conv algorithms (torch.backends.cudnn.benchmark).")] = False,
-    baseline: Annotated[bool, typer.Option("--baseline", help="Also time the same spec with attention.type none, interleaved, and report the ECA overhead.")] = False,
-    show_breakdown: Annotated[bool, typer.Option("--breakdown", help="After timing, a torch.profiler table of where the step's time goes (attention modules apart).")] = False,
-    ddp: Annotated[bool, typer.Option("--ddp", help="Run as one rank of a torchrun job: DistributedDataParallel training steps (NCCL on CUDA, gloo on CPU); rank 0 prints the report.")] = False,
-    nproc: Annotated[int | None, typer.Option(help="Start N ranks on this machine with torch.distributed's launcher and profile DDP training steps.", show_default=False)] = None,
-    bucket_cap_mb: Annotated[float | None, typer.Option(help="DDP gradient bucket size in MB, default DDP's 25 (--ddp, --nproc).", show_default=False)] = None,
-    static_graph: Annotated[bool, typer.Option("--static-graph", help="DDP static_graph=True (--ddp, --nproc).")] = False,
-    gradient_as_bucket_view: Annotated[bool, typer.Option("--gradient-as-bucket-view", help="DDP gradient_as_bucket_view=True: gradients live in the all-reduce buckets (--ddp, --nproc).")] = False,
-    sync_bn: Annotated[bool, typer.Option("--sync-bn", help="BatchNorm as SyncBatchNorm, GPUs only (--ddp, --nproc).")] = False,
-    timeout: Annotated[float | None, typer.Option(help="Seconds a rendezvous or a collective may wait before the job fails, default 300 (--ddp, --nproc).", show_default=False)] = None,
+    spec: Annotated[str, typer.Argument(metavar="SPEC", help="Spec YAML file or preset name (see `ecacli specs`).")] = DEFAULT_SPEC,
+    device: Annotated[str, typer.Option(metavar="DEVICE", help="cpu, cuda, cuda:N, mps, or auto (CUDA, MPS, CPU).")] = "auto",
+    batch: Annotated[int | None, typer.Option(metavar="N", help=f"Images per step (default {BATCH}; {CPU_BATCH} on CPU).", show_default=False)] = None,
+    input_size: Annotated[int | None, typer.Option(metavar="PX", help="Input side in pixels (default: the spec's).", show_default=False)] = None,
+    dtype: Annotated[str, typer.Option(metavar="DTYPE", help="float32, or bfloat16 / float16 under autocast.")] = "float32",
+    channels_last: Annotated[bool, typer.Option("--channels-last", help="Model and input in channels_last.")] = False,
+    compile_model: Annotated[bool, typer.Option("--compile", help="torch.compile the model (compile time apart).")] = False,
+    mode: Annotated[str, typer.Option(metavar="MODE", help="train (forward, backward, SGD step) or eval.")] = "train",
+    warmup: Annotated[int | None, typer.Option(metavar="N", help=f"Untimed steps per model, at most (default {WARMUP}).", show_default=False)] = None,
+    iters: Annotated[int | None, typer.Option(metavar="N", help=f"Timed steps per model, at most (default {ITERS}).", show_default=False)] = None,
+    seconds: Annotated[float | None, typer.Option(metavar="S", help=f"Time budget (default: none; on CPU {CPU_SECONDS:g} s\nunless --warmup or --iters is given).", show_default=False)] = None,
+    seed: Annotated[int, typer.Option(metavar="N", help="Seed for weights, input and labels.")] = 0,
+    threads: Annotated[int | None, typer.Option(metavar="N", help="CPU threads (default: torch's choice).", show_default=False)] = None,
+    cudnn_benchmark: Annotated[bool, typer.Option("--cudnn-benchmark", help="CUDA: torch.backends.cudnn.benchmark.")] = False,
+    baseline: Annotated[bool, typer.Option("--baseline", help="Also time the plain twin (no attention), interleaved.")] = False,
+    show_breakdown: Annotated[bool, typer.Option("--breakdown", help="Then show where the step's time goes.")] = False,
+    ddp: Annotated[bool, typer.Option("--ddp", help="Run as one rank of a torchrun job (DDP steps).")] = False,
+    nproc: Annotated[int | None, typer.Option(metavar="N", help="Start N DDP ranks on this machine.", show_default=False)] = None,
+    bucket_cap_mb: Annotated[float | None, typer.Option(metavar="MB", help="DDP gradient bucket size (default 25).", show_default=False)] = None,
+    static_graph: Annotated[bool, typer.Option("--static-graph", help="DDP static_graph=True.")] = False,
+    gradient_as_bucket_view: Annotated[bool, typer.Option("--gradient-as-bucket-view", help="DDP gradient_as_bucket_view=True.")] = False,
+    sync_bn: Annotated[bool, typer.Option("--sync-bn", help="DDP: SyncBatchNorm (GPUs only).")] = False,
+    timeout: Annotated[float | None, typer.Option(metavar="S", help="DDP: seconds a collective may wait (default 300).", show_default=False)] = None,
     overrides: SetOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Time forward, backward and whole steps of a spec's model; images/s, FLOPs, peak memory, ECA overhead."""
+    """Time a spec's model: step times, images/s, FLOPs, peak memory.
+
+    Forward, backward and optimizer step are timed separately, interleaved with the plain twin
+    under --baseline (the ECA overhead). Every figure is a median with its p10-p90 spread; one
+    measured over too few steps or with too wide a spread is flagged with what to change. On a
+    CPU the defaults are smaller (see --batch and --seconds), so a run takes about a minute.
+    """
     model_spec = load_spec_arg(spec, overrides)
     from ecacli.profiling import ProfileConfig, without_attention
     from ecacli.profiling import profile as run_profile
     from ecacli.profiling.device import default_device
 
+    device = default_device() if device == "auto" else device
+    on_cpu = device.partition(":")[0] == "cpu"
+    if on_cpu and seconds is None and warmup is None and iters is None:
+        seconds = CPU_SECONDS
     config = ProfileConfig(
-        device=default_device() if device == "auto" else device,
-        batch=batch,
+        device=device,
+        batch=batch if batch is not None else CPU_BATCH if on_cpu else BATCH,
         input_size=input_size,
         dtype=dtype,
         channels_last=channels_last,
         compile=compile_model,
         mode=mode,  # type: ignore[arg-type]
-        warmup=warmup,
-        iters=iters,
+        warmup=WARMUP if warmup is None else warmup,
+        iters=ITERS if iters is None else iters,
         seed=seed,
         threads=threads,
         cudnn_benchmark=cudnn_benchmark,
