@@ -74,6 +74,7 @@ def _render(rows, time: bool, overrides: list[str]) -> None:
         STACKED_COLUMNS,
         STACKED_NUMERIC,
         TABLE_COLUMNS,
+        imprecise_note,
         measured_cells,
         stacked_cells,
         table_cells,
@@ -87,6 +88,9 @@ def _render(rows, time: bool, overrides: list[str]) -> None:
     if time:
         measured = rows[0].measured
         notes.append(f"measured: {measured['device']}, batch {measured['batch']}, training steps interleaved; step / first: median (p10-p90) of per-round ratios")
+        imprecise = imprecise_note(rows)
+        if imprecise:
+            notes.append(imprecise)
     measured = [True] * len(MEASURED_COLUMNS) if time else []
     wide = TableSpec(title, TABLE_COLUMNS + (MEASURED_COLUMNS if time else []),
                      [table_cells(row) + (measured_cells(row) if time else []) for row in rows], NUMERIC_COLUMNS + measured, caption="; ".join(notes))

@@ -23,6 +23,7 @@ from ecacli.errors import Interrupted, UserError
 
 if TYPE_CHECKING:
     from ecacli.profiling import ModelProfile, ProfileReport, Stats
+    from ecacli.profiling.precision import Precision
     from ecacli.profiling.breakdown import Breakdown
     from ecacli.profiling.distributed import DataParallelReport
 
@@ -131,7 +132,13 @@ def json_report(report: ProfileReport, baseline: bool) -> dict[str, Any]:
             data[key] = ratio.to_dict() if ratio else None
     if report.breakdown is not None:
         data["breakdown"] = report.breakdown.to_dict()
+    data["precision"] = {key: p.to_dict() for key, p in _precision(report, baseline).items()}
     return data
+
+
+def _precision(report: ProfileReport, baseline: bool) -> dict[str, Precision]:
+    """The rule's verdict on the figures a reader takes away: the step time and, with --baseline, the ECA / plain ratio."""
+    return report.precision(MODEL_LABEL, BASELINE_LABEL if baseline else None)
 
 
 def _fmt_ms(stats: Stats | None, stacked: bool = False) -> str:
@@ -208,6 +215,7 @@ def _steps_table(report: ProfileReport, baseline: bool, stacked: bool) -> TableS
 
 def _render(report: ProfileReport, baseline: bool) -> None:
     from rich.panel import Panel
+    from rich.text import Text
 
     out = console()
     first = report.models[0]
@@ -215,6 +223,8 @@ def _render(report: ProfileReport, baseline: bool) -> None:
     print_table(out, _steps_table(report, baseline, stacked=False), _steps_table(report, baseline, stacked=True))
     out.print("FLOPs: torch.utils.flop_counter (2 per multiply-add, convolutions and matmuls only); achieved = FLOPs per step / median step time.")
     out.print(f"Peak memory: resident tensors (weights, buffers, optimizer state, batch) + the step's peak: {report.header['memory_measure']}.")
+    for precision in _precision(report, baseline).values():
+        out.print(Text(f"Precision, {precision.note()}", style="" if precision.trusted else "bold"))
     if report.breakdown is not None:
         _render_breakdown(report.breakdown)
     if report.interrupted:
