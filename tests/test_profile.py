@@ -23,7 +23,7 @@ from ecacli.errors import UserError
 from ecacli.models import build_model
 from ecacli.profiling import OutOfMemory, ProfileConfig, Stats, count_flops, profile, runner, without_attention
 from ecacli.layers import tail
-from ecacli.profiling.breakdown import ATTENTION, FUSED, PART_NAMES, attention_ranges, breakdown
+from ecacli.profiling.breakdown import ATTENTION, FUSED, FUSED_PLAIN, PART_NAMES, PLAIN_BLOCK_OPS, attention_ranges, breakdown
 from ecacli.profiling.device import CudaEventTimer, resolve_device
 from ecacli.profiling.report import prepare
 from ecacli.spec import ResNetSpec
@@ -212,10 +212,24 @@ def test_bad_requests_are_user_errors(options, message):
     assert message in str(caught.value) and caught.value.exit_code == 2
 
 
-@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message where CUDA is missing")
-def test_cuda_missing_says_which_torch():
-    with pytest.raises(UserError, match=re.escape(f"CUDA is not available; the installed torch {torch.__version__}")):
+@pytest.mark.parametrize(
+    ("cuda_build", "available", "count", "reason"),
+    [
+        (None, False, 0, "has no CUDA support; a GPU needs a CUDA build of torch"),
+        ("12.4", False, 0, "(CUDA 12.4) supports CUDA but finds no GPU (torch.cuda.is_available() is False)"),
+        ("12.4", True, 0, "(CUDA 12.4) supports CUDA but finds no GPU"),
+    ],
+    ids=["cpu-only build", "cuda build, no driver", "cuda build, no device"],
+)
+def test_cuda_missing_says_whether_torch_or_the_gpu_is_missing(monkeypatch, cuda_build, available, count, reason):
+    monkeypatch.setattr(torch.version, "cuda", cuda_build)
+    monkeypatch.setattr(torch.version, "hip", None, raising=False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: available)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: count)
+    with pytest.raises(UserError) as caught:
         resolve_device("cuda")
+    assert str(caught.value).startswith(f"--device 'cuda': the installed torch {torch.__version__}")
+    assert reason in str(caught.value) and str(caught.value).endswith(" Use --device cpu.")
 
 
 def test_cuda_event_timer_phases(monkeypatch):
@@ -265,6 +279,12 @@ def test_breakdown_separates_attention(impl, monkeypatch):
     assert {("forward", part), ("backward", part), ("optimizer", "other")} <= phases
     assert not {g.part for g in mine.groups} & {PART_NAMES[FUSED if impl == "reference" else ATTENTION]}
     assert 0 < mine.attention_share < 1 and plain.attention_share == 0
+    if impl == "fast":  # the fused tails' BN, add and ReLU are a plain block's work: apart from ECA's
+        assert {("forward", PART_NAMES[FUSED_PLAIN]), ("backward", PART_NAMES[FUSED_PLAIN])} <= phases and 0 < mine.plain_tail_share < 1
+    else:
+        assert mine.plain_tail_share == 0
+    eca_ops = {name for name, share in ((o.name, o.attention_ms_per_step) for o in mine.ops) if share > 0}
+    assert not eca_ops & PLAIN_BLOCK_OPS - {"aten::add", "aten::add_"}, eca_ops  # no BN or ReLU counted as ECA's (the module path's gate may add)
     assert mine.spec == spec.name
 
 
@@ -330,7 +350,7 @@ def test_python_m_table(tiny_yaml):
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        pytest.param(["--device", "cuda"], "CUDA is not available", marks=pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA exists")),
+        pytest.param(["--device", "cuda"], "--device 'cuda': the installed torch", marks=pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA exists")),
         (["--device", "cpu", "--baseline", "--set", "attention.type=none"], "has no attention already"),
         (["--device", "tpu"], "is not a device"),
         (["--batch", "0"], "--batch must be a positive integer"),

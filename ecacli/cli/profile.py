@@ -235,15 +235,23 @@ def _render(report: ProfileReport, baseline: bool) -> None:
 def _render_breakdown(b: Breakdown) -> None:
     out = console()
     groups = [[g.phase, g.part, f"{g.ms_per_step:.2f}", f"{g.share:.1%}"] for g in b.groups]
-    groups.append(["whole step", "attention + fused tails", f"{b.attention_share * b.total_ms_per_step:.2f}", f"{b.attention_share:.1%}"])
-    styles = [None] * (len(groups) - 1) + ["bold"]
+    styles: list[str | None] = [None] * len(groups)
+    groups.append(["whole step", "what ECA adds", f"{b.attention_share * b.total_ms_per_step:.2f}", f"{b.attention_share:.1%}"])
+    styles.append("bold")
+    if b.plain_tail_share:
+        groups.append(["whole step", "BN, add, ReLU in fused tails", f"{b.plain_tail_share * b.total_ms_per_step:.2f}", f"{b.plain_tail_share:.1%}"])
+        styles.append(None)
     title = f"Where the step's time goes ({b.clock}, {b.steps} profiled eager steps of {b.spec})"
     print_table(out, TableSpec(title, ["phase", "part", "ms/step", "share"], groups, [False, False, True, True], row_styles=styles))
     ops = [[o.name, f"{o.ms_per_step:.2f}", f"{o.share:.1%}", f"{o.attention_ms_per_step:.2f}"] for o in b.ops]
-    wide = TableSpec("Top operators by self time", ["operator", "ms/step", "share", "in attention ms/step"], ops, [False, True, True, True])
-    narrow = TableSpec("Top operators by self time", ["operator", "ms/step", "share", "in attention\nms/step"], ops, [False, True, True, True])
+    wide = TableSpec("Top operators by self time", ["operator", "ms/step", "share", "ECA's ms/step"], ops, [False, True, True, True])
+    narrow = TableSpec("Top operators by self time", ["operator", "ms/step", "share", "ECA's\nms/step"], ops, [False, True, True, True])
     print_table(out, wide, narrow)
-    out.print("A fused tail is a block's BN, gate, residual add and ReLU in one step (its last conv and shortcut excluded). Profiler overhead inflates these times; read the shares.")
+    out.print(
+        "What ECA adds: attention modules (pool, gate conv, sigmoid, multiply) and ECA's share of fused tails. "
+        "A fused tail runs a block's BN, gate, residual add and ReLU in one step; its BN, add and ReLU, "
+        "which a plain block runs too, are shown apart. Profiler overhead inflates these times; read the shares."
+    )
 
 
 def ddp_json_report(report: DataParallelReport, baseline: bool) -> dict[str, Any]:
