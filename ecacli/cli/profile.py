@@ -166,7 +166,16 @@ def _fmt_rate(value: float | None, unit: str) -> str:
     return f"{value:.2f} {unit}"
 
 
-def _header_text(report: ProfileReport | DataParallelReport, warmup_steps: int, timed_steps: int) -> str:
+def tail_text(paths: dict[str, int]) -> str:
+    """'fused (16 blocks)', or 'module 3, fused 13 (16 blocks)'; 'no residual blocks' for a model without any."""
+    total = sum(paths.values())
+    if not total:
+        return "no residual blocks"
+    counts = next(iter(paths)) if len(paths) == 1 else ", ".join(f"{path} {n}" for path, n in sorted(paths.items(), key=lambda item: -item[1]))
+    return f"{counts} ({total} block{'s' if total != 1 else ''})"
+
+
+def _header_text(report: ProfileReport | DataParallelReport, warmup_steps: int, timed_steps: int, tail_paths: dict[str, int] | None = None) -> str:
     h = report.header
     versions = f"torch {h['torch_version']}" + (f", CUDA {h['cuda_version']}" if h["cuda_version"] else "") + (f", cuDNN {h['cudnn_version']}" if h["cudnn_version"] else "")
     cuda = f"; cudnn.benchmark {h['cudnn_benchmark']}, TF32 matmul {h['tf32_matmul']}, TF32 cuDNN {h['tf32_cudnn']}" if h["cudnn_version"] else ""
@@ -179,6 +188,7 @@ def _header_text(report: ProfileReport | DataParallelReport, warmup_steps: int, 
             f"step          {h['mode']}: {h['step']}",
             f"timing        {h['timer']}; {warmup_steps} warm-up + {timed_steps} timed steps per model{budget}, seed {h['seed']}",
         ]
+        + ([f"tail          {tail_text(tail_paths)}, in the first warm-up step"] if tail_paths is not None else [])
     )
 
 
@@ -219,7 +229,7 @@ def _render(report: ProfileReport, baseline: bool) -> None:
 
     out = console()
     first = report.models[0]
-    out.print(Panel(_header_text(report, first.warmup_steps, first.step_ms.n if first.step_ms else 0), title="ecacli profile", expand=False))
+    out.print(Panel(_header_text(report, first.warmup_steps, first.step_ms.n if first.step_ms else 0, first.tail_paths), title="ecacli profile", expand=False))
     print_table(out, _steps_table(report, baseline, stacked=False), _steps_table(report, baseline, stacked=True))
     out.print("FLOPs: torch.utils.flop_counter (2 per multiply-add, convolutions and matmuls only); achieved = FLOPs per step / median step time.")
     out.print(f"Peak memory: resident tensors (weights, buffers, optimizer state, batch) + the step's peak: {report.header['memory_measure']}.")
