@@ -113,6 +113,19 @@ def test_pt2_export_runs_in_torch_export_load_with_its_metadata(tmp_path):
         assert_matches(program.module()(x), eager(TINY, x))
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("suffix", [".onnx", ".pt2", ".ts"])
+@pytest.mark.parametrize(("num_classes", "output"), [(5, "logits"), (0, "features")], ids=["classifier", "headless"])
+def test_every_graph_format_names_input_and_output_alike_and_stores_the_size_it_was_exported_at(tmp_path, suffix, num_classes, output):
+    if suffix == ".onnx":
+        pytest.importorskip("onnxruntime")
+    path = tmp_path / f"tiny{suffix}"
+    export_model(ResNetSpec.model_validate({**TINY, "num_classes": num_classes}), path, seed=0, input_size=48)
+    described = describe_graph(path, graph_format_of(path))
+    assert [t.name for t in described.inputs] == ["input"] and [t.name for t in described.outputs] == [output]
+    assert described.spec.input_size == 48 and described.spec.num_classes == num_classes  # not the spec's 64
+
+
 def test_torchscript_export_runs_in_torch_jit_load_at_any_shape(tmp_path):
     path = tmp_path / "tiny.ts"
     result = export_model(ResNetSpec.model_validate(TINY), path, seed=0)

@@ -21,7 +21,7 @@ from pathlib import Path
 from ecacli.checkpoints import SPEC_KEY
 from ecacli.checkpoints.io import MAX_CHECKPOINT_BYTES, CheckpointError, check_readable
 from ecacli.deploy.export import BATCH_AXIS, METADATA_FILE, onnx_opset
-from ecacli.deploy.formats import ONNX, PT2, TORCHSCRIPT, require
+from ecacli.deploy.formats import ONNX, PT2, TORCHSCRIPT, output_name, require
 from ecacli.errors import UserError, first_line, shown
 from ecacli.quiet import native_output_silenced
 from ecacli.spec import NetworkSpec
@@ -208,7 +208,10 @@ def describe_torchscript(path: Path, size: int) -> GraphDescription:
         len(tensors),
         sum(t.numel() for t in tensors),
     )
-    return with_spec(description, stored_metadata(path, extra[METADATA_FILE]))
+    description = with_spec(description, stored_metadata(path, extra[METADATA_FILE]))
+    if description.spec is not None and [ret.name for ret in schema.returns] == [""]:  # TorchScript names no output: ecacli's name for it
+        description.outputs[0].name = output_name(description.spec)
+    return description
 
 
 ONNX_DTYPE_NAMES = {"float": "float32", "double": "float64"}

@@ -9,11 +9,15 @@ from __future__ import annotations
 
 import zipfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ecacli.checkpoints import format_for as weight_format_for
 from ecacli.checkpoints.io import SAFETENSORS, TORCH, TORCH_SUFFIXES
 from ecacli.errors import UserError
 from ecacli.extras import MissingExtraError, require  # noqa: F401  (deploy's modules import them from here)
+
+if TYPE_CHECKING:
+    from ecacli.spec import NetworkSpec
 
 ONNX = "onnx"
 TORCHSCRIPT = "torchscript"
@@ -21,6 +25,15 @@ PT2 = "pt2"
 WEIGHT_FORMATS = (SAFETENSORS, TORCH)
 GRAPH_FORMATS = (ONNX, TORCHSCRIPT, PT2)
 FORMATS = WEIGHT_FORMATS + GRAPH_FORMATS
+
+INPUT_NAME = "input"
+"""The input tensor's name in every graph format."""
+
+
+def output_name(spec: NetworkSpec) -> str:
+    """The output tensor's name in every graph format: `logits`, or `features` for a headless model (`num_classes: 0`)."""
+    return "logits" if spec.num_classes else "features"
+
 
 NAMED_BY_SUFFIX = {".safetensors": SAFETENSORS, ".onnx": ONNX, ".ts": TORCHSCRIPT, ".torchscript": TORCHSCRIPT, ".pt2": PT2}
 """Suffixes that name one format; `.pt`, `.pth`, `.bin`, ... name a torch file, whose kind only its content tells."""
