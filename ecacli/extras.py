@@ -1,9 +1,9 @@
 """ecacli's optional extras: the modules each provides and the install command that gets them (no torch).
 
-ecacli is installed from a clone or a wheel, not from the package index, so advice such as
-"pip install" with an ecacli extra cannot work; the advice names the extra's own requirements instead,
-read from the project's pyproject.toml (a clone) or the installed distribution's metadata, so the
-version ranges are the ones declared and cannot drift.
+ecacli is installed from a clone or a wheel, not from the package index, so pip cannot fetch it
+by name with an extra. The advice names the extra's own requirements instead, read from the
+project's pyproject.toml (a clone) or the installed distribution's metadata: the version ranges
+are the ones declared and cannot drift.
 """
 
 from __future__ import annotations

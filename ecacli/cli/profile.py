@@ -23,9 +23,9 @@ from ecacli.errors import Interrupted, UserError
 
 if TYPE_CHECKING:
     from ecacli.profiling import ModelProfile, ProfileReport, Stats
-    from ecacli.profiling.precision import Precision
     from ecacli.profiling.breakdown import Breakdown
     from ecacli.profiling.distributed import DataParallelReport
+    from ecacli.profiling.precision import Precision
 
 DEFAULT_SPEC = "r50"
 BATCH, WARMUP, ITERS = 32, 5, 20
@@ -46,7 +46,7 @@ def profile(
     mode: Annotated[str, typer.Option(metavar="MODE", help="train (forward, backward, SGD step) or eval.")] = "train",
     warmup: Annotated[int | None, typer.Option(metavar="N", help=f"Untimed steps per model, at most (default {WARMUP}).", show_default=False)] = None,
     iters: Annotated[int | None, typer.Option(metavar="N", help=f"Timed steps per model, at most (default {ITERS}).", show_default=False)] = None,
-    seconds: Annotated[float | None, typer.Option(metavar="S", help=f"Time budget (default: none; on CPU {CPU_SECONDS:g} s\nunless --warmup or --iters is given).", show_default=False)] = None,
+    seconds: Annotated[float | None, typer.Option(metavar="S", help=f"Time budget (default: none; on CPU {CPU_SECONDS:g} s unless --warmup or --iters is given).", show_default=False)] = None,
     seed: Annotated[int, typer.Option(metavar="N", help="Seed for weights, input and labels.")] = 0,
     threads: Annotated[int | None, typer.Option(metavar="N", help="CPU threads (default: torch's choice).", show_default=False)] = None,
     cudnn_benchmark: Annotated[bool, typer.Option("--cudnn-benchmark", help="CUDA: torch.backends.cudnn.benchmark.")] = False,
