@@ -167,10 +167,8 @@ def _fmt_rate(value: float | None, unit: str) -> str:
 
 
 def tail_text(paths: dict[str, int]) -> str:
-    """'fused (16 blocks)', or 'module 3, fused 13 (16 blocks)'; 'no residual blocks' for a model without any."""
+    """'fused (16 blocks)', or 'fused 13, module 3 (16 blocks)': block calls per tail path."""
     total = sum(paths.values())
-    if not total:
-        return "no residual blocks"
     counts = next(iter(paths)) if len(paths) == 1 else ", ".join(f"{path} {n}" for path, n in sorted(paths.items(), key=lambda item: -item[1]))
     return f"{counts} ({total} block{'s' if total != 1 else ''})"
 
@@ -229,7 +227,7 @@ def _render(report: ProfileReport, baseline: bool) -> None:
 
     out = console()
     first = report.models[0]
-    out.print(Panel(_header_text(report, first.warmup_steps, first.step_ms.n if first.step_ms else 0, first.tail_paths), title="ecacli profile", expand=False))
+    out.print(Panel(_header_text(report, first.warmup_steps, first.step_ms.n if first.step_ms else 0, first.tail_paths or None), title="ecacli profile", expand=False))
     print_table(out, _steps_table(report, baseline, stacked=False), _steps_table(report, baseline, stacked=True))
     out.print("FLOPs: torch.utils.flop_counter (2 per multiply-add, convolutions and matmuls only); achieved = FLOPs per step / median step time.")
     out.print(f"Peak memory: resident tensors (weights, buffers, optimizer state, batch) + the step's peak: {report.header['memory_measure']}.")
