@@ -20,6 +20,7 @@ from ecacli.cli.common import (
     progress_callback,
 )
 from ecacli.errors import Interrupted, UserError
+from ecacli.reports.compare import IMPRECISE_MARK
 
 if TYPE_CHECKING:
     from ecacli.profiling import ModelProfile, ProfileReport, Stats
@@ -212,11 +213,13 @@ def _steps_table(report: ProfileReport, baseline: bool, stacked: bool) -> TableS
     if baseline:
         headers.append(f"{report.model(MODEL_LABEL).attention} / none,{chr(10) if stacked else ' '}per round")
     columns = [_model_rows(report.model(label), stacked) for label in labels]
+    imprecise = {key: not p.trusted for key, p in _precision(report, baseline).items()}
     rows = []
     for i, (name, _) in enumerate(columns[0]):
         cells = [name] + [rows_of[i][1] for rows_of in columns]
         if baseline:
-            cells.append(_fmt_ratio(report.ratio(MODEL_LABEL, BASELINE_LABEL, name), stacked) if name in PHASES else "")
+            ratio = _fmt_ratio(report.ratio(MODEL_LABEL, BASELINE_LABEL, name), stacked) if name in PHASES else ""
+            cells.append(ratio.replace("x", "x" + IMPRECISE_MARK, 1) if name == "step" and imprecise.get("ratio") else ratio)
         rows.append(cells)
     return TableSpec("median (p10 - p90) per step", headers, rows, [False] + [True] * (len(headers) - 1))
 
@@ -231,8 +234,9 @@ def _render(report: ProfileReport, baseline: bool) -> None:
     print_table(out, _steps_table(report, baseline, stacked=False), _steps_table(report, baseline, stacked=True))
     out.print("FLOPs: torch.utils.flop_counter (2 per multiply-add, convolutions and matmuls only); achieved = FLOPs per step / median step time.")
     out.print(f"Peak memory: resident tensors (weights, buffers, optimizer state, batch) + the step's peak: {report.header['memory_measure']}.")
-    for precision in _precision(report, baseline).values():
-        out.print(Text(f"Precision, {precision.note()}", style="" if precision.trusted else "bold"))
+    for key, precision in _precision(report, baseline).items():
+        mark = f"{IMPRECISE_MARK} " if key == "ratio" and not precision.trusted else ""
+        out.print(Text(f"{mark}Precision, {precision.note()}", style="" if precision.trusted else "bold"))
     if report.breakdown is not None:
         _render_breakdown(report.breakdown)
     if report.interrupted:
