@@ -2,7 +2,7 @@
 
 `fpn_backbone` returns a torchvision `BackboneWithFPN`, so `FasterRCNN(fpn_backbone("r50"), num_classes=91)`,
 `MaskRCNN` and `RetinaNet` take it as they take `resnet_fpn_backbone`'s. Needs torchvision
-(`pip install "ecacli[vision]"`).
+(the `vision` extra; `ecacli.extras.install_command("vision")` gives the pip command).
 """
 
 from __future__ import annotations
@@ -21,7 +21,9 @@ try:
     from torchvision.models.detection.backbone_utils import BackboneWithFPN
     from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 except ImportError as error:
-    raise ImportError("ecacli.backbones builds on torchvision's detection parts; install them with `pip install 'ecacli[vision]'`.") from error
+    from ecacli.extras import install_command
+
+    raise ImportError(f"ecacli.backbones builds on torchvision's detection parts; install them with: {install_command('vision')}") from error
 
 FPN_CHANNELS = 256
 

@@ -138,9 +138,9 @@ def timm_weights_file(preset: str) -> Path:
             f"pretrained=\"{TIMM}\": timm publishes no weights for '{preset}'; presets with timm weights: {', '.join(TIMM_WEIGHTS)}. "
             "For other weights give pretrained=PATH to a checkpoint file."
         )
-    from ecacli.deploy.formats import EXTRAS, require
+    from ecacli.extras import EXTRA_MODULES, require
 
-    require(EXTRAS["hub"], f"pretrained=\"{TIMM}\"", "hub")
+    require(EXTRA_MODULES["hub"], f"pretrained=\"{TIMM}\"", "hub")
     from huggingface_hub import constants, hf_hub_download
 
     offline = constants.HF_HUB_OFFLINE

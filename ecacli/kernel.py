@@ -144,6 +144,3 @@ def table_widths(low: int, high: int) -> list[int]:
     return sorted(widths)
 
 
-def se_params(channels: int, reduction: int = 16) -> int:
-    """Weights of an SE block's two bias-free FC layers at reduction r: 2 * C^2 / r (for scale)."""
-    return 2 * channels * (channels // reduction)

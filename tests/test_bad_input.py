@@ -34,7 +34,7 @@ import ecacli
 from ecacli.atomic import check_writable
 from ecacli.checkpoints import CheckpointError, load_model, new_model, open_checkpoint, save_checkpoint
 from ecacli.checkpoints.io import sniff_container
-from ecacli.deploy.formats import installed
+from ecacli.extras import installed
 from ecacli.errors import SpecError, UserError
 from ecacli.kernel import kernel_size
 from ecacli.spec import ATTENTION_TYPES, Reported, ResNetSpec
@@ -298,7 +298,7 @@ def test_the_kernel_rule_raises_value_error_naming_gamma_and_b():
     [
         (["ksize", "64", "--b", "1e308", "--gamma", "0.1"], "error: --b must be a finite number from -64 to 64 (as in a spec), got 1e+308."),
         (["ksize", "64", "--gamma", "1e308"], "error: --gamma must be a finite number of at least 0.05 and at most 64, got 1e+308."),
-        (["export", "r18", "-o", "x.pt", "--seed", str(2**64)], "'--seed'"),
+        (["export", "r18", "-o", "x.pt", "--seed", str(2**64)], "error: --seed must be an integer from 0 to 2**64 - 1, got 18446744073709551616."),
         (["profile", "r18", "--device", "cpu", "--batch", str(2**64)], "error: --batch must be a positive integer, got 18446744073709551616 (at most 65,536)."),
         (["profile", "r18", "--device", "cpu", "--seed", str(2**64)], "error: --seed must be an integer from 0 to 2**64 - 1, got 18446744073709551616."),
         (["profile", "r18", "--device", "cpu", "--threads", str(2**40)], f"error: --threads must be from 1 to {4 * (os.cpu_count() or 1):,} (4 per CPU core of this machine's {os.cpu_count() or 1}), got 1099511627776."),

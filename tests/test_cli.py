@@ -66,7 +66,19 @@ def test_ksize_channels_range(cli):
     assert [(r["channels"], r["k"]) for r in rows] == [(64, 3), (128, 5), (256, 5), (512, 5), (1024, 5), (2048, 7)]
     assert rows[1]["k_constant_from"] == 128 and rows[1]["k_constant_to"] == 2047
     assert (rows[0]["k_constant_from"], rows[-1]["k_constant_to"]) == (8, 32767)  # whole runs, not clipped to the range
-    assert rows[0]["se_params_r16"] == 512 and rows[0]["eca_params"] == 3
+    assert rows[0]["se_params_r16"] == 64 * 8 + 8 + 8 * 64 + 64 and rows[0]["eca_params"] == 3  # r=16 gives 4, rounded up to 8; both biases
+    assert rows[-1]["se_params_r16"] == 2 * 2048 * 128 + 128 + 2048
+
+
+def test_ksize_counts_an_se_block_as_compare_does():
+    """The SE column is what compare counts for `attention.type=se`: R-50's SE parameters are its blocks' SE counts at their output widths."""
+    from ecacli.cli.ksize import width_row
+    from ecacli.reports.compare import compare_specs
+    from ecacli.spec_loader import load_spec
+
+    (row,) = compare_specs([load_spec("r50", ["attention.type=se"])])
+    per_width = {c: width_row(c, 2.0, 1.0)["se_params_r16"] for c in (256, 512, 1024, 2048)}
+    assert row.attention_params == 3 * per_width[256] + 4 * per_width[512] + 6 * per_width[1024] + 3 * per_width[2048]
 
 
 def test_ksize_table_lists_exact_runs(cli):

@@ -74,7 +74,7 @@ def test_plot_without_matplotlib_says_how_to_install(tmp_path, monkeypatch):
 
     monkeypatch.setitem(sys.modules, "matplotlib", None)
     rows = compare_specs([load_spec("r50_k3557")])
-    with pytest.raises(UserError, match=r"pip install 'ecacli\[plot\]'"):
+    with pytest.raises(UserError, match=r'^--plot needs matplotlib, not installed here\. Install them with: pip install "matplotlib>=3\.7"$'):
         plot_params_vs(rows, "top1", tmp_path / "x.png")
 
 
@@ -94,7 +94,26 @@ def test_compare_time_measures_every_spec_interleaved(cli):
         assert m["device"] == "cpu" and m["batch"] == 2
         assert m["step_ms"] >= m["forward_ms"] > 0
         assert m["images_per_s"] == pytest.approx(2 / (m["step_ms"] / 1000), rel=1e-6)
-    assert rows[0]["measured"]["step_ratio_to_first"] == 1.0
+    assert rows[0]["measured"]["step_ratio_to_first"] == 1.0 and rows[0]["measured"]["precision"] is None  # a spec against itself
+    precision = rows[1]["measured"]["precision"]
+    assert (precision["samples"], precision["trusted"], precision["problems"][0]) == (2, False, "2 samples, under 10")
+    assert "a larger --iters" in precision["advice"]
+
+
+def test_an_imprecise_ratio_is_marked_and_explained(monkeypatch, capsys):
+    from ecacli.cli.compare import _render
+    from ecacli.profiling.precision import assess
+    from ecacli.profiling.stats import Stats
+
+    rows = compare_specs([load_spec("r18"), load_spec("r50")])
+    verdict = assess("step ratio", Stats.of([1.9, 2.1, 2.0]), more_samples="--iters")
+    for row, ratio in zip(rows, (None, verdict)):
+        row.measured = {"device": "cpu", "batch": 1, "forward_ms": 10.0, "step_ms": 30.0, "step_ratio_to_first": 2.0, "step_ratio_p10": 1.9,
+                        "step_ratio_p90": 2.1, "precision": ratio.to_dict() if ratio else None, "images_per_s": 33.3, "peak_memory_bytes": 10**8}
+    monkeypatch.setenv("COLUMNS", "200")
+    _render(rows, True, [])
+    out = capsys.readouterr().out
+    assert "2.000? (1.900-2.100)" in out and "? not precise (r50: 3 samples, under 10). Try more samples (a larger --iters)." in out
 
 
 def test_timing_options_without_time_are_refused(cli):

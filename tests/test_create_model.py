@@ -156,7 +156,7 @@ def test_presets_without_timm_weights_say_which_have_them():
 
 def test_without_huggingface_hub_the_hub_extra_is_named(monkeypatch):
     monkeypatch.setitem(sys.modules, "huggingface_hub", None)
-    with pytest.raises(MissingExtraError, match=r'huggingface_hub.*ecacli\[hub\]'):
+    with pytest.raises(MissingExtraError, match=r'huggingface_hub.*Install them with: pip install "huggingface_hub>=0.34"$'):
         create_model("ecaresnet50d", pretrained="timm")
 
 

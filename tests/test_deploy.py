@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 import re
 import warnings
 import zipfile
@@ -25,14 +26,15 @@ from ecacli.models import build_model
 from ecacli.deploy import ExportError, ExportRequest, MissingExtraError, export_model
 from ecacli.deploy import export as deploy_export
 from ecacli.deploy.describe import describe_graph
-from ecacli.deploy import formats
 from ecacli.deploy.formats import graph_format_of
+from ecacli import extras
 from ecacli.errors import OutOfMemory, UserError
 from ecacli.spec import MobileNetV2Spec, ResNetSpec
 from ecacli.spec_loader import spec_from_data
 
 TINY = {"name": "tiny", "layers": [1, 1, 1, 1], "block": "bottleneck", "width": 8, "num_classes": 5, "input_size": 64}
 PLAIN = {**TINY, "name": "tiny_plain", "attention": {"type": "none"}}
+ONNX_INSTALL = extras.install_command("onnx")  # its exact text: tests/test_extras.py
 
 pytestmark = [
     pytest.mark.usefixtures("one_thread"),
@@ -109,6 +111,19 @@ def test_pt2_export_runs_in_torch_export_load_with_its_metadata(tmp_path):
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
         assert_matches(program.module()(x), eager(TINY, x))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("suffix", [".onnx", ".pt2", ".ts"])
+@pytest.mark.parametrize(("num_classes", "output"), [(5, "logits"), (0, "features")], ids=["classifier", "headless"])
+def test_every_graph_format_names_input_and_output_alike_and_stores_the_size_it_was_exported_at(tmp_path, suffix, num_classes, output):
+    if suffix == ".onnx":
+        pytest.importorskip("onnxruntime")
+    path = tmp_path / f"tiny{suffix}"
+    export_model(ResNetSpec.model_validate({**TINY, "num_classes": num_classes}), path, seed=0, input_size=48)
+    described = describe_graph(path, graph_format_of(path))
+    assert [t.name for t in described.inputs] == ["input"] and [t.name for t in described.outputs] == [output]
+    assert described.spec.input_size == 48 and described.spec.num_classes == num_classes  # not the spec's 64
 
 
 def test_torchscript_export_runs_in_torch_jit_load_at_any_shape(tmp_path):
@@ -235,10 +250,10 @@ def test_an_existing_file_is_kept_without_force(tmp_path):
 
 
 def test_onnx_without_the_extra_names_the_install_line(tmp_path, monkeypatch):
-    monkeypatch.setattr(formats, "installed", lambda name, real=formats.installed: name != "onnxruntime" and real(name))
+    monkeypatch.setattr(extras, "installed", lambda name, real=extras.installed: name != "onnxruntime" and real(name))
     with pytest.raises(MissingExtraError) as refusal:
         ExportRequest.resolve(tmp_path / "m.onnx")
-    assert str(refusal.value) == '--format onnx needs onnxruntime, not installed here. Install the extra: pip install "ecacli[onnx]"'
+    assert str(refusal.value) == f"--format onnx needs onnxruntime, not installed here. Install them with: {ONNX_INSTALL}"
     assert ExportRequest.resolve(tmp_path / "m.onnx", verify=False).format == "onnx"  # writing unchecked needs no runtime
 
 
@@ -466,9 +481,9 @@ def test_a_graph_or_a_missing_checkpoint_where_a_spec_or_checkpoint_is_read_is_r
 def test_cli_onnx_without_the_extra_gives_the_install_line(cli, tmp_path, tiny_yaml, monkeypatch):
     (tmp_path / "hide").mkdir()
     (tmp_path / "hide" / "sitecustomize.py").write_text("import sys\nsys.modules['onnxruntime'] = None\n")
-    monkeypatch.setenv("PYTHONPATH", str(tmp_path / "hide"))
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(tmp_path / "hide"), os.environ.get("PYTHONPATH")])))
     result = cli("export", str(tiny_yaml), "-o", str(tmp_path / "m.onnx"))
-    assert (result.returncode, result.stderr) == (2, 'error: --format onnx needs onnxruntime, not installed here. Install the extra: pip install "ecacli[onnx]"\n')
+    assert (result.returncode, result.stderr) == (2, f"error: --format onnx needs onnxruntime, not installed here. Install them with: {ONNX_INSTALL}\n")
     assert not (tmp_path / "m.onnx").exists()
 
 

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ecacli.kernel import _exact_log2, kernel_intervals, kernel_run, kernel_size, kernel_t, odd_up, se_params, table_widths
+from ecacli.kernel import _exact_log2, kernel_intervals, kernel_run, kernel_size, kernel_t, odd_up, table_widths
 
 # REFERENCE.md: k per run of C with gamma = 2, b = 1.
 PAPER_TABLE = [(1, 7, 1), (8, 127, 3), (128, 2047, 5), (2048, 32767, 7), (32768, 524287, 9)]
@@ -96,11 +96,6 @@ def test_rejects_non_positive_or_non_integer_channels(bad, message):
 def test_rejects_non_positive_gamma():
     with pytest.raises(ValueError, match="gamma must be positive"):
         kernel_size(64, gamma=0)
-
-
-def test_se_params_are_two_fc_layers_at_r16():
-    assert se_params(64) == 512
-    assert se_params(2048) == 2 * 2048 * 2048 // 16
 
 
 @pytest.mark.parametrize(("channels", "run"), [(64, (8, 127)), (2048, (2048, 32767)), (1, (1, 7)), (524287, (32768, 524287))])

@@ -19,12 +19,14 @@ from hypothesis import given
 from hypothesis import strategies as st
 from torch import nn
 
+from conftest import run_main
 from ecacli.errors import UserError
 from ecacli.models import build_model
 from ecacli.profiling import OutOfMemory, ProfileConfig, Stats, count_flops, profile, runner, without_attention
 from ecacli.layers import tail
-from ecacli.profiling.breakdown import ATTENTION, FUSED, PART_NAMES, attention_ranges, breakdown
+from ecacli.profiling.breakdown import ATTENTION, FUSED, FUSED_PLAIN, PART_NAMES, PLAIN_BLOCK_OPS, attention_ranges, breakdown
 from ecacli.profiling.device import CudaEventTimer, resolve_device
+from ecacli.profiling.precision import MAX_SPREAD, MIN_SAMPLES, assess
 from ecacli.profiling.report import prepare
 from ecacli.spec import ResNetSpec
 
@@ -64,6 +66,51 @@ def test_stats_order(values):
     s = Stats.of(values)
     assert s.min <= s.p10 <= s.median <= s.p90 <= s.max and s.n == len(values)
     assert s.min == min(values) and s.max == max(values)
+
+
+# --- precision ------------------------------------------------------------------------------
+
+
+def test_a_tight_figure_over_enough_samples_is_trusted():
+    verdict = assess("step time", Stats.of([100.0 + i * 0.1 for i in range(20)]))
+    assert verdict.trusted and verdict.problems == () and verdict.advice is None
+    assert verdict.note().startswith("step time: precise enough (20 samples, p10-p90 span 1.5% of the median")
+
+
+def test_a_small_or_wide_sample_is_flagged_with_what_to_change():
+    few = assess("step ratio", Stats.of([1.0, 1.01, 1.02]), more_samples="--iters")
+    assert not few.trusted and few.problems == ("3 samples, under 10",) and few.advice == "Try more samples (a larger --iters)."
+    wide = assess("step ratio", Stats.of([0.75, 1.25] * 10), more_samples="--seconds")
+    assert wide.problems == ("p10-p90 span 50% of the median, over 10%",)
+    assert wide.advice == "Try more samples (a larger --seconds), fewer threads (--threads 1 or 2) or an idle machine."
+    assert "--threads" not in assess("step ratio", Stats.of([0.75, 1.25] * 10), cpu=False).advice
+    assert wide.to_dict() | {"spread": 0.5} == {
+        "figure": "step ratio", "samples": 20, "spread": 0.5, "trusted": False, "problems": ["p10-p90 span 50% of the median, over 10%"],
+        "advice": wide.advice, "min_samples": MIN_SAMPLES, "max_spread": MAX_SPREAD,
+    }
+
+
+@given(st.lists(st.floats(min_value=1e-3, max_value=1e3), min_size=1, max_size=40))
+def test_the_rule_trusts_exactly_enough_samples_with_a_narrow_span(values):
+    stats = Stats.of(values)
+    verdict = assess("x", stats)
+    assert verdict.trusted == (stats.n >= MIN_SAMPLES and (stats.p90 - stats.p10) <= MAX_SPREAD * stats.median)
+    assert verdict.trusted == (verdict.advice is None)
+
+
+def test_a_report_states_the_precision_of_its_step_time_and_ratio(train_report):
+    report, config = train_report
+    verdicts = report.precision("model", "plain")
+    assert set(verdicts) == {"step", "ratio"} and verdicts["ratio"].samples == config.iters
+    assert not verdicts["ratio"].trusted and "a larger --iters" in verdicts["ratio"].advice  # 3 rounds, no budget
+    assert set(report.precision("model")) == {"step"}
+
+
+def test_the_first_warm_up_step_records_each_tail_path(train_report):
+    report, _ = train_report
+    assert report.model("model").tail_paths == {"fused": 4} and report.model("plain").tail_paths == {"module": 4}
+    eval_report, _ = tiny_report(mode="eval")
+    assert eval_report.model("model").tail_paths == {"module": 4}  # inference blocks this small take the module path
 
 
 # --- what a report holds ----------------------------------------------------------------------
@@ -212,10 +259,24 @@ def test_bad_requests_are_user_errors(options, message):
     assert message in str(caught.value) and caught.value.exit_code == 2
 
 
-@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message where CUDA is missing")
-def test_cuda_missing_says_which_torch():
-    with pytest.raises(UserError, match=re.escape(f"CUDA is not available; the installed torch {torch.__version__}")):
+@pytest.mark.parametrize(
+    ("cuda_build", "available", "count", "reason"),
+    [
+        (None, False, 0, "has no CUDA support; a GPU needs a CUDA build of torch"),
+        ("12.4", False, 0, "(CUDA 12.4) supports CUDA but finds no GPU (torch.cuda.is_available() is False)"),
+        ("12.4", True, 0, "(CUDA 12.4) supports CUDA but finds no GPU"),
+    ],
+    ids=["cpu-only build", "cuda build, no driver", "cuda build, no device"],
+)
+def test_cuda_missing_says_whether_torch_or_the_gpu_is_missing(monkeypatch, cuda_build, available, count, reason):
+    monkeypatch.setattr(torch.version, "cuda", cuda_build)
+    monkeypatch.setattr(torch.version, "hip", None, raising=False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: available)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: count)
+    with pytest.raises(UserError) as caught:
         resolve_device("cuda")
+    assert str(caught.value).startswith(f"--device 'cuda': the installed torch {torch.__version__}")
+    assert reason in str(caught.value) and str(caught.value).endswith(" Use --device cpu.")
 
 
 def test_cuda_event_timer_phases(monkeypatch):
@@ -265,6 +326,12 @@ def test_breakdown_separates_attention(impl, monkeypatch):
     assert {("forward", part), ("backward", part), ("optimizer", "other")} <= phases
     assert not {g.part for g in mine.groups} & {PART_NAMES[FUSED if impl == "reference" else ATTENTION]}
     assert 0 < mine.attention_share < 1 and plain.attention_share == 0
+    if impl == "fast":  # the fused tails' BN, add and ReLU are a plain block's work: apart from ECA's
+        assert {("forward", PART_NAMES[FUSED_PLAIN]), ("backward", PART_NAMES[FUSED_PLAIN])} <= phases and 0 < mine.plain_tail_share < 1
+    else:
+        assert mine.plain_tail_share == 0
+    eca_ops = {name for name, share in ((o.name, o.attention_ms_per_step) for o in mine.ops) if share > 0}
+    assert not eca_ops & PLAIN_BLOCK_OPS - {"aten::add", "aten::add_"}, eca_ops  # no BN or ReLU counted as ECA's (the module path's gate may add)
     assert mine.spec == spec.name
 
 
@@ -312,7 +379,10 @@ def test_cli_json_with_baseline(cli, tiny_yaml):
     assert data["peak_memory_bytes"] > 0 and data["flops_per_image"] > data["forward_flops_per_image"] > 0
     assert data["baseline"]["attention"] == "none" and data["overhead"]["n"] == 2
     assert data["overhead"]["min"] <= data["overhead"]["median"] <= data["overhead"]["max"]
-    assert 0 < data["breakdown"]["attention_share"] < 1
+    assert 0 < data["breakdown"]["attention_share"] < 1 and 0 < data["breakdown"]["plain_tail_share"] < 1
+    assert data["tail_paths"] == {"fused": 4} and data["baseline"]["tail_paths"] == {"module": 4}
+    assert data["precision"]["ratio"]["samples"] == 2 and data["precision"]["ratio"]["trusted"] is False
+    assert data["precision"]["ratio"]["problems"][0] == "2 samples, under 10" and "--iters" in data["precision"]["ratio"]["advice"]
     assert result.stderr == ""
 
 
@@ -324,13 +394,37 @@ def test_python_m_table(tiny_yaml):
     assert result.returncode == 0, result.stderr
     assert "forward" in result.stdout and "images/s" in result.stdout and "backward" not in result.stdout
     assert "1 CPU threads" in result.stdout and "torch " + torch.__version__ in result.stdout
+    assert "tail          module (4 blocks), in the first warm-up step" in result.stdout
+    assert "Precision, step time: not precise (2 samples, under 10" in result.stdout and "a larger --iters" in result.stdout
     assert "\x1b[" not in result.stderr  # no progress bar when stderr is not a terminal
+
+
+@pytest.mark.parametrize(
+    ("args", "batch", "warmup", "iters", "seconds"),
+    [
+        (["--device", "cpu"], 8, 5, 20, 50.0),  # about a minute for R-50 on a CPU
+        (["--device", "cpu", "--iters", "7"], 8, 5, 7, None),  # steps asked for: no budget cuts them
+        (["--device", "cpu", "--seconds", "9", "--batch", "4"], 4, 5, 20, 9.0),
+    ],
+)
+def test_cpu_defaults_are_smaller_unless_given(monkeypatch, args, batch, warmup, iters, seconds):
+    import ecacli.profiling
+
+    seen = []
+
+    def stop(entries, config, progress=None, with_breakdown=False):
+        seen.append(config)
+        raise UserError("measured nothing")
+
+    monkeypatch.setattr(ecacli.profiling, "profile", stop)
+    assert run_main("profile", "r50", *args)[0] == 2
+    assert (seen[0].batch, seen[0].warmup, seen[0].iters, seen[0].seconds) == (batch, warmup, iters, seconds)
 
 
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        pytest.param(["--device", "cuda"], "CUDA is not available", marks=pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA exists")),
+        pytest.param(["--device", "cuda"], "--device 'cuda': the installed torch", marks=pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA exists")),
         (["--device", "cpu", "--baseline", "--set", "attention.type=none"], "has no attention already"),
         (["--device", "tpu"], "is not a device"),
         (["--batch", "0"], "--batch must be a positive integer"),

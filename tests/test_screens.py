@@ -83,9 +83,9 @@ def test_compare_with_measured_timings(monkeypatch, capsys, width):
 @pytest.mark.parametrize("argv", [["ksize"], ["ksize", "--channels", "1", "4294967296"], ["ksize", "4294967296", "--gamma", "0.05", "--b", "64"], ["ksize", "--spec", "r152_k3357"], ["specs"]], ids=" ".join)
 def test_ksize_and_specs(monkeypatch, width, argv):
     out = screen(monkeypatch, width, *argv)
-    numbers = {"ksize": ["2,048", "524,288", "127"], "specs": []}[argv[0]] if len(argv) == 1 else []
+    numbers = {"ksize": ["2,048", "526,464", "127"], "specs": []}[argv[0]] if len(argv) == 1 else []
     if "4294967296" in argv and "--channels" not in argv:
-        numbers = ["4,294,967,296", "2,305,843,009,213,693,952", "1921"]
+        numbers = ["4,294,967,296", "2,305,843,013,777,096,704", "1921"]
     if "--spec" in argv:
         numbers = ["2,048", "512"]
     assert_fits(out, width, numbers)
@@ -124,9 +124,11 @@ def test_profile_tables(monkeypatch, capsys, width):
         ops=[OpRow("aten::cudnn_convolution_backward_weight_with_a_very_long_name", 1234.56, 0.34, 12.34), OpRow("aten::mm", 2.5, 0.001, 0.0)],
     )
     report = ProfileReport(HEADER, [_model("model", "eca"), _model("plain", "none")], breakdown=breakdown)
+    report.models[0].tail_paths = {"fused": 13, "module": 3}
     monkeypatch.setenv("COLUMNS", str(width))
     _render(report, baseline=True)
     out = capsys.readouterr().out
+    assert "fused 13, module 3 (16 blocks)" in " ".join(out.replace("│", " ").split())
     assert_fits(out, width, STEP_NUMBERS + ["123.46", "1.000x", "123.45", "3502.45", "1234.56", "34.0%", "12.34", fmt_bytes(123_456_789_012).split()[0]])
 
 

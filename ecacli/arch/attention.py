@@ -168,6 +168,10 @@ class SeAttention(AttentionSettings):
     def node(self, channels: int, k: int | None) -> Node | None:
         return Node(self.module_name, "SeModule", {"channels": channels, "hidden": self.hidden(channels)})
 
+    def params(self, channels: int) -> int:
+        """Parameters of one SE block over `channels` (both 1x1 convs, with their biases), as a built model and `ecacli compare` count them."""
+        return account(self.node(channels, None), [1, channels, 1, 1]).total_params
+
 
 class CbamAttention(AttentionSettings):
     """CBAM (Woo et al.): a shared MLP over avg- and max-pooled channels, then a k x k conv + BN over channel-wise mean and max."""

@@ -25,7 +25,7 @@ from ecacli.benchmarks.eca_overhead import keep_heap, measure_row, ratio_text
 from ecacli.checkpoints import new_model
 from ecacli.cli.common import fmt_bytes
 from ecacli.deploy import export_model
-from ecacli.deploy.formats import EXTRAS, require
+from ecacli.extras import EXTRA_MODULES, require
 from ecacli.errors import UserError
 from ecacli.profiling import ProfileConfig
 from ecacli.spec_loader import load_spec
@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep-heap", action=argparse.BooleanOptionalAction, default=True, help="keep freed memory in the process (glibc), as the other benchmarks do")
     args = parser.parse_args(argv)
     try:
-        require(EXTRAS["onnx"], "this benchmark", "onnx")
+        require(EXTRA_MODULES["onnx"], "this benchmark", "onnx")
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -19,6 +19,7 @@ from typing import Any
 
 import typer
 
+from ecacli.cli.common import PlainHelpCommand
 from ecacli.cli.compare import compare
 from ecacli.cli.convert import convert
 from ecacli.cli.export import export
@@ -36,6 +37,7 @@ app = typer.Typer(
     help="ECA-Net toolkit (ResNets, MobileNetV2): specs, kernel sizes, summaries, profiles, checkpoints and exports.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,
     add_completion=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
@@ -58,7 +60,7 @@ def _reporting_interrupts(command: Callable[..., Any]) -> Callable[..., Any]:
 
 
 for command in (summary, ksize, specs, validate, schema, compare, export, inspect, convert, profile):
-    app.command()(_reporting_interrupts(command))
+    app.command(cls=PlainHelpCommand)(_reporting_interrupts(command))
 
 
 def _version_callback(value: bool) -> None:
@@ -73,7 +75,9 @@ def _version_callback(value: bool) -> None:
 def _root(
     version: bool = typer.Option(False, "--version", callback=_version_callback, is_eager=True, help="Print the version and exit."),
 ) -> None:
-    """ECA-Net toolkit (ResNets, MobileNetV2): specs, kernel sizes, summaries, profiles, checkpoints and exports."""
+    """ECA-Net toolkit (ResNets, MobileNetV2): specs, kernel sizes, summaries,
+    profiles, checkpoints and exports.
+    """
 
 
 def _terminate(signum: int, frame: Any) -> None:

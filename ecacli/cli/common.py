@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
+import typer.core
 
 from ecacli.errors import UserError, describe_path
 
@@ -21,12 +22,40 @@ if TYPE_CHECKING:
 
     from ecacli.spec import NetworkSpec
 
-SpecArgument = Annotated[str, typer.Argument(help="Spec YAML file or preset name (see `ecacli specs`).", show_default=False)]
+class PlainHelpCommand(typer.core.TyperCommand):
+    """A command whose help lists each argument by its metavar, as click does (typer adds its Python type, `SPEC <str>`)."""
+
+    def format_options(self, ctx: Any, formatter: Any) -> None:
+        arguments, options = [], []
+        for param in self.get_params(ctx):
+            record = param.get_help_record(ctx)
+            if record is None:
+                continue
+            if param.param_type_name == "argument":
+                arguments.append((param.display_name_raw + ("..." if param.nargs != 1 else ""), record[1]))
+            else:
+                options.append(record)
+        for title, records in (("Arguments", arguments), ("Options", options)):
+            if records:
+                with formatter.section(title):
+                    formatter.write_dl(records)
+
+
+MAX_SEED = 2**64 - 1
+
+
+def check_seed(seed: int | None) -> None:
+    """Refuse a --seed outside 0 to 2**64 - 1 (the range torch's generators take)."""
+    if seed is not None and not 0 <= seed <= MAX_SEED:
+        raise UserError(f"--seed must be an integer from 0 to 2**64 - 1, got {seed}.")
+
+
+SpecArgument = Annotated[str, typer.Argument(metavar="SPEC", help="Spec YAML file or preset name (see `ecacli specs`).", show_default=False)]
 SetOption = Annotated[
     list[str] | None,
-    typer.Option("--set", help="Override a spec value, KEY.PATH=VALUE (YAML value); repeatable, e.g. --set attention.k_size=3.", show_default=False),
+    typer.Option("--set", metavar="KEY=VALUE", help="Override a spec value (YAML), e.g. attention.k_size=3; repeatable.", show_default=False),
 ]
-JsonOption = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON instead of tables.")]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")]
 
 
 def input_path(text: str, what: str) -> Path:

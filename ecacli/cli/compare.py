@@ -12,22 +12,26 @@ from ecacli.spec import check_input_size
 
 
 def compare(
-    specs: Annotated[list[str], typer.Argument(help="Spec files or preset names; deltas are against the first.", show_default=False)],
-    input_size: Annotated[int | None, typer.Option(help="Square input side in pixels (default: each spec's).", show_default=False)] = None,
-    time: Annotated[bool, typer.Option("--time", help="Also measure forward and training-step time and peak memory, interleaved across the specs (as `ecacli profile`).")] = False,
-    batch: Annotated[int, typer.Option(help="With --time: images per timed step (mult-adds are always per image).")] = 1,
-    device: Annotated[str, typer.Option(help="With --time: cpu, cuda, cuda:N, mps, or auto.")] = "auto",
-    warmup: Annotated[int, typer.Option(help="With --time: untimed steps per spec.")] = 3,
-    iters: Annotated[int, typer.Option(help="With --time: timed steps per spec.")] = 10,
-    threads: Annotated[int | None, typer.Option(help="With --time: CPU threads (default: torch's choice).", show_default=False)] = None,
+    specs: Annotated[list[str], typer.Argument(metavar="SPEC", help="Spec files or presets; deltas are against the first.", show_default=False)],
+    input_size: Annotated[int | None, typer.Option(metavar="PX", help="Input side in pixels (default: each spec's).", show_default=False)] = None,
+    time: Annotated[bool, typer.Option("--time", help="Also time training steps, interleaved (as profile).")] = False,
+    batch: Annotated[int, typer.Option(metavar="N", help="With --time: images per step.")] = 1,
+    device: Annotated[str, typer.Option(metavar="DEVICE", help="With --time: cpu, cuda[:N], mps or auto.")] = "auto",
+    warmup: Annotated[int, typer.Option(metavar="N", help="With --time: untimed steps per spec.")] = 3,
+    iters: Annotated[int, typer.Option(metavar="N", help="With --time: timed steps per spec.")] = 10,
+    threads: Annotated[int | None, typer.Option(metavar="N", help="With --time: CPU threads (default: torch's).", show_default=False)] = None,
     force: Annotated[bool, typer.Option("--force", help="Overwrite an existing --plot file.")] = False,
     overrides: SetOption = None,
     as_json: JsonOption = False,
     as_csv: Annotated[bool, typer.Option("--csv", help="Print CSV.")] = False,
     as_markdown: Annotated[bool, typer.Option("--markdown", help="Print a Markdown table.")] = False,
-    plot: Annotated[str | None, typer.Option(help="Write a PNG of params vs reported top-1 (with --time: vs measured images/s); needs the `plot` extra.", show_default=False)] = None,
+    plot: Annotated[str | None, typer.Option(metavar="PATH", help="Write a PNG of params vs top-1 (--time: vs images/s).", show_default=False)] = None,
 ) -> None:
-    """Compare specs: params, Δ params, attention params, mult-adds per image, reported top-1 (labelled reported)."""
+    """Compare specs side by side.
+
+    Params, Δ params, attention params, mult-adds per image and reported top-1 (cited in the
+    spec, not measured); with --time, measured step times and their ratio to the first spec.
+    """
     if input_size is not None:
         check_input_size(input_size)
     if sum([as_json, as_csv, as_markdown]) > 1:
@@ -70,6 +74,7 @@ def _render(rows, time: bool, overrides: list[str]) -> None:
         STACKED_COLUMNS,
         STACKED_NUMERIC,
         TABLE_COLUMNS,
+        imprecise_note,
         measured_cells,
         stacked_cells,
         table_cells,
@@ -83,6 +88,9 @@ def _render(rows, time: bool, overrides: list[str]) -> None:
     if time:
         measured = rows[0].measured
         notes.append(f"measured: {measured['device']}, batch {measured['batch']}, training steps interleaved; step / first: median (p10-p90) of per-round ratios")
+        imprecise = imprecise_note(rows)
+        if imprecise:
+            notes.append(imprecise)
     measured = [True] * len(MEASURED_COLUMNS) if time else []
     wide = TableSpec(title, TABLE_COLUMNS + (MEASURED_COLUMNS if time else []),
                      [table_cells(row) + (measured_cells(row) if time else []) for row in rows], NUMERIC_COLUMNS + measured, caption="; ".join(notes))

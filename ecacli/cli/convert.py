@@ -6,14 +6,14 @@ from typing import Annotated
 
 import typer
 
-from ecacli.cli.common import JsonOption, SetOption, checkpoint_path, output_path
+from ecacli.cli.common import JsonOption, SetOption, check_seed, checkpoint_path, output_path
 from ecacli.cli.export import AllowNonfiniteOption, DtypeOption, ForceOption, FormatOption, OutputOption, SeedOption, report_saved
 
 
 def convert(
-    source: Annotated[str, typer.Argument(help="Checkpoint to convert: the paper's .pth.tar, a torchvision or timm ResNet state_dict.", show_default=False)],
+    source: Annotated[str, typer.Argument(metavar="CHECKPOINT", help="The paper's .pth.tar, a torchvision or timm state_dict.", show_default=False)],
     output: OutputOption,
-    name: Annotated[str | None, typer.Option("--name", help="Name of the written spec (default: from the source's file name, + _eca_warm when ECA is added to a plain ResNet).", show_default=False)] = None,
+    name: Annotated[str | None, typer.Option("--name", metavar="NAME", help="Spec name (default: the source's file name).", show_default=False)] = None,
     seed: SeedOption = None,
     dtype: DtypeOption = None,
     fmt: FormatOption = None,
@@ -22,10 +22,13 @@ def convert(
     overrides: SetOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Detect a checkpoint's source, infer its spec from tensor names and shapes, and write spec + weights.
+    """Convert a checkpoint into an ecacli spec and weights.
 
-    Plain ResNets (no ECA kernels) get initialised ECA kernels, a warm start for fine-tuning; --set attention.type=none keeps them plain.
+    The source is detected and the spec inferred from tensor names and shapes. Plain ResNets
+    (no ECA kernels) get initialised ECA kernels, a warm start for fine-tuning, and a name
+    ending in _eca_warm; --set attention.type=none keeps them plain.
     """
+    check_seed(seed)
     origin = checkpoint_path(source)
     target = output_path(output, "-o", "model.safetensors")
     from ecacli.checkpoints import check_writable_outputs, converted_spec, model_with_weights, open_checkpoint, save_checkpoint

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Annotated, Literal
 
 import typer
 
-from ecacli.cli.common import JsonOption, SetOption, checkpoint_path, fmt_bytes, fmt_int, load_spec_arg, output_path, print_json, refuse_graph_file
+from ecacli.cli.common import JsonOption, SetOption, check_seed, checkpoint_path, fmt_bytes, fmt_int, load_spec_arg, output_path, print_json, refuse_graph_file
 from ecacli.errors import UserError, describe_path
 from ecacli.spec import MAX_BATCH
 
@@ -15,45 +15,49 @@ if TYPE_CHECKING:
     from ecacli.checkpoints import SavedCheckpoint
     from ecacli.deploy import ExportedModel
 
-OutputOption = Annotated[str, typer.Option("-o", "--output", help="File to write: .safetensors, or .pt / .pth for a plain state_dict (+ FILE.yaml).", show_default=False)]
+OutputOption = Annotated[str, typer.Option("-o", "--output", metavar="PATH", help="File to write: .safetensors, or .pt / .pth (+ PATH.yaml).", show_default=False)]
 FormatOption = Annotated[
     Literal["safetensors", "pt"] | None,
-    typer.Option("--format", help="safetensors or pt (default: pt for a .pt, .pth, .tar, .bin or .ckpt file name, else safetensors).", show_default=False),
+    typer.Option("--format", metavar="FORMAT", help="safetensors or pt (default: pt for .pt, .pth, .tar, .bin, .ckpt).", show_default=False),
 ]
-DtypeOption = Annotated[Literal["float32", "bfloat16", "float16"] | None, typer.Option("--dtype", help="Cast floating-point tensors (default: keep their dtype).", show_default=False)]
+DtypeOption = Annotated[
+    Literal["float32", "bfloat16", "float16"] | None,
+    typer.Option("--dtype", metavar="DTYPE", help="Cast floats to float32, bfloat16 or float16 (default: keep).", show_default=False),
+]
 ForceOption = Annotated[bool, typer.Option("--force", help="Overwrite an existing file.")]
-SeedOption = Annotated[int | None, typer.Option("--seed", min=0, max=2**64 - 1, help="Seed for reproducible initial weights (0 to 2**64 - 1).", show_default=False)]
-AllowNonfiniteOption = Annotated[bool, typer.Option("--allow-nonfinite", help="Load weights that hold NaN or Inf instead of refusing them.")]
+SeedOption = Annotated[int | None, typer.Option("--seed", metavar="N", help="Seed of the initial weights (0 to 2**64 - 1).", show_default=False)]
+AllowNonfiniteOption = Annotated[bool, typer.Option("--allow-nonfinite", help="Load weights that hold NaN or Inf.")]
 
 
 ExportFormatOption = Annotated[
     Literal["safetensors", "pt", "onnx", "torchscript", "pt2"] | None,
-    typer.Option(
-        "--format",
-        help="Weights (safetensors, pt) or a graph (onnx, torchscript, pt2). Default: by the suffix (.safetensors; .pt, .pth, ...; .onnx; .ts, .torchscript; .pt2), else safetensors.",
-        show_default=False,
-    ),
+    typer.Option("--format", metavar="FORMAT", help="safetensors, pt, onnx, torchscript or pt2 (default: by the suffix).", show_default=False),
 ]
 
 
 def export(
-    spec: Annotated[str, typer.Argument(help="Spec YAML file or preset name, or a checkpoint file (its own or inferred spec, its weights).", show_default=False)],
-    output: Annotated[str, typer.Option("-o", "--output", help="File to write: .safetensors, .pt / .pth (+ FILE.yaml), .onnx, .ts, .pt2.", show_default=False)],
-    source: Annotated[str | None, typer.Option("--from", help="Checkpoint whose weights to export (paper, torchvision, timm or ecacli).", show_default=False)] = None,
+    spec: Annotated[str, typer.Argument(metavar="SPEC", help="Spec file or preset, or a checkpoint (its spec and weights).", show_default=False)],
+    output: Annotated[str, typer.Option("-o", "--output", metavar="PATH", help=".safetensors, .pt / .pth (+ PATH.yaml), .onnx, .ts or .pt2.", show_default=False)],
+    source: Annotated[str | None, typer.Option("--from", metavar="CHECKPOINT", help="Weights to export (paper, torchvision, timm, ecacli).", show_default=False)] = None,
     seed: SeedOption = None,
     dtype: DtypeOption = None,
     fmt: ExportFormatOption = None,
-    input_size: Annotated[int | None, typer.Option("--input-size", help="Graphs: input height and width (default: the spec's input_size).", show_default=False)] = None,
-    batch: Annotated[int | None, typer.Option("--batch", min=1, max=MAX_BATCH, help="Graphs: batch of the example and of the check (default 1).", show_default=False)] = None,
-    dynamic_batch: Annotated[bool | None, typer.Option("--dynamic-batch/--static-batch", help="Graphs: leave the batch axis open (default) or fix it at --batch.", show_default=False)] = None,
-    opset: Annotated[int | None, typer.Option("--opset", help="ONNX opset (default: the exporter's; under 18 from the TorchScript-based exporter).", show_default=False)] = None,
-    verify: Annotated[bool | None, typer.Option("--verify/--no-verify", help="Graphs: run the file in its runtime and compare with eager PyTorch before writing it (default).", show_default=False)] = None,
+    input_size: Annotated[int | None, typer.Option("--input-size", metavar="PX", help="Graphs: input side (default: the spec's).", show_default=False)] = None,
+    batch: Annotated[int | None, typer.Option("--batch", metavar="N", min=1, max=MAX_BATCH, help="Graphs: batch of the example and the check (default 1).", show_default=False)] = None,
+    dynamic_batch: Annotated[bool | None, typer.Option("--dynamic-batch/--static-batch", help="Graphs: batch axis open (default) or fixed at --batch.", show_default=False)] = None,
+    opset: Annotated[int | None, typer.Option("--opset", metavar="N", help="ONNX opset (default: the exporter's).", show_default=False)] = None,
+    verify: Annotated[bool | None, typer.Option("--verify/--no-verify", help="Graphs: check the file in its runtime (default).", show_default=False)] = None,
     force: ForceOption = False,
     allow_nonfinite: AllowNonfiniteOption = False,
     overrides: SetOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Export a model: initialised weights, or a checkpoint's weights converted to the spec; as weights or as a graph checked in its runtime."""
+    """Write a model as weights or as a graph checked in its runtime.
+
+    The weights are initialised (--seed) or a checkpoint's (--from, or a checkpoint as SPEC),
+    converted to the spec.
+    """
+    check_seed(seed)
     target = output_path(output, "-o", "model.safetensors")
     origin = checkpoint_path(source) if source is not None else None
     refuse_graph_file(spec, "a spec (YAML file or preset) or a checkpoint")

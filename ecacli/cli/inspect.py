@@ -27,16 +27,17 @@ NOTED_DETAILS = ("wrapper", "dropped")
 
 
 def inspect(
-    file: Annotated[str, typer.Argument(help="Checkpoint (.safetensors, .pt / .pth / .pth.tar, read without unpickling objects) or graph (.onnx, .ts, .pt2).", show_default=False)],
-    spec: Annotated[str | None, typer.Option("--spec", help="Check against this spec or preset instead of the file's own or inferred spec.", show_default=False)] = None,
+    file: Annotated[str, typer.Argument(metavar="FILE", help="Checkpoint (.safetensors, .pt, .pth, .pth.tar) or graph (.onnx, .ts, .pt2).", show_default=False)],
+    spec: Annotated[str | None, typer.Option("--spec", metavar="SPEC", help="Check against this spec, not the file's own or inferred one.", show_default=False)] = None,
     overrides: SetOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Show what a checkpoint or graph file holds: source or producer, spec, parameter count and dtypes; for checkpoints, whether the weights load strictly.
+    """Show what a checkpoint or graph file holds and whether it loads.
 
-    Exit status 0: loads strictly; 3: does not (or no spec describes it); 2: unreadable. A graph
-    file (.onnx, .ts, .pt2) shows its inputs and outputs, open axes, opset, operators, weights and
-    stored spec.
+    A checkpoint (read without unpickling objects): its source, spec, parameter count, dtypes and
+    whether the weights load strictly. Exit status 0: they do; 3: they do not (or no spec
+    describes them); 2: unreadable. A graph file (.onnx, .ts, .pt2): its inputs and outputs, open
+    axes, opset, operators, weights and stored spec.
     """
     path = input_path(file, "a checkpoint")
     given = load_optional_spec_arg(spec, overrides)

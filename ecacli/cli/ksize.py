@@ -9,12 +9,15 @@ import typer
 
 from ecacli.cli.common import JsonOption, SetOption, TableSpec, console, fmt_int, load_optional_spec_arg, print_json, print_table
 from ecacli.errors import UserError
-from ecacli.kernel import DEFAULT_B, DEFAULT_GAMMA, MAX_CHANNELS, kernel_intervals, kernel_run, kernel_t, se_params, table_widths
+from ecacli.arch.attention import SeAttention
+from ecacli.kernel import DEFAULT_B, DEFAULT_GAMMA, MAX_CHANNELS, kernel_intervals, kernel_run, kernel_t, table_widths
 
 if TYPE_CHECKING:
     from ecacli.spec import NetworkSpec
 
 DEFAULT_RANGE = (64, 2048)
+SE = SeAttention(type="se", reduction=16)
+"""The SE block the table prices: `attention: {type: se}` with its defaults (r=16, hidden width a multiple of 8, biases)."""
 MIN_GAMMA = 0.05  # below this nearly every width gets its own k: tables of millions of runs
 MAX_GAMMA = MAX_ABS_B = 64.0  # the spec's bounds
 
@@ -27,7 +30,7 @@ def width_row(channels: int, gamma: float, b: float) -> dict[str, int]:
         "t": kernel_t(channels, gamma, b),
         "k": run.k,
         "eca_params": run.k,
-        "se_params_r16": se_params(channels),
+        "se_params_r16": SE.params(channels),
         "k_constant_from": run.low,
         "k_constant_to": run.high,
     }
@@ -46,15 +49,18 @@ def _check_inputs(widths: list[int], channels: tuple[int, int] | None, gamma: fl
 
 
 def ksize(
-    widths: Annotated[list[int] | None, typer.Argument(help="Channel widths, one row each.", show_default=False)] = None,
-    channels: Annotated[tuple[int, int] | None, typer.Option("--channels", help="LOW HIGH: powers of two in between, the ends, and the exact runs of constant k.", show_default=False)] = None,
-    gamma: Annotated[float, typer.Option(help="gamma of the rule.")] = DEFAULT_GAMMA,
-    b: Annotated[float, typer.Option("--b", help="b of the rule.")] = DEFAULT_B,
-    spec: Annotated[str | None, typer.Option("--spec", help="Spec or preset: k per stage under each width convention.", show_default=False)] = None,
+    widths: Annotated[list[int] | None, typer.Argument(metavar="C", help="Channel widths, one row each.", show_default=False)] = None,
+    channels: Annotated[tuple[int, int] | None, typer.Option("--channels", metavar="LOW HIGH", help="Powers of two in between, the ends, and the runs of constant k.", show_default=False)] = None,
+    gamma: Annotated[float, typer.Option(metavar="X", help="gamma of the rule.")] = DEFAULT_GAMMA,
+    b: Annotated[float, typer.Option("--b", metavar="X", help="b of the rule.")] = DEFAULT_B,
+    spec: Annotated[str | None, typer.Option("--spec", metavar="SPEC", help="k per stage of a spec under each width convention.", show_default=False)] = None,
     overrides: SetOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """ECA kernel size k = odd(|(log2 C + b) / gamma|) per channel width, with ECA and SE costs."""
+    """Show the ECA kernel size per channel width.
+
+    k = odd(|(log2 C + b) / gamma|) per channel width C, with ECA's and SE's parameter costs.
+    """
     widths = widths or []
     _check_inputs(widths, channels, gamma, b)
     if widths and channels:
@@ -90,6 +96,7 @@ def _render_rows(rows: list[dict[str, int]], intervals: list, gamma: float, b: f
         TableSpec(title, ["C", "t", "k", "ECA params", "SE params (r=16)", "k constant for C in"], cells, numeric),
         TableSpec(title, ["C", "t", "k", "ECA\nparams", "SE params\n(r=16)", "k constant\nfor C in"], stacked, numeric),
     )
+    out.print(f"SE params: one SE block as `attention: {{type: se}}` builds it (r={SE.reduction}, hidden width a multiple of {SE.divisor}, both biases), as compare counts it.")
     if intervals:
         runs = [[fmt_int(i.low), fmt_int(i.high), str(i.k)] for i in intervals]
         print_table(out, TableSpec("Exact runs of C with constant k", ["C from", "C to", "k"], runs, [True] * 3))

@@ -20,60 +20,75 @@ from ecacli.cli.common import (
     progress_callback,
 )
 from ecacli.errors import Interrupted, UserError
+from ecacli.reports.compare import IMPRECISE_MARK
 
 if TYPE_CHECKING:
     from ecacli.profiling import ModelProfile, ProfileReport, Stats
     from ecacli.profiling.breakdown import Breakdown
     from ecacli.profiling.distributed import DataParallelReport
+    from ecacli.profiling.precision import Precision
 
 DEFAULT_SPEC = "r50"
+BATCH, WARMUP, ITERS = 32, 5, 20
+CPU_BATCH, CPU_SECONDS = 8, 50.0
+"""On a CPU, `ecacli profile` with no --batch, --seconds, --warmup or --iters takes about a minute for R-50."""
 MODEL_LABEL, BASELINE_LABEL = "model", "plain"
 PHASES = ("forward", "backward", "optimizer", "step")
 
 
 def profile(
-    spec: Annotated[str, typer.Argument(help="Spec YAML file or preset name (see `ecacli specs`).")] = DEFAULT_SPEC,
-    device: Annotated[str, typer.Option(help="cpu, cuda, cuda:N, mps, or auto (CUDA, else MPS, else CPU).")] = "auto",
-    batch: Annotated[int, typer.Option(help="Images per step.")] = 32,
-    input_size: Annotated[int | None, typer.Option(help="Square input side in pixels (default: the spec's).", show_default=False)] = None,
-    dtype: Annotated[str, typer.Option(help="float32, bfloat16 or float16 (half types through autocast, weights stay float32).")] = "float32",
-    channels_last: Annotated[bool, typer.Option("--channels-last", help="Model and input in channels_last memory format.")] = False,
-    compile_model: Annotated[bool, typer.Option("--compile", help="torch.compile the model; compile time is reported separately.")] = False,
-    mode: Annotated[str, typer.Option(help="train: forward + backward + SGD step; eval: forward under inference_mode.")] = "train",
-    warmup: Annotated[int, typer.Option(help="Untimed steps per model before timing (at most).")] = 5,
-    iters: Annotated[int, typer.Option(help="Timed steps per model (at most).")] = 20,
-    seconds: Annotated[float | None, typer.Option(help="Time budget: warm-up stops after a quarter of it, timing when it is spent (after 3 rounds at least), or at --warmup / --iters.", show_default=False)] = None,
-    seed: Annotated[int, typer.Option(help="Seed for weights, input and labels (0 to 2**64 - 1).")] = 0,
-    threads: Annotated[int | None, typer.Option(help="CPU threads, torch.set_num_threads (default: torch's choice).", show_default=False)] = None,
-    cudnn_benchmark: Annotated[bool, typer.Option("--cudnn-benchmark", help="CUDA: let cuDNN pick the fastest conv algorithms (torch.backends.cudnn.benchmark).")] = False,
-    baseline: Annotated[bool, typer.Option("--baseline", help="Also time the same spec with attention.type none, interleaved, and report the ECA overhead.")] = False,
-    show_breakdown: Annotated[bool, typer.Option("--breakdown", help="After timing, a torch.profiler table of where the step's time goes (attention modules apart).")] = False,
-    ddp: Annotated[bool, typer.Option("--ddp", help="Run as one rank of a torchrun job: DistributedDataParallel training steps (NCCL on CUDA, gloo on CPU); rank 0 prints the report.")] = False,
-    nproc: Annotated[int | None, typer.Option(help="Start N ranks on this machine with torch.distributed's launcher and profile DDP training steps.", show_default=False)] = None,
-    bucket_cap_mb: Annotated[float | None, typer.Option(help="DDP gradient bucket size in MB, default DDP's 25 (--ddp, --nproc).", show_default=False)] = None,
-    static_graph: Annotated[bool, typer.Option("--static-graph", help="DDP static_graph=True (--ddp, --nproc).")] = False,
-    gradient_as_bucket_view: Annotated[bool, typer.Option("--gradient-as-bucket-view", help="DDP gradient_as_bucket_view=True: gradients live in the all-reduce buckets (--ddp, --nproc).")] = False,
-    sync_bn: Annotated[bool, typer.Option("--sync-bn", help="BatchNorm as SyncBatchNorm, GPUs only (--ddp, --nproc).")] = False,
-    timeout: Annotated[float | None, typer.Option(help="Seconds a rendezvous or a collective may wait before the job fails, default 300 (--ddp, --nproc).", show_default=False)] = None,
+    spec: Annotated[str, typer.Argument(metavar="SPEC", help="Spec YAML file or preset name (see `ecacli specs`).")] = DEFAULT_SPEC,
+    device: Annotated[str, typer.Option(metavar="DEVICE", help="cpu, cuda, cuda:N, mps, or auto (CUDA, MPS, CPU).")] = "auto",
+    batch: Annotated[int | None, typer.Option(metavar="N", help=f"Images per step (default {BATCH}; {CPU_BATCH} on CPU).", show_default=False)] = None,
+    input_size: Annotated[int | None, typer.Option(metavar="PX", help="Input side in pixels (default: the spec's).", show_default=False)] = None,
+    dtype: Annotated[str, typer.Option(metavar="DTYPE", help="float32, or bfloat16 / float16 under autocast.")] = "float32",
+    channels_last: Annotated[bool, typer.Option("--channels-last", help="Model and input in channels_last.")] = False,
+    compile_model: Annotated[bool, typer.Option("--compile", help="torch.compile the model (compile time apart).")] = False,
+    mode: Annotated[str, typer.Option(metavar="MODE", help="train (forward, backward, SGD step) or eval.")] = "train",
+    warmup: Annotated[int | None, typer.Option(metavar="N", help=f"Untimed steps per model, at most (default {WARMUP}).", show_default=False)] = None,
+    iters: Annotated[int | None, typer.Option(metavar="N", help=f"Timed steps per model, at most (default {ITERS}).", show_default=False)] = None,
+    seconds: Annotated[float | None, typer.Option(metavar="S", help=f"Time budget (default: none; on CPU {CPU_SECONDS:g} s unless --warmup or --iters is given).", show_default=False)] = None,
+    seed: Annotated[int, typer.Option(metavar="N", help="Seed for weights, input and labels.")] = 0,
+    threads: Annotated[int | None, typer.Option(metavar="N", help="CPU threads (default: torch's choice).", show_default=False)] = None,
+    cudnn_benchmark: Annotated[bool, typer.Option("--cudnn-benchmark", help="CUDA: torch.backends.cudnn.benchmark.")] = False,
+    baseline: Annotated[bool, typer.Option("--baseline", help="Also time the plain twin (no attention), interleaved.")] = False,
+    show_breakdown: Annotated[bool, typer.Option("--breakdown", help="Then show where the step's time goes.")] = False,
+    ddp: Annotated[bool, typer.Option("--ddp", help="Run as one rank of a torchrun job (DDP steps).")] = False,
+    nproc: Annotated[int | None, typer.Option(metavar="N", help="Start N DDP ranks on this machine.", show_default=False)] = None,
+    bucket_cap_mb: Annotated[float | None, typer.Option(metavar="MB", help="DDP gradient bucket size (default 25).", show_default=False)] = None,
+    static_graph: Annotated[bool, typer.Option("--static-graph", help="DDP static_graph=True.")] = False,
+    gradient_as_bucket_view: Annotated[bool, typer.Option("--gradient-as-bucket-view", help="DDP gradient_as_bucket_view=True.")] = False,
+    sync_bn: Annotated[bool, typer.Option("--sync-bn", help="DDP: SyncBatchNorm (GPUs only).")] = False,
+    timeout: Annotated[float | None, typer.Option(metavar="S", help="DDP: seconds a collective may wait (default 300).", show_default=False)] = None,
     overrides: SetOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Time forward, backward and whole steps of a spec's model; images/s, FLOPs, peak memory, ECA overhead."""
+    """Time a spec's model: step times, images/s, FLOPs, peak memory.
+
+    Forward, backward and optimizer step are timed separately, interleaved with the plain twin
+    under --baseline (the ECA overhead). Every figure is a median with its p10-p90 spread; one
+    measured over too few steps or with too wide a spread is flagged with what to change. On a
+    CPU the defaults are smaller (see --batch and --seconds), so a run takes about a minute.
+    """
     model_spec = load_spec_arg(spec, overrides)
     from ecacli.profiling import ProfileConfig, without_attention
     from ecacli.profiling import profile as run_profile
     from ecacli.profiling.device import default_device
 
+    device = default_device() if device == "auto" else device
+    on_cpu = device.partition(":")[0] == "cpu"
+    if on_cpu and seconds is None and warmup is None and iters is None:
+        seconds = CPU_SECONDS
     config = ProfileConfig(
-        device=default_device() if device == "auto" else device,
-        batch=batch,
+        device=device,
+        batch=batch if batch is not None else CPU_BATCH if on_cpu else BATCH,
         input_size=input_size,
         dtype=dtype,
         channels_last=channels_last,
         compile=compile_model,
         mode=mode,  # type: ignore[arg-type]
-        warmup=warmup,
-        iters=iters,
+        warmup=WARMUP if warmup is None else warmup,
+        iters=ITERS if iters is None else iters,
         seed=seed,
         threads=threads,
         cudnn_benchmark=cudnn_benchmark,
@@ -118,7 +133,13 @@ def json_report(report: ProfileReport, baseline: bool) -> dict[str, Any]:
             data[key] = ratio.to_dict() if ratio else None
     if report.breakdown is not None:
         data["breakdown"] = report.breakdown.to_dict()
+    data["precision"] = {key: p.to_dict() for key, p in _precision(report, baseline).items()}
     return data
+
+
+def _precision(report: ProfileReport, baseline: bool) -> dict[str, Precision]:
+    """The rule's verdict on the figures a reader takes away: the step time and, with --baseline, the ECA / plain ratio."""
+    return report.precision(MODEL_LABEL, BASELINE_LABEL if baseline else None)
 
 
 def _fmt_ms(stats: Stats | None, stacked: bool = False) -> str:
@@ -146,7 +167,14 @@ def _fmt_rate(value: float | None, unit: str) -> str:
     return f"{value:.2f} {unit}"
 
 
-def _header_text(report: ProfileReport | DataParallelReport, warmup_steps: int, timed_steps: int) -> str:
+def tail_text(paths: dict[str, int]) -> str:
+    """'fused (16 blocks)', or 'fused 13, module 3 (16 blocks)': block calls per tail path."""
+    total = sum(paths.values())
+    counts = next(iter(paths)) if len(paths) == 1 else ", ".join(f"{path} {n}" for path, n in sorted(paths.items(), key=lambda item: -item[1]))
+    return f"{counts} ({total} block{'s' if total != 1 else ''})"
+
+
+def _header_text(report: ProfileReport | DataParallelReport, warmup_steps: int, timed_steps: int, tail_paths: dict[str, int] | None = None) -> str:
     h = report.header
     versions = f"torch {h['torch_version']}" + (f", CUDA {h['cuda_version']}" if h["cuda_version"] else "") + (f", cuDNN {h['cudnn_version']}" if h["cudnn_version"] else "")
     cuda = f"; cudnn.benchmark {h['cudnn_benchmark']}, TF32 matmul {h['tf32_matmul']}, TF32 cuDNN {h['tf32_cudnn']}" if h["cudnn_version"] else ""
@@ -159,6 +187,7 @@ def _header_text(report: ProfileReport | DataParallelReport, warmup_steps: int, 
             f"step          {h['mode']}: {h['step']}",
             f"timing        {h['timer']}; {warmup_steps} warm-up + {timed_steps} timed steps per model{budget}, seed {h['seed']}",
         ]
+        + ([f"tail          {tail_text(tail_paths)}, in the first warm-up step"] if tail_paths is not None else [])
     )
 
 
@@ -184,24 +213,30 @@ def _steps_table(report: ProfileReport, baseline: bool, stacked: bool) -> TableS
     if baseline:
         headers.append(f"{report.model(MODEL_LABEL).attention} / none,{chr(10) if stacked else ' '}per round")
     columns = [_model_rows(report.model(label), stacked) for label in labels]
+    imprecise = {key: not p.trusted for key, p in _precision(report, baseline).items()}
     rows = []
     for i, (name, _) in enumerate(columns[0]):
         cells = [name] + [rows_of[i][1] for rows_of in columns]
         if baseline:
-            cells.append(_fmt_ratio(report.ratio(MODEL_LABEL, BASELINE_LABEL, name), stacked) if name in PHASES else "")
+            ratio = _fmt_ratio(report.ratio(MODEL_LABEL, BASELINE_LABEL, name), stacked) if name in PHASES else ""
+            cells.append(ratio.replace("x", "x" + IMPRECISE_MARK, 1) if name == "step" and imprecise.get("ratio") else ratio)
         rows.append(cells)
     return TableSpec("median (p10 - p90) per step", headers, rows, [False] + [True] * (len(headers) - 1))
 
 
 def _render(report: ProfileReport, baseline: bool) -> None:
     from rich.panel import Panel
+    from rich.text import Text
 
     out = console()
     first = report.models[0]
-    out.print(Panel(_header_text(report, first.warmup_steps, first.step_ms.n if first.step_ms else 0), title="ecacli profile", expand=False))
+    out.print(Panel(_header_text(report, first.warmup_steps, first.step_ms.n if first.step_ms else 0, first.tail_paths or None), title="ecacli profile", expand=False))
     print_table(out, _steps_table(report, baseline, stacked=False), _steps_table(report, baseline, stacked=True))
     out.print("FLOPs: torch.utils.flop_counter (2 per multiply-add, convolutions and matmuls only); achieved = FLOPs per step / median step time.")
     out.print(f"Peak memory: resident tensors (weights, buffers, optimizer state, batch) + the step's peak: {report.header['memory_measure']}.")
+    for key, precision in _precision(report, baseline).items():
+        mark = f"{IMPRECISE_MARK} " if key == "ratio" and not precision.trusted else ""
+        out.print(Text(f"{mark}Precision, {precision.note()}", style="" if precision.trusted else "bold"))
     if report.breakdown is not None:
         _render_breakdown(report.breakdown)
     if report.interrupted:
@@ -212,15 +247,23 @@ def _render(report: ProfileReport, baseline: bool) -> None:
 def _render_breakdown(b: Breakdown) -> None:
     out = console()
     groups = [[g.phase, g.part, f"{g.ms_per_step:.2f}", f"{g.share:.1%}"] for g in b.groups]
-    groups.append(["whole step", "attention + fused tails", f"{b.attention_share * b.total_ms_per_step:.2f}", f"{b.attention_share:.1%}"])
-    styles = [None] * (len(groups) - 1) + ["bold"]
+    styles: list[str | None] = [None] * len(groups)
+    groups.append(["whole step", "what ECA adds", f"{b.attention_share * b.total_ms_per_step:.2f}", f"{b.attention_share:.1%}"])
+    styles.append("bold")
+    if b.plain_tail_share:
+        groups.append(["whole step", "BN, add, ReLU in fused tails", f"{b.plain_tail_share * b.total_ms_per_step:.2f}", f"{b.plain_tail_share:.1%}"])
+        styles.append(None)
     title = f"Where the step's time goes ({b.clock}, {b.steps} profiled eager steps of {b.spec})"
     print_table(out, TableSpec(title, ["phase", "part", "ms/step", "share"], groups, [False, False, True, True], row_styles=styles))
     ops = [[o.name, f"{o.ms_per_step:.2f}", f"{o.share:.1%}", f"{o.attention_ms_per_step:.2f}"] for o in b.ops]
-    wide = TableSpec("Top operators by self time", ["operator", "ms/step", "share", "in attention ms/step"], ops, [False, True, True, True])
-    narrow = TableSpec("Top operators by self time", ["operator", "ms/step", "share", "in attention\nms/step"], ops, [False, True, True, True])
+    wide = TableSpec("Top operators by self time", ["operator", "ms/step", "share", "ECA's ms/step"], ops, [False, True, True, True])
+    narrow = TableSpec("Top operators by self time", ["operator", "ms/step", "share", "ECA's\nms/step"], ops, [False, True, True, True])
     print_table(out, wide, narrow)
-    out.print("A fused tail is a block's BN, gate, residual add and ReLU in one step (its last conv and shortcut excluded). Profiler overhead inflates these times; read the shares.")
+    out.print(
+        "What ECA adds: attention modules (pool, gate conv, sigmoid, multiply) and ECA's share of fused tails. "
+        "A fused tail runs a block's BN, gate, residual add and ReLU in one step; its BN, add and ReLU, "
+        "which a plain block runs too, are shown apart. Profiler overhead inflates these times; read the shares."
+    )
 
 
 def ddp_json_report(report: DataParallelReport, baseline: bool) -> dict[str, Any]:

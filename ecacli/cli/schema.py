@@ -6,7 +6,10 @@ from ecacli.cli.common import print_json
 
 
 def schema() -> None:
-    """Print the JSON Schema of a spec (point yaml-language-server's `# yaml-language-server: $schema=` at it)."""
+    """Print the JSON Schema of a spec.
+
+    Point an editor at it with a `# yaml-language-server: $schema=PATH` line.
+    """
     from ecacli.spec import json_schema
 
     print_json(json_schema())

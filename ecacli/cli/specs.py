@@ -6,7 +6,10 @@ from ecacli.cli.common import JsonOption, TableSpec, console, print_json, print_
 
 
 def specs(as_json: JsonOption = False) -> None:
-    """List the preset specs; any of their names works wherever a spec path does."""
+    """List the preset specs.
+
+    Any of their names works wherever a spec path does.
+    """
     from ecacli.spec_loader import preset_descriptions, presets_dir
 
     rows = preset_descriptions()

@@ -13,17 +13,18 @@ from ecacli.spec import MAX_BATCH, check_input_size
 
 def summary(
     spec: SpecArgument,
-    depth: Annotated[int, typer.Option(min=0, max=10, help="Module levels to show (1 = stages, 2 = blocks, 3 = layers).")] = 3,
-    input_size: Annotated[int | None, typer.Option(help="Square input side in pixels (default: the spec's).", show_default=False)] = None,
-    batch: Annotated[int, typer.Option(min=1, max=MAX_BATCH, help="Batch size of the traced input.")] = 1,
+    depth: Annotated[int, typer.Option(metavar="N", min=0, max=10, help="Levels: 1 stages, 2 blocks, 3 layers (default).", show_default=False)] = 3,
+    input_size: Annotated[int | None, typer.Option(metavar="PX", help="Input side in pixels (default: the spec's).", show_default=False)] = None,
+    batch: Annotated[int, typer.Option(metavar="N", min=1, max=MAX_BATCH, help="Batch of the input.")] = 1,
     use_torchinfo: Annotated[bool, typer.Option("--torchinfo", help="Print torchinfo's own table instead.")] = False,
-    features: Annotated[bool, typer.Option("--features", help="Show the feature levels a backbone returns (module, channels, stride, shape) instead of the layers.")] = False,
+    features: Annotated[bool, typer.Option("--features", help="Show the feature levels a backbone returns.")] = False,
     overrides: SetOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Layers, output shapes, parameters, mult-adds and ECA k of the model a spec builds.
+    """Show a spec's layers, shapes, parameters, mult-adds and ECA k.
 
-    Counted from the architecture without torch (no weights or activations exist); --torchinfo runs torchinfo itself on the meta device instead.
+    Counted from the architecture without torch (no weights or activations exist);
+    --torchinfo runs torchinfo itself on the meta device instead.
     """
     if input_size is not None:
         check_input_size(input_size)

@@ -6,7 +6,11 @@ from ecacli.cli.common import JsonOption, SetOption, SpecArgument, load_spec_arg
 
 
 def validate(spec: SpecArgument, overrides: SetOption = None, as_json: JsonOption = False) -> None:
-    """Validate a spec; prints its resolved layout, or the problems with the file, key and what is allowed (exit 2)."""
+    """Check a spec and print its resolved layout.
+
+    A spec that cannot be built prints its problems (the file, the key and what is allowed)
+    and exits 2.
+    """
     model_spec = load_spec_arg(spec, overrides)
     resolved = {**model_spec.resolved(), "valid": True}
     if as_json:

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from ecacli.deploy.describe import GraphDescription, GraphFileError, describe_graph
 from ecacli.deploy.export import ExportedModel, ExportError, ExportRequest, Verification, export_model
-from ecacli.deploy.formats import FORMATS, GRAPH_FORMATS, WEIGHT_FORMATS, MissingExtraError, format_for, graph_format_of
+from ecacli.deploy.formats import FORMATS, GRAPH_FORMATS, WEIGHT_FORMATS, format_for, graph_format_of
+from ecacli.extras import MissingExtraError
 
 __all__ = [
     "FORMATS",

@@ -21,7 +21,7 @@ from ecacli.checkpoints import SPEC_KEY
 from ecacli.checkpoints.io import MAX_CHECKPOINT_BYTES, MAX_MEMBER_BYTES, CheckpointError, archive_members, check_readable, read_member
 from ecacli.checkpoints.pickles import MAX_DIMS, MAX_ELEMENTS, Built, PickleRefused, read_pickle
 from ecacli.deploy.export import BATCH_AXIS, METADATA_FILE, onnx_opset
-from ecacli.deploy.formats import ONNX, PT2, TORCHSCRIPT, require
+from ecacli.deploy.formats import ONNX, PT2, TORCHSCRIPT, output_name, require
 from ecacli.errors import UserError, describe_path, first_line, shown
 from ecacli.spec import NetworkSpec
 from ecacli.spec_loader import parse_yaml_text, spec_from_data
@@ -223,7 +223,10 @@ def describe_torchscript(path: Path, size: int) -> GraphDescription:
         sum(t.numel for t in tensors),
         code_files=code_names,
     )
-    return with_spec(description, stored_metadata(path, stored))
+    description = with_spec(description, stored_metadata(path, stored))
+    if description.spec is not None:  # TorchScript names no output: ecacli's name for it
+        description.outputs[0].name = output_name(description.spec)
+    return description
 
 
 CODE_CALL = re.compile(r"\b(aten|ops\.\w+)\.(\w+)\(")

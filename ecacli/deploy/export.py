@@ -14,10 +14,13 @@ So an export that fails or is refused at any step leaves nothing at the destinat
 
 - onnx: torch.export's exporter (`torch.onnx.export(dynamo=True)`) for opset 18 and up (by
   default its own opset); older opsets come from the TorchScript-based exporter
-  (`dynamo=False`), which writes them natively. Input `input`, output `logits` (`features` for
-  a headless model).
+  (`dynamo=False`), which writes them natively.
 - torchscript: `torch.jit.script`, which keeps every axis open.
 - pt2: `torch.export.export`.
+
+Every format names the input `input` and the output `logits` (`features` for a headless model):
+ONNX by its names, pt2 by forward's argument and its output node, TorchScript by forward's
+argument (its outputs have no names; `describe_graph` reads the stored spec's).
 
 With a dynamic batch axis the example batch has at least 2 samples (torch.export fixes an axis
 it sees at size 1), so a check at batch 1 runs the graph at a batch it was not traced with. The
@@ -44,7 +47,8 @@ from torch import nn
 
 from ecacli.atomic import atomic_write
 from ecacli.checkpoints import DTYPES, SavedCheckpoint, check_writable_outputs, file_metadata, floating_dtype, new_model, parameter_count, save_checkpoint
-from ecacli.deploy.formats import EXTRAS, ONNX, PT2, TORCHSCRIPT, WEIGHT_FORMATS, format_for, require
+from ecacli.deploy.formats import INPUT_NAME, ONNX, PT2, TORCHSCRIPT, WEIGHT_FORMATS, format_for, output_name
+from ecacli.extras import EXTRA_MODULES, require
 from ecacli.errors import OptionError, OutOfMemory, UserError, first_line, is_out_of_memory, shown
 from ecacli.quiet import native_output_silenced
 from ecacli.spec import MAX_BATCH, NetworkSpec, check_input_size
@@ -161,7 +165,7 @@ class ExportRequest:
         if input_size is not None:
             check_input_size(input_size)
         if fmt == ONNX:
-            needed = EXTRAS["onnx"] if verify is not False else tuple(name for name in EXTRAS["onnx"] if name != "onnxruntime")
+            needed = EXTRA_MODULES["onnx"] if verify is not False else tuple(name for name in EXTRA_MODULES["onnx"] if name != "onnxruntime")
             require(needed, "--format onnx" + ("" if verify is not False else " --no-verify"), "onnx")
             if opset is not None:
                 check_opset(opset)
@@ -198,7 +202,8 @@ class ExportRequest:
         example = random_batch(spec, max(self.batch, 2) if dynamic else self.batch, self.input_size, dtype, seed=0)
         check_runs(model, example, spec, self)
         parameters = parameter_count(state)
-        metadata = file_metadata(spec, parameters, dtype_name, source)
+        exported_at = spec if self.input_size in (None, spec.input_size) else spec.model_copy(update={"input_size": self.input_size})
+        metadata = file_metadata(exported_at, parameters, dtype_name, source)  # the spec says the size the graph was traced at
         data, opset = EXPORTERS[self.format](model, example, self, metadata)
         verification = self._verify(model, data, spec, dtype, opset) if self.verify else None
         atomic_write({self.path: lambda handle: handle.write(data)}, self.force)
@@ -287,11 +292,6 @@ def check_runs(model: nn.Module, example: torch.Tensor, spec: NetworkSpec, reque
         raise ValueError(f"model: returns a {type(out).__name__}, not one tensor (a features_only trunk?); graph exports take models with one output.")
 
 
-def output_name(spec: NetworkSpec) -> str:
-    """The name of an ONNX graph's output: `logits`, or `features` for a headless model (`num_classes: 0`)."""
-    return "logits" if spec.num_classes else "features"
-
-
 @contextlib.contextmanager
 def exporting(what: str) -> Iterator[None]:
     """Run an exporter quietly (its progress lines, warnings and logged tracebacks are not this command's output); its failure becomes one ExportError line."""
@@ -318,14 +318,14 @@ def onnx_bytes(model: nn.Module, example: torch.Tensor, request: ExportRequest, 
     import onnx
 
     output = output_name(model.spec)
-    names = {"input_names": ["input"], "output_names": [output]}
+    names = {"input_names": [INPUT_NAME], "output_names": [output]}
     dynamo = request.opset is None or request.opset >= DYNAMO_MIN_OPSET
     with exporting("torch.onnx.export" + ("" if dynamo else " (dynamo=False)")):
         if dynamo:
             shapes = ({0: BATCH_AXIS},) if request.dynamic_batch else None
             proto = torch.onnx.export(model, (example,), dynamo=True, opset_version=request.opset, dynamic_shapes=shapes, verbose=False, **names).model_proto
         else:
-            axes = {"input": {0: BATCH_AXIS}, output: {0: BATCH_AXIS}} if request.dynamic_batch else None
+            axes = {INPUT_NAME: {0: BATCH_AXIS}, output: {0: BATCH_AXIS}} if request.dynamic_batch else None
             buffer = io.BytesIO()
             try:
                 torch.onnx.export(model, (example,), buffer, dynamo=False, opset_version=request.opset, dynamic_axes=axes, **names)
@@ -361,8 +361,19 @@ def pt2_bytes(model: nn.Module, example: torch.Tensor, request: ExportRequest, m
     with exporting("torch.export.export"):
         shapes = ({0: torch.export.Dim(BATCH_AXIS)},) if request.dynamic_batch else None
         program = torch.export.export(model, (example,), dynamic_shapes=shapes)
+        name_output(program, output_name(model.spec))
         torch.export.save(program, buffer, extra_files={METADATA_FILE: json.dumps(metadata)})
     return buffer.getvalue(), None
+
+
+def name_output(program: torch.export.ExportedProgram, name: str) -> None:
+    """Name the program's one output `name`, as ONNX's is named (torch.export names it after the op computing it, e.g. `linear`); its input is named by forward's argument."""
+    from torch.export.graph_signature import OutputKind
+
+    (spec,) = [s for s in program.graph_signature.output_specs if s.kind == OutputKind.USER_OUTPUT]
+    (node,) = [n for n in program.graph.nodes if n.name == spec.arg.name]
+    node.name = spec.arg.name = name
+    program.graph_module.recompile()
 
 
 Exporter = Callable[[nn.Module, torch.Tensor, ExportRequest, dict[str, str]], tuple[bytes, int | None]]

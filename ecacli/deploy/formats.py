@@ -1,4 +1,4 @@
-"""The formats `ecacli export` writes, how a file name or a file's content names one, and the optional packages each needs.
+"""The formats `ecacli export` writes, how a file name or a file's content names one.
 
 Weights: `safetensors` and `pt` (a state_dict, see `ecacli.checkpoints`). Graphs, which run
 without ecacli's code: `onnx` (ONNX Runtime, TensorRT, ...), `torchscript` (`torch.jit.load`,
@@ -7,13 +7,17 @@ libtorch) and `pt2` (`torch.export.load`, AOTInductor).
 
 from __future__ import annotations
 
-import importlib.util
 import zipfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ecacli.checkpoints import format_for as weight_format_for
 from ecacli.checkpoints.io import SAFETENSORS, TORCH, TORCH_SUFFIXES
 from ecacli.errors import UserError
+from ecacli.extras import MissingExtraError, require  # noqa: F401  (deploy's modules import them from here)
+
+if TYPE_CHECKING:
+    from ecacli.spec import NetworkSpec
 
 ONNX = "onnx"
 TORCHSCRIPT = "torchscript"
@@ -22,30 +26,17 @@ WEIGHT_FORMATS = (SAFETENSORS, TORCH)
 GRAPH_FORMATS = (ONNX, TORCHSCRIPT, PT2)
 FORMATS = WEIGHT_FORMATS + GRAPH_FORMATS
 
+INPUT_NAME = "input"
+"""The input tensor's name in every graph format."""
+
+
+def output_name(spec: NetworkSpec) -> str:
+    """The output tensor's name in every graph format: `logits`, or `features` for a headless model (`num_classes: 0`)."""
+    return "logits" if spec.num_classes else "features"
+
+
 NAMED_BY_SUFFIX = {".safetensors": SAFETENSORS, ".onnx": ONNX, ".ts": TORCHSCRIPT, ".torchscript": TORCHSCRIPT, ".pt2": PT2}
 """Suffixes that name one format; `.pt`, `.pth`, `.bin`, ... name a torch file, whose kind only its content tells."""
-
-EXTRAS = {"onnx": ("onnx", "onnxscript", "onnxruntime"), "vision": ("torchvision",), "hub": ("huggingface_hub",)}
-"""ecacli's optional extras and the modules each installs."""
-
-
-class MissingExtraError(UserError):
-    """An optional package that a request needs is not installed."""
-
-
-def require(modules: tuple[str, ...], purpose: str, extra: str) -> None:
-    """Refuse `purpose` with the install line of `extra` when any of `modules` is missing."""
-    missing = [name for name in modules if not installed(name)]
-    if missing:
-        raise MissingExtraError(f"{purpose} needs {', '.join(missing)}, not installed here. Install the extra: pip install \"ecacli[{extra}]\"")
-
-
-def installed(module: str) -> bool:
-    """Whether `module` can be imported (without importing it)."""
-    try:
-        return importlib.util.find_spec(module) is not None
-    except (ImportError, ValueError):  # a parent package missing, or a module set to None in sys.modules
-        return False
 
 
 def format_for(path: Path, requested: str | None = None) -> str:

@@ -11,10 +11,7 @@ from typing import Any
 from torch import nn
 
 from ecacli.arch import KINDS, Node
-from ecacli.errors import UserError
-
-OPTIONAL_PACKAGES = {"torchvision": "vision", "timm": "timm"}
-"""The optional extra (`pip install 'ecacli[EXTRA]'`) that installs each optional package."""
+from ecacli.extras import MissingExtraError, extra_providing, install_command
 
 
 @cache
@@ -25,9 +22,10 @@ def module_class(kind: str) -> type[nn.Module]:
         return getattr(import_module(path), name)
     except ImportError as exc:
         package = path.partition(".")[0]
-        if package not in OPTIONAL_PACKAGES:
+        extra = extra_providing(package)
+        if extra is None:
             raise
-        raise UserError(f"{name} comes from {package}, which is not installed; install it with `pip install 'ecacli[{OPTIONAL_PACKAGES[package]}]'`.") from exc
+        raise MissingExtraError(f"{name} comes from {package}, which is not installed; install it with: {install_command(extra)}") from exc
 
 
 def build(node: Node) -> nn.Module:

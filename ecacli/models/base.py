@@ -12,15 +12,16 @@ from typing import Any
 from torch import nn
 
 from ecacli.attachment import InsertionPoint, attach, insertion_points
-from ecacli.layers.build import OPTIONAL_PACKAGES
-from ecacli.errors import OptionError, SpecError, UserError, first_line
+from ecacli.errors import OptionError, SpecError, first_line
+from ecacli.extras import MissingExtraError, extra_providing, install_command
 from ecacli.spec import BaseSpec, suggest
+
 
 def _library(name: str) -> Any:
     try:
         return import_module("torchvision.models" if name == "torchvision" else "timm")
     except ImportError:
-        raise UserError(f"base: {name}:... needs {name}, which is not installed; install it with `pip install 'ecacli[{OPTIONAL_PACKAGES[name]}]'`.") from None
+        raise MissingExtraError(f"base: {name}:... needs {name}, which is not installed; install it with: {install_command(extra_providing(name))}") from None
 
 
 def registered_names(library: str) -> list[str]:

@@ -46,8 +46,8 @@ class MobileNetV2(Classifier):
         x = torch.flatten(nn.functional.adaptive_avg_pool2d(x, (1, 1)), 1)
         return x if pre_logits else self.classifier(x)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
+    def forward(self, input: torch.Tensor) -> torch.Tensor:  # `input`: the name graph exports give the tensor
+        return self.forward_head(self.forward_features(input))
 
     def reset_classifier(self, num_classes: int) -> None:
         self._respec(num_classes)

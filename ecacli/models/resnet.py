@@ -130,8 +130,8 @@ class ECAResNet(Classifier):
         x = torch.flatten(self.avgpool(x), 1)
         return x if pre_logits else self.fc(x)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
+    def forward(self, input: torch.Tensor) -> torch.Tensor:  # `input`: the name graph exports give the tensor
+        return self.forward_head(self.forward_features(input))
 
     def reset_classifier(self, num_classes: int) -> None:
         self._respec(num_classes)

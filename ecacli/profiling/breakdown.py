@@ -6,7 +6,10 @@ takes, see `ecacli.layers.tail`); a block that runs its tail fused opens `FUSED_
 around the fused norm, gate, add and activation (its last conv and shortcut run outside it).
 Backward work belongs to attention when it evaluates an autograd node created inside such a
 range (matched by the profiler's sequence numbers). Each operator's self time is summed per
-phase, in and out of attention. Times are the operators' CPU time on CPU and the CUDA kernel
+phase, in and out of attention. A fused tail also runs what a plain block runs (BatchNorm, the
+residual add, ReLU): its operators are told apart by name (`PLAIN_BLOCK_OPS`), so the ECA share
+counts only what ECA adds (pooling, the gate conv, sigmoid, the gating multiply; a fused op
+that gates and adds in one, addcmul, counts as ECA's). Times are the operators' CPU time on CPU and the CUDA kernel
 time they launch on CUDA; the profiler adds overhead, so read the shares rather than the
 absolute times.
 """
@@ -32,12 +35,29 @@ from ecacli.profiling.runner import ProfileConfig, Workload, run_step
 RANGE_PREFIX = "ecacli."
 ATTENTION = "attention"
 FUSED = "fused tail"
+FUSED_PLAIN = "fused tail, plain work"
 PHASES = ("forward", "backward", "optimizer")
 OTHER = "other"
 OUTSIDE = "outside the phases"
 BACKWARD_NODE = "autograd::engine::evaluate_function: "
 BREAKDOWN_STEPS = 3
-PART_NAMES = {ATTENTION: "attention modules", FUSED: "fused tails (BN + gate + add + ReLU)", OTHER: "other"}
+PART_NAMES = {
+    ATTENTION: "attention modules",
+    FUSED: "ECA in fused tails",
+    FUSED_PLAIN: "BN, add, ReLU in fused tails",
+    OTHER: "other",
+}
+ECA_PARTS = (ATTENTION, FUSED)
+"""The parts that are the attention's own work: what a plain block does not run."""
+PLAIN_BLOCK_OPS = frozenset(
+    f"aten::{name}"
+    for name in (
+        "batch_norm", "_batch_norm_impl_index", "native_batch_norm", "_native_batch_norm_legit", "_native_batch_norm_legit_no_training",
+        "native_batch_norm_backward", "cudnn_batch_norm", "cudnn_batch_norm_backward", "miopen_batch_norm", "miopen_batch_norm_backward",
+        "add", "add_", "relu", "relu_", "clamp_min", "clamp_min_", "threshold_backward",
+    )
+)
+"""Operators of a fused tail that a plain block runs too: BatchNorm forward and backward, the residual add, ReLU and its gradient."""
 
 
 @dataclass(frozen=True)
@@ -52,7 +72,7 @@ class GroupRow:
 
 @dataclass(frozen=True)
 class OpRow:
-    """One operator's self time per step, and how much of it ran inside attention modules or fused tails."""
+    """One operator's self time per step, and how much of it was the attention's own work (`ECA_PARTS`)."""
 
     name: str
     ms_per_step: float
@@ -73,13 +93,19 @@ class Breakdown:
 
     @property
     def attention_share(self) -> float:
-        """Share of the step in attention modules and fused tails (the latter include their BN, add and ReLU)."""
-        return sum(g.share for g in self.groups if g.part != PART_NAMES[OTHER])
+        """Share of the step in what the attention adds: attention modules and ECA's work in fused tails (not their BN, add and ReLU)."""
+        return sum(g.share for g in self.groups if g.part in {PART_NAMES[p] for p in ECA_PARTS})
+
+    @property
+    def plain_tail_share(self) -> float:
+        """Share of the step in the BN, add and ReLU of fused tails: work a plain block runs too."""
+        return sum(g.share for g in self.groups if g.part == PART_NAMES[FUSED_PLAIN])
 
     def to_dict(self) -> dict[str, Any]:
         return {
             **{k: v for k, v in asdict(self).items() if k not in ("groups", "ops")},
             "attention_share": self.attention_share,
+            "plain_tail_share": self.plain_tail_share,
             "groups": [asdict(g) for g in self.groups],
             "ops": [asdict(o) for o in self.ops],
         }
@@ -178,10 +204,12 @@ def breakdown(w: Workload, config: ProfileConfig, steps: int = BREAKDOWN_STEPS, 
     group_us: dict[tuple[str, str], float] = defaultdict(float)
     op_us: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0])
     for e, phase, part in _classify([e for e in prof.events() if e.device_type == DeviceType.CPU]):
+        if part == FUSED and e.name in PLAIN_BLOCK_OPS:
+            part = FUSED_PLAIN
         us = e.self_device_time_total if use_device else e.self_cpu_time_total
         group_us[(phase, part)] += us
         op_us[e.name][0] += us
-        op_us[e.name][1] += us if part != OTHER else 0.0
+        op_us[e.name][1] += us if part in ECA_PARTS else 0.0
     total = sum(group_us.values()) or 1.0
     order = ["forward", "backward", "optimizer", OUTSIDE]
     parts = list(PART_NAMES)

@@ -34,6 +34,16 @@ def torch_build() -> str:
     return f"torch {torch.__version__} (CPU-only build)"
 
 
+def no_cuda_reason() -> str:
+    """Why CUDA cannot be used here: a torch built without CUDA, or a CUDA build that sees no GPU."""
+    if not torch.version.cuda and not getattr(torch.version, "hip", None):
+        return f"the installed {torch_build()} has no CUDA support; a GPU needs a CUDA build of torch (see pytorch.org's install selector)."
+    return (
+        f"the installed {torch_build()} supports CUDA but finds no GPU (torch.cuda.is_available() is False): "
+        "check that a GPU and its driver are present (nvidia-smi) and that CUDA_VISIBLE_DEVICES does not hide it."
+    )
+
+
 def resolve_device(text: str) -> torch.device:
     """The torch device for `--device`, or a UserError saying why it cannot be used here."""
     try:
@@ -45,9 +55,9 @@ def resolve_device(text: str) -> torch.device:
             raise UserError(f"--device '{text}': there is only one CPU device; use 'cpu'.")
         return torch.device("cpu")
     if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise UserError(f"--device '{text}': CUDA is not available; the installed {torch_build()} finds no usable GPU. Use --device cpu, or install a CUDA build of torch.")
-        count = torch.cuda.device_count()
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise UserError(f"--device '{text}': {no_cuda_reason()} Use --device cpu.")
         index = 0 if device.index is None else device.index
         if index >= count:
             raise UserError(f"--device '{text}': there {'is' if count == 1 else 'are'} only {count} CUDA device{'' if count == 1 else 's'} (cuda:0 .. cuda:{count - 1}).")

@@ -12,6 +12,7 @@ from torch import nn
 from ecacli.errors import OutOfMemory, is_out_of_memory
 from ecacli.profiling.breakdown import Breakdown, breakdown
 from ecacli.profiling.device import environment, make_timer, memory_measure, resolve_device
+from ecacli.profiling.precision import Precision, assess
 from ecacli.profiling.runner import (
     ModelProfile,
     ProfileConfig,
@@ -42,6 +43,16 @@ class ProfileReport:
         """Per-round ratio of `label`'s phase time to `reference`'s, over the rounds both completed."""
         mine, theirs = self.model(label).samples, self.model(reference).samples
         return Stats.of(a[phase] / b[phase] for a, b in zip(mine, theirs) if phase in a and phase in b)
+
+    def precision(self, label: str, reference: str | None = None) -> dict[str, Precision]:
+        """How far to trust `label`'s step time and, given a `reference`, its per-round step ratio to it (`ecacli.profiling.precision`)."""
+        step = self.model(label).step_ms
+        cut_by_budget = self.header.get("seconds") is not None and step is not None and step.n < self.header["iters"]
+        more, cpu = ("--seconds" if cut_by_budget else "--iters"), self.header["device"] == "cpu"
+        figures = {"step": ("step time", step)}
+        if reference is not None:
+            figures["ratio"] = ("step ratio", self.ratio(label, reference))
+        return {key: assess(name, stats, more, cpu) for key, (name, stats) in figures.items() if stats is not None}
 
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -13,6 +13,8 @@ so that clock drift, thermal state and cache effects fall on all models alike. A
 Each phase is timed separately (see `ecacli.profiling.device` for the clocks), and the step
 time is read from the first mark to the last, so step = forward + backward + optimizer.
 
+The first warm-up step of each model records which tail path its blocks took (`tail_paths`).
+
 With a time budget (`seconds`), warm-up stops once a quarter of it is spent (after one round at
 least) and timing once all of it is (after `MIN_TIMED_ROUNDS` at least), or after `iters` rounds.
 """
@@ -22,6 +24,7 @@ from __future__ import annotations
 import math
 import os
 import time
+from collections import Counter
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from functools import partial
@@ -33,6 +36,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from ecacli.errors import UserError, first_line
+from ecacli.layers.tail import recording_paths
 from ecacli.models import build_model
 from ecacli.profiling.device import make_timer, step_peak_bytes, synchronize
 from ecacli.profiling.stats import Stats
@@ -141,6 +145,7 @@ class Workload:
     warmup_steps: int = 0
     step_peak: int | None = None
     compile_s: float | None = None
+    tail_paths: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -164,6 +169,8 @@ class ModelProfile:
     step_peak_bytes: int | None
     compile_s: float | None
     warmup_steps: int = 0
+    tail_paths: dict[str, int] = field(default_factory=dict)
+    """How many block calls took each tail path (`ecacli.layers.tail.TailPath`) in the first warm-up step; under torch.compile, per traced block."""
     samples: list[dict[str, float]] = field(default_factory=list, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
@@ -292,7 +299,10 @@ def measure(workloads: list[Workload], config: ProfileConfig, device: torch.devi
             for j, w in enumerate(rotated(workloads, i)):
                 synchronize(device)
                 start = time.perf_counter()
-                run_step(w, config, timer)
+                with recording_paths() as paths:
+                    run_step(w, config, timer)
+                if i == 0:
+                    w.tail_paths = dict(Counter(path.value for path in paths))
                 w.warmup_steps += 1
                 if i == 0 and config.compile:
                     w.compile_s = time.perf_counter() - start
@@ -346,5 +356,6 @@ def summarize(w: Workload, config: ProfileConfig, flops: tuple[int, int]) -> Mod
         step_peak_bytes=w.step_peak,
         compile_s=w.compile_s,
         warmup_steps=w.warmup_steps,
+        tail_paths=dict(w.tail_paths),
         samples=list(w.samples),
     )

@@ -89,10 +89,25 @@ MEASURED_COLUMNS = ["fwd ms", "step ms", "step / first (p10-p90)", "img/s", "pea
 NARROW_MEASURED_COLUMNS = ["fwd\nms", "step\nms", "step /\nfirst", "img/s", "peak\nMB"]
 
 
+IMPRECISE_MARK = "?"
+"""Marks a step ratio the precision rule does not trust (`ecacli.profiling.precision`)."""
+
+
+def imprecise_note(rows: list[CompareRow]) -> str | None:
+    """What the marked ratios lack and what to change, or None when every ratio is precise enough."""
+    flagged = [r for r in rows if (r.measured or {}).get("precision") and not r.measured["precision"]["trusted"]]
+    if not flagged:
+        return None
+    problems = "; ".join(f"{r.name}: {', '.join(r.measured['precision']['problems'])}" for r in flagged)
+    advice = max((r.measured["precision"]["advice"] for r in flagged), key=len)
+    return f"{IMPRECISE_MARK} not precise ({problems}). {advice}"
+
+
 def measured_figures(report: Any, label: str, first_label: str) -> dict[str, Any]:
     """The figures compare shows from a `ecacli.profiling.ProfileReport`: medians, throughput, peak memory, step ratio to the first spec."""
     model = report.model(label)
     ratio = report.ratio(label, first_label)
+    precision = report.precision(label, first_label).get("ratio") if label != first_label else None
     return {
         "device": report.header.get("device"),
         "batch": model.input_shape[0],
@@ -101,6 +116,7 @@ def measured_figures(report: Any, label: str, first_label: str) -> dict[str, Any
         "step_ratio_to_first": ratio.median if ratio else None,
         "step_ratio_p10": ratio.p10 if ratio else None,
         "step_ratio_p90": ratio.p90 if ratio else None,
+        "precision": precision.to_dict() if precision else None,
         "images_per_s": model.images_per_s,
         "peak_memory_bytes": model.peak_memory_bytes,
     }
@@ -116,7 +132,8 @@ def measured_cells(row: CompareRow, stacked: bool = False) -> list[str]:
     ratio = "-"
     if m.get("step_ratio_to_first") is not None:
         spread = f"({m['step_ratio_p10']:.3f}-{m['step_ratio_p90']:.3f})"
-        ratio = f"{m['step_ratio_to_first']:.3f}{chr(10) if stacked else ' '}{spread}"
+        flag = IMPRECISE_MARK if m.get("precision") and not m["precision"]["trusted"] else ""
+        ratio = f"{m['step_ratio_to_first']:.3f}{flag}{chr(10) if stacked else ' '}{spread}"
     memory = f"{m['peak_memory_bytes'] / 1e6:,.1f}" if m.get("peak_memory_bytes") is not None else "-"
     return [number("forward_ms", ".1f"), number("step_ms", ".1f"), ratio, number("images_per_s", ",.1f"), memory]
 

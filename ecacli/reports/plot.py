@@ -6,6 +6,7 @@ from pathlib import Path
 
 from ecacli.atomic import atomic_write, check_writable
 from ecacli.errors import UserError
+from ecacli.extras import EXTRA_MODULES, require
 from ecacli.reports.compare import CompareRow
 
 Y_AXES = {
@@ -16,13 +17,12 @@ Y_AXES = {
 
 def plot_params_vs(rows: list[CompareRow], y: str, path: Path, force: bool = False, dpi: int = 100) -> int:
     """Write a scatter of parameters (M) against `y` to a PNG (atomically); returns how many specs had a value."""
-    try:
-        import matplotlib
+    require(EXTRA_MODULES["plot"], "--plot", "plot")
+    import matplotlib
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        raise UserError("--plot needs matplotlib, which is not installed: pip install 'ecacli[plot]'.") from None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
     label, value_of = Y_AXES[y]
     points = [(r.name, r.total_params / 1e6, value_of(r)) for r in rows if value_of(r) is not None]
     if not points:
