@@ -79,7 +79,7 @@ def test_a_missing_library_names_its_extra(monkeypatch):
         raise ImportError(name)
 
     monkeypatch.setattr(base, "import_module", missing)
-    with pytest.raises(UserError, match=r"needs timm, which is not installed; install it with `pip install 'ecacli\[timm\]'`"):
+    with pytest.raises(UserError, match=r'needs timm, which is not installed; install it with: pip install "timm>=1.0"$'):
         build_model(spec_from_data({**R18_ECA, "base": "timm:resnet18"}))
 
 

@@ -277,10 +277,10 @@ def test_a_file_with_a_name_that_is_not_utf8_is_written_and_inspected(tmp_path, 
 @pytest.mark.parametrize(
     ("call", "message"),
     [
-        (lambda f: load_model(f, spec=5), "spec: expected a NetworkSpec, a preset name or a YAML path, got int."),
+        (lambda f: load_model(f, spec=5), "spec: expected a spec, a preset name or a YAML path, got int."),
         (lambda f: load_model(f, out_indices=[1]), "out_indices chooses the levels of a feature extractor; give it with features_only=True."),
         (lambda f: __import__("ecacli").export_model("r18", f.with_suffix(".onnx"), opset="18"), "opset: expected an integer, got str '18'."),
-        (lambda f: __import__("ecacli").build_model(5), "spec: expected a NetworkSpec, a preset name or a YAML path, got int."),
+        (lambda f: __import__("ecacli").build_model(5), "spec: expected a spec, a preset name or a YAML path, got int."),
     ],
     ids=["spec-int", "out-indices", "opset-text", "build-int"],
 )

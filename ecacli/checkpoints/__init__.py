@@ -32,7 +32,7 @@ from ecacli.checkpoints.io import (
 )
 from ecacli.atomic import atomic_write, check_writable
 from ecacli.errors import OptionError, UserError, describe_path
-from ecacli.spec import NetworkSpec
+from ecacli.spec import BaseSpec, NetworkSpec
 from ecacli.spec_loader import apply_overrides, load_spec, parse_yaml_text, spec_from_data, with_overrides
 
 if TYPE_CHECKING:
@@ -272,8 +272,8 @@ def load_model(
     """
     if out_indices is not None and not features_only:
         raise OptionError("out_indices chooses the levels of a feature extractor; give it with features_only=True.")
-    if spec is not None and not isinstance(spec, (NetworkSpec, str, Path)):
-        raise OptionError(f"spec: expected a NetworkSpec, a preset name or a YAML path, got {type(spec).__name__}.")
+    if spec is not None and not isinstance(spec, (NetworkSpec, BaseSpec, str, Path)):
+        raise OptionError(f"spec: expected a spec, a preset name or a YAML path, got {type(spec).__name__}.")
     if not isinstance(path, (str, Path)):
         raise OptionError(f"path: expected the path of a checkpoint file (str or Path), got {type(path).__name__}.")
     checkpoint = open_checkpoint(path)
