@@ -111,3 +111,59 @@ def test_a_signal_ends_an_onnx_export_and_writes_nothing(tmp_path, stage, signum
     _, err = _stop(process, signum)
     _assert_stopped(process, err, code, line)
     assert list(tmp_path.iterdir()) == []
+
+
+HELD_IN_NATIVE_CODE = textwrap.dedent(
+    """
+    import signal, sys, time
+    import ecacli.checkpoints as checkpoints
+    from ecacli.cli import main
+
+    real = checkpoints.atomic_write
+
+    def held(writers, force=False):
+        def wrap(write):
+            def stuck(handle):
+                write(handle)
+                handle.flush()
+                # as a long native call: the main thread runs no Python code (it does not even take the signal)
+                signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+                print("writing", flush=True)
+                time.sleep(600)
+            return stuck
+        real({target: wrap(write) for target, write in writers.items()}, force)
+
+    checkpoints.atomic_write = held
+    sys.argv = ["ecacli", "export", "r18", "-o", sys.argv[1]]
+    main()
+    """
+)
+
+
+@pytest.mark.parametrize(("signum", "code", "line"), SIGNALS)
+def test_a_process_held_in_native_code_still_ends_and_removes_its_temporary(tmp_path, signum, code, line):
+    target = tmp_path / "m.safetensors"
+    process = subprocess.Popen([sys.executable, "-c", HELD_IN_NATIVE_CODE, str(target)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env())
+    assert process.stdout.readline() == "writing\n"
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(f".ecacli-{process.pid}-")]
+    _, err = _stop(process, signum)
+    assert process.returncode == code and err == f"{line}\n", err
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(("signum", "code", "line"), SIGNALS)
+def test_a_signal_ends_convert_held_in_native_code_and_writes_nothing(tmp_path, signum, code, line):
+    source = tmp_path / "r18.pth"
+    import torch
+
+    from ecacli import build_model
+
+    torch.save(build_model("r18").state_dict(), source)
+    script = HELD_IN_NATIVE_CODE.replace('["ecacli", "export", "r18", "-o", sys.argv[1]]', '["ecacli", "convert", sys.argv[2], "-o", sys.argv[1]]')
+    target = tmp_path / "out" / "m.safetensors"
+    target.parent.mkdir()
+    process = subprocess.Popen([sys.executable, "-c", script, str(target), str(source)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env())
+    assert process.stdout.readline() == "writing\n", process.communicate()[1]
+    _, err = _stop(process, signum)
+    assert process.returncode == code and err == f"{line}\n", err
+    assert list(target.parent.iterdir()) == []
