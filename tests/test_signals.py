@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ECACLI
+from conftest import ECACLI
 
 pytestmark = [pytest.mark.slow, pytest.mark.subprocess]
 
