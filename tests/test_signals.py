@@ -167,3 +167,39 @@ def test_a_signal_ends_convert_held_in_native_code_and_writes_nothing(tmp_path, 
     _, err = _stop(process, signum)
     assert process.returncode == code and err == f"{line}\n", err
     assert list(target.parent.iterdir()) == []
+
+
+MASKED_BY_A_LIBRARY = textwrap.dedent(
+    """
+    import os, signal, sys
+    import ecacli.checkpoints as checkpoints
+    from ecacli.cli import main
+
+    real = checkpoints.atomic_write
+    signum = int(sys.argv[2])
+
+    def masking(writers, force=False):
+        def wrap(write):
+            def library(handle):
+                write(handle)
+                try:
+                    os.kill(os.getpid(), signum)
+                    signal.pause()
+                except BaseException as exc:  # as a native extension's initialisation does
+                    raise ImportError("initialization failed") from exc
+            return library
+        real({target: wrap(write) for target, write in writers.items()}, force)
+
+    checkpoints.atomic_write = masking
+    sys.argv = ["ecacli", "export", "r18", "-o", sys.argv[1]]
+    main()
+    """
+)
+
+
+@pytest.mark.parametrize(("signum", "code", "line"), SIGNALS)
+def test_a_stop_wins_over_the_error_a_library_turns_it_into(tmp_path, signum, code, line):
+    target = tmp_path / "m.safetensors"
+    process = subprocess.run([sys.executable, "-c", MASKED_BY_A_LIBRARY, str(target), str(int(signum))], capture_output=True, text=True, env=_env(), timeout=300)
+    assert process.returncode == code and process.stderr == f"{line}\n", process.stderr
+    assert list(tmp_path.iterdir()) == []
