@@ -4,12 +4,18 @@ An interrupted or failed write (Ctrl-C, SIGTERM, a full disk) leaves no partial 
 file and the previous file intact; an existing file is replaced only with `force`, and only
 when it is a regular file (never a FIFO, a device, a folder or a symbolic link).
 Checkpoints, spec files and plots are all written this way.
+
+A temporary is named `.ecacli-<pid>-XXXXXXXX.tmp` after the process writing it; one whose
+process is gone (killed with SIGKILL, or the machine lost power) is removed the next time
+ecacli writes into that folder.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import stat
+import time
 import tempfile
 from collections.abc import Callable
 from contextlib import ExitStack
@@ -85,7 +91,59 @@ def _publish(tmp: Path, target: Path, force: bool) -> None:
 
 
 TEMPORARY_PREFIX = ".ecacli-"
-"""Temporary files are `.ecacli-XXXXXXXX.tmp` in the target's folder: short, so a 255-byte target name still has one."""
+"""Temporary files are `.ecacli-<pid>-XXXXXXXX.tmp` in the target's folder: short, so a 255-byte target name still has one."""
+
+TEMPORARY_NAME = re.compile(r"\.ecacli-(\d{1,10})-[A-Za-z0-9_]{8}\.tmp")
+STALE_AFTER_S = 60.0
+"""A temporary whose process is gone is removed once it is this old, so a writer that shares the folder from another machine (whose process ids mean nothing here) has long finished."""
+
+_live_temporaries: set[Path] = set()
+
+
+def remove_live_temporaries() -> None:
+    """Remove every temporary this process has opened and not yet moved into place or removed: the last resort of a stop that could not unwind."""
+    for tmp in list(_live_temporaries):
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:
+            pass
+        _live_temporaries.discard(tmp)
+
+
+def _process_gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except (PermissionError, OverflowError):
+        return False
+    return False
+
+
+def remove_stale_temporaries(folder: Path) -> list[Path]:
+    """Remove the temporaries in `folder` that a process of this user left behind when it was killed; returns what was removed.
+
+    Only names of ecacli's own pattern count, only regular files this user owns, and only when
+    their process no longer exists and they are `STALE_AFTER_S` old; anything unexpected is left alone.
+    """
+    removed = []
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return removed
+    now = time.time()
+    for entry in entries:
+        match = TEMPORARY_NAME.fullmatch(entry.name)
+        if match is None or int(match[1]) == os.getpid():
+            continue
+        try:
+            info = entry.stat(follow_symlinks=False)
+            if stat.S_ISREG(info.st_mode) and info.st_uid == os.getuid() and now - info.st_mtime >= STALE_AFTER_S and _process_gone(int(match[1])):
+                os.unlink(entry.path)
+                removed.append(Path(entry.path))
+        except OSError:
+            continue
+    return removed
 
 
 def _umask() -> int:
@@ -102,12 +160,16 @@ def atomic_write(writers: dict[Path, Callable[[IO[bytes]], None]], force: bool =
     A file system error (a full disk, an I/O error) becomes an `OutputError` naming the target.
     """
     check_writable(list(writers), force)
+    for folder in {target.parent for target in writers}:
+        remove_stale_temporaries(folder)
     with ExitStack() as cleanup:
         temporaries: dict[Path, Path] = {}
         for target, write in writers.items():
             with user_path(target, f"write in {describe_path(target.parent)}", OutputError):
-                fd, name = tempfile.mkstemp(dir=target.parent, prefix=TEMPORARY_PREFIX, suffix=".tmp")  # short: any valid target name works
+                fd, name = tempfile.mkstemp(dir=target.parent, prefix=f"{TEMPORARY_PREFIX}{os.getpid()}-", suffix=".tmp")  # short: any valid target name works
             tmp = Path(name)
+            _live_temporaries.add(tmp)
+            cleanup.callback(_live_temporaries.discard, tmp)
             cleanup.callback(tmp.unlink, missing_ok=True)
             with user_path(target, "write it", OutputError):
                 os.chmod(fd, 0o666 & ~_umask())

@@ -239,6 +239,29 @@ def test_ctrl_c_tears_every_rank_down(tmp_path):
 @pytest.mark.slow
 @pytest.mark.subprocess
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc")
+def test_sigterm_to_the_launcher_alone_stops_every_rank_with_143(tmp_path):
+    launcher = _start_profile(tmp_path)
+    seen = []
+    for line in launcher.stderr:  # readiness: rank 0 reports its first timed round
+        seen.append(line)
+        if line.startswith("rank 0: timing"):
+            break
+    assert seen and seen[-1].startswith("rank 0: timing"), "".join(seen)
+    launcher.send_signal(signal.SIGTERM)  # as a process manager does: to the launcher only, not its ranks
+    _, err = launcher.communicate(timeout=120)
+    err = "".join(seen) + err
+    assert launcher.returncode == 143, err
+    assert "Traceback" not in err and err.splitlines()[-1] == "terminated", err
+    deadline = time.monotonic() + 30
+    while _session_processes(launcher.pid) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert _session_processes(launcher.pid) == []
+
+
+@pytest.mark.ddp
+@pytest.mark.slow
+@pytest.mark.subprocess
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc")
 def test_ctrl_c_while_the_ranks_start_prints_no_traceback(tmp_path):
     launcher = _start_profile(tmp_path)
     deadline = time.monotonic() + 120

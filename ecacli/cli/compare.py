@@ -100,9 +100,9 @@ def _render(rows, time: bool, overrides: list[str]) -> None:
 
 
 def _attach_timings(rows, specs, batch: int, input_size: int | None, device: str, warmup: int, iters: int, threads: int | None, show_progress: bool) -> None:
-    """Time every spec's training step interleaved in one process (the profile command's code) and attach the figures."""
+    """Time every spec's training step interleaved with the first's, one pair at a time in one process (the profile command's code), and attach the figures."""
     from ecacli.cli.common import progress_callback
-    from ecacli.profiling import ProfileConfig, profile
+    from ecacli.profiling import ProfileConfig, profile_paired
     from ecacli.profiling.device import default_device
     from ecacli.reports.compare import measured_figures
 
@@ -111,9 +111,9 @@ def _attach_timings(rows, specs, batch: int, input_size: int | None, device: str
     )
     labels = [f"{i}:{spec.name}" for i, spec in enumerate(specs)]
     with progress_callback(enabled=show_progress) as progress:
-        report = profile(list(zip(labels, specs)), config, progress)
-    for row, label in zip(rows, labels):
-        row.measured = measured_figures(report, label, labels[0])
+        report = profile_paired(list(zip(labels, specs)), config, progress)
     if report.interrupted:
         typer.echo("stopped before every spec was timed; nothing is reported as measured from a partial run.", err=True)
         raise Interrupted()
+    for row, label in zip(rows, labels):
+        row.measured = measured_figures(report, label, labels[0])

@@ -4,7 +4,7 @@
 the commands that compare several specs are thin layers over it.
 """
 
-from ecacli.profiling.report import OutOfMemory, ProfileReport, profile
+from ecacli.profiling.report import OutOfMemory, ProfileReport, profile, profile_paired
 from ecacli.profiling.runner import ModelProfile, ProfileConfig, count_flops, without_attention
 from ecacli.profiling.stats import Stats
 
@@ -16,5 +16,6 @@ __all__ = [
     "Stats",
     "count_flops",
     "profile",
+    "profile_paired",
     "without_attention",
 ]

@@ -619,7 +619,7 @@ def start_ranks(worker: Callable[..., Any], args: tuple[Any, ...], nproc: int, t
 
     A failing rank ends the job: the launcher stops the others and `RankFailed` names the rank and
     its cause; Ctrl-C (or SIGTERM) stops every rank, at any moment (ranks that are still starting
-    included), and raises KeyboardInterrupt.
+    included), and raises KeyboardInterrupt (or `Terminated`).
     """
     from torch.distributed.elastic.multiprocessing import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
@@ -642,7 +642,9 @@ def start_ranks(worker: Callable[..., Any], args: tuple[Any, ...], nproc: int, t
     except ChildFailedError as exc:
         raise _launch_failure(exc, nproc) from None
     except SignalException as exc:
-        if exc.sigval in (signal.SIGINT, signal.SIGTERM):
+        if exc.sigval == signal.SIGTERM:
+            raise Terminated() from None
+        if exc.sigval == signal.SIGINT:
             raise KeyboardInterrupt from None
         raise
     return results[0]

@@ -35,6 +35,8 @@ class ProfileReport:
     models: list[ModelProfile]
     interrupted: bool = False
     breakdown: Breakdown | None = None
+    paired_samples: dict[str, list[dict[str, float]]] | None = None
+    """From `profile_paired`: by label, the first model's steps timed in the rounds it shared with that model."""
 
     def model(self, label: str) -> ModelProfile:
         return next(m for m in self.models if m.label == label)
@@ -42,6 +44,8 @@ class ProfileReport:
     def ratio(self, label: str, reference: str, phase: str = "step") -> Stats | None:
         """Per-round ratio of `label`'s phase time to `reference`'s, over the rounds both completed."""
         mine, theirs = self.model(label).samples, self.model(reference).samples
+        if self.paired_samples is not None and reference == self.models[0].label and label in self.paired_samples:
+            theirs = self.paired_samples[label]
         return Stats.of(a[phase] / b[phase] for a, b in zip(mine, theirs) if phase in a and phase in b)
 
     def precision(self, label: str, reference: str | None = None) -> dict[str, Precision]:
@@ -111,6 +115,17 @@ class out_of_memory_as_error(AbstractContextManager):
         ) from None
 
 
+def _set_up(entries: Sequence[tuple[str, NetworkSpec]], config: ProfileConfig) -> tuple[torch.device, dict[str, tuple[int, int]]]:
+    """Check the request and set the device up; returns (device, FLOPs by label), counted before anything is built."""
+    config.validate()
+    device = resolve_device(config.device)
+    if config.threads is not None:
+        torch.set_num_threads(config.threads)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = config.cudnn_benchmark
+    return device, {label: count_flops(spec, config) for label, spec in entries}
+
+
 def prepare(
     entries: Sequence[tuple[str, NetworkSpec]], config: ProfileConfig, models: Mapping[str, nn.Module] | None = None
 ) -> tuple[torch.device, list[Workload], dict[str, tuple[int, int]]]:
@@ -119,13 +134,7 @@ def prepare(
     `models` gives, by label, a model to measure instead of the spec's own build (another
     implementation of the same network); FLOPs are still counted on the spec's model.
     """
-    config.validate()
-    device = resolve_device(config.device)
-    if config.threads is not None:
-        torch.set_num_threads(config.threads)
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = config.cudnn_benchmark
-    flops = {label: count_flops(spec, config) for label, spec in entries}
+    device, flops = _set_up(entries, config)
     with out_of_memory_as_error(config, device, len(entries)):
         workloads = [make_workload(label, spec, config, device, (models or {}).get(label)) for label, spec in entries]
     return device, workloads, flops
@@ -153,3 +162,39 @@ def profile(
                 interrupted = True
     models = [summarize(w, config, flops[w.label]) for w in workloads]
     return ProfileReport(header(config, device, entries[0][1]), models, interrupted, details)
+
+
+def profile_paired(entries: Sequence[tuple[str, NetworkSpec]], config: ProfileConfig, progress: ProgressCallback | None = None) -> ProfileReport:
+    """Measure every model after the first interleaved with the first, one pair at a time, so at most
+    two models are built at once however many are compared; `ratio(label, first)` is per round of
+    that pair. The first model's figures cover all its rounds. Ctrl-C stops the measurement: the
+    report then holds the models measured so far, with `interrupted` set.
+    """
+    device, flops = _set_up(entries, config)
+    (first_label, first_spec), others = entries[0], list(entries[1:])
+    pairs = max(len(others), 1)
+    steps_per_pair = {"warm-up": config.warmup * min(len(entries), 2), "timing": config.iters * min(len(entries), 2)}
+
+    def paired_progress(index: int) -> ProgressCallback | None:
+        if progress is None:
+            return None
+        return lambda phase, done, total: progress(phase, index * steps_per_pair[phase] + done, pairs * steps_per_pair[phase])
+
+    with out_of_memory_as_error(config, device, min(len(entries), 2)):
+        first = make_workload(first_label, first_spec, config, device)
+        if not others:
+            interrupted = measure([first], config, device, paired_progress(0))
+            return ProfileReport(header(config, device, first_spec), [summarize(first, config, flops[first_label])], interrupted)
+        models, paired, first_samples, interrupted = [], {}, [], False
+        for index, (label, spec) in enumerate(others):
+            other = make_workload(label, spec, config, device)
+            first.samples = []
+            interrupted = measure([first, other], config, device, paired_progress(index))
+            paired[label], first_samples = first.samples, first_samples + first.samples
+            models.append(summarize(other, config, flops[label]))
+            del other
+            if interrupted:
+                break
+        first.samples = first_samples
+    first_model = summarize(first, config, flops[first_label])
+    return ProfileReport(header(config, device, first_spec), [first_model, *models], interrupted, paired_samples=paired)
