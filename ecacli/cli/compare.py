@@ -14,7 +14,7 @@ from ecacli.spec import check_input_size
 def compare(
     specs: Annotated[list[str], typer.Argument(metavar="SPEC", help="Spec files or presets; deltas are against the first.", show_default=False)],
     input_size: Annotated[int | None, typer.Option(metavar="PX", help="Input side in pixels (default: each spec's).", show_default=False)] = None,
-    time: Annotated[bool, typer.Option("--time", help="Also time training steps, interleaved (as profile).")] = False,
+    time: Annotated[bool, typer.Option("--time", help="Also time training steps: each spec interleaved with the first, one pair at a time (as profile).")] = False,
     batch: Annotated[int, typer.Option(metavar="N", help="With --time: images per step.")] = 1,
     device: Annotated[str, typer.Option(metavar="DEVICE", help="With --time: cpu, cuda[:N], mps or auto.")] = "auto",
     warmup: Annotated[int, typer.Option(metavar="N", help="With --time: untimed steps per spec.")] = 3,
@@ -87,7 +87,7 @@ def _render(rows, time: bool, overrides: list[str]) -> None:
         notes.append(with_overrides("every spec", overrides))
     if time:
         measured = rows[0].measured
-        notes.append(f"measured: {measured['device']}, batch {measured['batch']}, training steps interleaved; step / first: median (p10-p90) of per-round ratios")
+        notes.append(f"measured: {measured['device']}, batch {measured['batch']}, training steps interleaved with the first, one pair at a time; step / first: median (p10-p90) of per-round ratios")
         imprecise = imprecise_note(rows)
         if imprecise:
             notes.append(imprecise)

@@ -107,7 +107,7 @@ class out_of_memory_as_error(AbstractContextManager):
         if self.config.train:
             hints.append("--mode eval")
         if self.models > 1:
-            hints.append(f"one model at a time (all {self.models} stay in memory while they are timed in turn)")
+            hints.append(f"one model at a time (the {self.models} models timed together all stay in memory)")
         tries = hints[0] if len(hints) == 1 else f"{', '.join(hints[:-1])} or {hints[-1]}"
         raise OutOfMemory(
             f"out of memory on {self.device} at --batch {self.config.batch} "
