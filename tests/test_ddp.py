@@ -220,18 +220,24 @@ def _interrupt_and_check(launcher: subprocess.Popen, err_so_far: str = "") -> No
     assert _session_processes(launcher.pid) == []
 
 
+def _first_round(launcher) -> list[str]:
+    """The launcher's stderr lines up to rank 0's first timed round (the readiness signal)."""
+    seen = []
+    for line in launcher.stderr:
+        seen.append(line)
+        if line.startswith("rank 0: timing"):
+            break
+    assert seen and seen[-1].startswith("rank 0: timing"), "".join(seen)
+    return seen
+
+
 @pytest.mark.ddp
 @pytest.mark.slow
 @pytest.mark.subprocess
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc")
 def test_ctrl_c_tears_every_rank_down(tmp_path):
     launcher = _start_profile(tmp_path)
-    seen = []
-    for line in launcher.stderr:  # readiness: rank 0 reports its first timed round
-        seen.append(line)
-        if line.startswith("rank 0: timing"):
-            break
-    assert seen and seen[-1].startswith("rank 0: timing"), "".join(seen)
+    seen = _first_round(launcher)
     _interrupt_and_check(launcher, "".join(seen))
 
 
@@ -241,12 +247,7 @@ def test_ctrl_c_tears_every_rank_down(tmp_path):
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc")
 def test_sigterm_to_the_launcher_alone_stops_every_rank_with_143(tmp_path):
     launcher = _start_profile(tmp_path)
-    seen = []
-    for line in launcher.stderr:  # readiness: rank 0 reports its first timed round
-        seen.append(line)
-        if line.startswith("rank 0: timing"):
-            break
-    assert seen and seen[-1].startswith("rank 0: timing"), "".join(seen)
+    seen = _first_round(launcher)
     launcher.send_signal(signal.SIGTERM)  # as a process manager does: to the launcher only, not its ranks
     _, err = launcher.communicate(timeout=120)
     err = "".join(seen) + err
