@@ -6,11 +6,8 @@ failure, 130 interrupted (Ctrl-C), 143 terminated (SIGTERM), 141 quietly when th
 stdout went away (a broken pipe, as for other unix tools); 130 and 143 print one line saying so
 on stderr, and unwind first, so no temporary file is left behind.
 
-A stop wins over whatever error it causes on the way out (a library that turns the interruption
-into its own error, a half-initialised import): once SIGINT or SIGTERM has arrived, the exit is
-130 or 143. When the main thread cannot unwind (held in a long native call), a watchdog thread,
-woken by the signal itself, removes this process's temporaries, stops its child processes and
-exits with the same status after `STOP_GRACE_S`.
+A stop wins over whatever error it causes on the way out (`ecacli.stops`): once SIGINT or SIGTERM
+has arrived, the exit is 130 or 143, even where the main thread is held in native code.
 """
 
 from __future__ import annotations
@@ -20,8 +17,6 @@ import functools
 import os
 import signal
 import sys
-import threading
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -39,6 +34,7 @@ from ecacli.cli.specs import specs
 from ecacli.cli.summary import summary
 from ecacli.cli.validate import validate
 from ecacli.errors import Interrupted, Terminated, UserError, describe_path, os_reason, printable
+from ecacli.stops import exit_if_stopped, watching_stops
 
 app = typer.Typer(
     name="ecacli",
@@ -88,95 +84,6 @@ def _root(
     """
 
 
-STOP_GRACE_S = 2.0
-"""How long a stop may take to unwind before the watchdog ends the process itself."""
-
-STOPS = {signal.SIGINT: (Interrupted.exit_code, "interrupted"), signal.SIGTERM: (Terminated.exit_code, "terminated")}
-
-
-class _StopWatch:
-    """The stop signal received during `main` (if any), and a watchdog thread that ends the process when it cannot unwind.
-
-    The watchdog is woken by the signal itself (Python's wake-up descriptor), even while the main
-    thread is held in native code; if the main thread has not run the signal's handler
-    `STOP_GRACE_S` later, it never will in time, and the watchdog ends the process.
-    """
-
-    def __init__(self) -> None:
-        self.received: int | None = None
-        self.handled = 0
-        self.delivered = 0
-        self.armed = False
-        self._wakeup: int | None = None
-
-    def arm(self) -> int:
-        """Start watching (the watchdog thread is started once per process); returns the previous wake-up descriptor."""
-        self.received, self.handled, self.delivered, self.armed = None, 0, 0, True
-        if self._wakeup is None:
-            read, write = os.pipe()
-            os.set_blocking(write, False)
-            self._wakeup = write
-            threading.Thread(target=self._watch, args=(read,), name="ecacli-stop-watchdog", daemon=True).start()
-        return signal.set_wakeup_fd(self._wakeup, warn_on_full_buffer=False)
-
-    def _watch(self, read: int) -> None:
-        while True:
-            signum = os.read(read, 1)[0]
-            if not (self.armed and signum in STOPS):
-                continue
-            self.delivered += 1
-            time.sleep(STOP_GRACE_S)
-            if self.armed and self.handled < self.delivered:
-                _end_now(STOPS[signal.Signals(signum)])
-
-
-_stop_watch = _StopWatch()
-
-
-def _end_now(stop: tuple[int, str]) -> None:
-    """The watchdog's last resort: remove this process's temporaries, kill its children, say why and exit."""
-    from ecacli.atomic import remove_live_temporaries
-
-    remove_live_temporaries()
-    for child in _child_processes():
-        try:
-            os.kill(child, signal.SIGKILL)
-        except OSError:
-            pass
-    code, line = stop
-    os.write(2, f"{line}\n".encode())
-    os._exit(code)
-
-
-def _child_processes() -> list[int]:
-    """This process's children (as /proc lists them; none where it is not mounted)."""
-    children = []
-    try:
-        for task in os.scandir(f"/proc/{os.getpid()}/task"):
-            with open(os.path.join(task.path, "children")) as listing:
-                children += [int(pid) for pid in listing.read().split()]
-    except OSError:
-        pass
-    return children
-
-
-def _stop_signal(signum: int, frame: Any) -> None:
-    """SIGINT and SIGTERM: remember which arrived, then unwind as KeyboardInterrupt or `Terminated`."""
-    _stop_watch.received = signum
-    _stop_watch.handled += 1
-    if signum == signal.SIGTERM:
-        raise Terminated()
-    raise KeyboardInterrupt()
-
-
-def _stopped_exit() -> None:
-    """If a stop signal arrived, exit with its status and line, whatever the error that brought us here."""
-    if _stop_watch.received is not None:
-        code, line = STOPS[signal.Signals(_stop_watch.received)]
-        sys.stderr.write(line + "\n")
-        sys.exit(code)
-
-
 BROKEN_PIPE = 128 + signal.SIGPIPE
 """Exit status when the reader of stdout went away (`ecacli schema | head`): as a unix tool killed by SIGPIPE, and quietly."""
 
@@ -213,18 +120,8 @@ def main() -> None:
     if sys.stdout is None:  # started with stdout closed (`ecacli ... >&-`)
         sys.stderr.write("error: standard output is closed; ecacli writes its results there (redirect it to a file or /dev/null instead).\n")
         sys.exit(2)
-    previous = {signum: signal.signal(signum, _stop_signal) for signum in STOPS}
-    previous_wakeup = _stop_watch.arm()
-    try:
+    with watching_stops():
         _run()
-    finally:
-        _stop_watch.armed = False
-        signal.set_wakeup_fd(previous_wakeup)
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
-        from ecacli.atomic import remove_live_temporaries
-
-        remove_live_temporaries()
 
 
 def _run() -> None:
@@ -237,7 +134,7 @@ def _run() -> None:
             if failing is not None:
                 _stdout_exit(failing)
     except UserError as exc:
-        _stopped_exit()
+        exit_if_stopped()
         sys.stderr.write("error: " + "\n".join(printable(line) for line in str(exc).splitlines()) + "\n")
         sys.exit(exc.exit_code)
     except (Interrupted, KeyboardInterrupt):
@@ -247,7 +144,7 @@ def _run() -> None:
         sys.stderr.write("terminated\n")
         sys.exit(Terminated.exit_code)
     except Exception as exc:
-        _stopped_exit()
+        exit_if_stopped()
         if os.environ.get("ECACLI_DEBUG"):
             raise
         if isinstance(exc, OSError) and exc.filename is None and (isinstance(exc, BrokenPipeError) or exc.errno in STDOUT_ERRNOS):
