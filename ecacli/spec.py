@@ -32,6 +32,8 @@ MAX_BATCH = 65536
 MAX_BLOCKS = 1_000
 MAX_WEIGHTS = 4e9
 """Bounds on a spec, checked before it is built: blocks, and weights estimated from the widths (9 inner^2 + 2 inner x output per block, plus the classifier); the largest presets are far below both."""
+MAX_BASE_MODULES = 10_000
+"""A base spec's model (base plus attention) may hold at most this many modules and MAX_WEIGHTS parameters and buffers, counted on the meta device before it is built."""
 MAX_SAMPLE_ELEMENTS = 2**28
 NORMS = ("batch", "frozen_batch", "group")
 
