@@ -448,7 +448,7 @@ class BaseSpec(NetworkSpec):
             if given:
                 raise PydanticCustomError("layout", "sample_shape gives the whole input shape; drop {keys}.", {"at": "sample_shape", "keys": " and ".join(given)})
             if math.prod(self.sample_shape) > MAX_SAMPLE_ELEMENTS:
-                raise PydanticCustomError("layout", "{got} holds more than {max:,} values per sample.", {"at": "sample_shape", "got": self.sample_shape, "max": MAX_SAMPLE_ELEMENTS})
+                raise PydanticCustomError("layout", "{got} holds more than {max} values per sample.", {"at": "sample_shape", "got": self.sample_shape, "max": f"{MAX_SAMPLE_ELEMENTS:,}"})
         for key, default in (("norm", "batch"), ("frozen_stages", -1), ("norm_eval", False)):
             if getattr(self, key) != default:
                 raise PydanticCustomError("layout", "{key} applies to ecacli's own families; a base model keeps its own layers.", {"at": key, "key": key})

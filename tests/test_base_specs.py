@@ -247,6 +247,70 @@ def test_a_video_base_takes_its_sample_shape_and_gets_eca_in_3d(tmp_path):
         spec_from_data({**data, "input_size": 64})
 
 
+# --- bounds: a stored spec is refused before anything is allocated -----------------------------------
+
+HUGE_HEAD = {"name": "huge_head", "base": "torchvision:resnet18", "base_args": {"num_classes": 1_000_000_000}}
+
+
+def test_a_base_past_the_weight_bound_is_refused_naming_the_spec_its_base_args_and_the_limit(tmp_path):
+    message = "spec 'huge_head': base: torchvision:resnet18 with base_args {'num_classes': 1000000000} would hold 5.13e+11 weights (parameters and buffers), more than the 4e+09 a spec may build"
+    with pytest.raises(SpecError) as caught:
+        build_model(spec_from_data(HUGE_HEAD))
+    assert message in str(caught.value)
+    path = write_spec(tmp_path, HUGE_HEAD)
+    for argv in (("summary", str(path)), ("export", str(path), "-o", str(tmp_path / "m.onnx"))):
+        code, out, err = run_main(*argv)
+        assert code == 2 and message in err and "Traceback" not in err
+    assert list(tmp_path.iterdir()) == [path]
+
+
+def test_a_base_past_the_module_bound_is_refused_while_it_is_built(monkeypatch):
+    import ecacli.models.base as base
+
+    monkeypatch.setattr(base, "MAX_BASE_MODULES", 40)
+    with pytest.raises(SpecError, match=r"spec 'deep': base: timm:resnet18 with base_args \{'layers': \[2, 2, 2, 2\]\} would hold more than the 40 modules a spec may build"):
+        build_model(spec_from_data({"name": "deep", "base": "timm:resnet18", "base_args": {"layers": [2, 2, 2, 2]}}))
+
+
+def test_a_builder_that_cannot_run_on_meta_is_bounded_as_it_allocates():
+    with torch.device("meta"), pytest.raises(SpecError, match="Cannot copy out of meta tensor"):
+        build_model(spec_from_data({"name": "regnet", "base": "torchvision:regnet_x_400mf"}))
+    model = build_model(spec_from_data({"name": "regnet", "base": "torchvision:regnet_x_400mf", "base_args": {"num_classes": 10}}))
+    assert sum(p.numel() for p in model.parameters()) == 5_495_976 - 401 * 1000 + 401 * 10  # torchvision: 5,495,976 with a 400 -> 1000 head
+    with pytest.raises(SpecError, match=r"spec 'regnet': base: torchvision:regnet_x_400mf with base_args \{'num_classes': 10000000000\} would hold more than the 4e\+09 weights a spec may build"):
+        build_model(spec_from_data({"name": "regnet", "base": "torchvision:regnet_x_400mf", "base_args": {"num_classes": 10_000_000_000}}))
+
+
+@pytest.mark.parametrize("base", ["torchvision:resnet152", "torchvision:efficientnet_b7", "torchvision:vit_h_14", "timm:resnet50", "timm:vit_giant_patch14_224"])
+def test_the_largest_real_bases_are_within_the_bounds(base):
+    with torch.device("meta"):
+        assert build_model(spec_from_data({"name": "big", "base": base})) is not None
+
+
+def test_a_torchvision_detector_is_built_without_fetching_its_backbones_weights(monkeypatch):
+    def fetch(*args, **kwargs):
+        raise AssertionError("a backbone's weights were fetched")
+
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", fetch)
+    with torch.device("meta"):
+        model = build_model(spec_from_data({"name": "det", "base": "torchvision:fasterrcnn_mobilenet_v3_large_320_fpn", "base_args": {"num_classes": 3}}))
+    assert model.roi_heads.box_predictor.cls_score.out_features == 3
+
+
+def test_a_sample_shape_past_its_bound_is_refused_when_the_spec_is_read():
+    with pytest.raises(SpecError, match=r"\[65, 2048, 2048\] holds more than 268,435,456 values per sample"):
+        spec_from_data({"name": "big_input", "base": "torchvision:resnet18", "sample_shape": [65, 2048, 2048], "attention": {"type": "eca", "after": "layer*.*.bn2"}})
+
+
+@pytest.mark.slow
+def test_the_installed_cli_refuses_a_base_past_the_bounds_before_building_it(cli, tmp_path):
+    path = write_spec(tmp_path, HUGE_HEAD)
+    result = cli("export", str(path), "-o", str(tmp_path / "m.pt2"))
+    assert result.returncode == 2, result.stderr
+    assert "would hold 5.13e+11 weights (parameters and buffers), more than the 4e+09 a spec may build" in result.stderr
+    assert list(tmp_path.iterdir()) == [path]
+
+
 # --- one family registry ---------------------------------------------------------------------------
 
 
