@@ -210,13 +210,47 @@ def test_a_timm_eca_file_keeps_its_own_names_for_a_timm_base(tmp_path):
 
 
 @pytest.mark.slow
-def test_export_a_base_spec_as_onnx_and_pt2_but_torchscript_is_refused(tmp_path):
+@pytest.mark.filterwarnings("ignore::FutureWarning")
+def test_export_a_base_spec_as_onnx_pt2_and_torchscript_traced_where_it_cannot_be_scripted(tmp_path):
+    from ecacli.deploy import export_model
+
     path = write_spec(tmp_path, R18_ECA)
     for suffix in ("onnx", "pt2"):
         code, out, err = run_main("export", str(path), "-o", str(tmp_path / f"m.{suffix}"))
         assert code == 0, err
-    code, out, err = run_main("export", str(path), "-o", str(tmp_path / "m.ts"))
-    assert code == 2 and "TorchScript cannot script a GatedBatchNorm2d" in err and not (tmp_path / "m.ts").exists()
+    model = build_model(load_spec(path)).eval()
+    with pytest.raises(UserError, match="TorchScript cannot script a GatedBatchNorm2d"):
+        torch.jit.script(model)
+    exported = export_model(model, tmp_path / "m.ts")
+    assert (exported.torchscript, exported.input_shape) == ("traced", ["batch", 3, 32, 32])
+    traced = torch.jit.load(str(tmp_path / "m.ts"))
+    x = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        torch.testing.assert_close(traced(x), model(x))
+    code, out, err = run_main("inspect", str(tmp_path / "m.ts"), "--json")
+    assert code == 0, err
+    report = json.loads(out)
+    assert report["spec"]["name"] == "tv_r18_eca" and report["parameters"] == exported.parameters
+    code, out, err = run_main("export", str(path), "-o", str(tmp_path / "cli.ts"), "--json")
+    assert code == 0 and json.loads(out)["torchscript"] == "traced"
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning")
+def test_a_trace_that_does_not_compute_what_the_model_computes_is_refused(tmp_path):
+    from ecacli.deploy.export import ExportRequest, check_trace
+
+    class BatchDependent(torch.nn.Module):
+        spec = spec_from_data(R18_ECA)
+
+        def forward(self, x):
+            return x * 2 if x.shape[0] == 1 else x
+
+    model, example = BatchDependent(), torch.randn(1, 3, 8, 8)
+    with pytest.warns(torch.jit.TracerWarning):
+        traced = torch.jit.trace(model, example, check_trace=False)
+    request = ExportRequest.resolve(tmp_path / "m.ts")
+    with pytest.raises(UserError, match=r"m.ts: 'tv_r18_eca' cannot be scripted, and its torch.jit.trace does not compute what the model computes on a second batch \(.*\); export as onnx or pt2"):
+        check_trace(model, traced, example, request)
 
 
 @pytest.mark.slow

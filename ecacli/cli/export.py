@@ -56,6 +56,10 @@ def export(
 
     The weights are initialised (--seed) or a checkpoint's (--from, or a checkpoint as SPEC),
     converted to the spec.
+
+    TorchScript is scripted; a base spec whose attention gates a module outside
+    an nn.Sequential is traced on the example batch instead, and written only if
+    the trace computes what the model computes on a second batch.
     """
     check_seed(seed)
     target = output_path(output, "-o", "model.safetensors")
@@ -95,6 +99,8 @@ def graph_lines(exported: ExportedModel) -> list[str]:
     lines = []
     if exported.opset is not None:
         lines.append(f"  opset:       {exported.opset}")
+    if exported.torchscript is not None:
+        lines.append(f"  torchscript: {exported.torchscript}" + (" (torch.jit.trace: attention outside an nn.Sequential)" if exported.torchscript == "traced" else ""))
     if exported.input_shape is not None:
         dynamic = " (dynamic batch)" if "batch" in exported.input_shape else ""
         lines.append(f"  input:       [{', '.join(map(str, exported.input_shape))}]{dynamic}")
