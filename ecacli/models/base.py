@@ -60,11 +60,17 @@ class _AllocationBudget(TorchFunctionMode):
 
     def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
         kwargs = kwargs or {}
-        if func in self.constructors:
-            self.values += func(*args, **{**kwargs, "device": "meta"}).numel()
-            if self.values > MAX_WEIGHTS:
-                raise _too_large(self.spec, f"more than the {MAX_WEIGHTS:.0e} weights")
-        return func(*args, **kwargs)
+        if func not in self.constructors:
+            return func(*args, **kwargs)
+        try:
+            values = func(*args, **{**kwargs, "device": "meta"}).numel()
+        except Exception:  # a call the meta device does not take (out=, pinned memory): counted once made
+            values = 0
+        if self.values + values > MAX_WEIGHTS:
+            raise _too_large(self.spec, f"more than the {MAX_WEIGHTS:.0e} weights")
+        result = func(*args, **kwargs)
+        self.values += values or (result.numel() if isinstance(result, torch.Tensor) else 0)
+        return result
 
 
 @contextmanager
