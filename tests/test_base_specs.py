@@ -298,6 +298,17 @@ def test_a_base_past_the_weight_bound_is_refused_naming_the_spec_its_base_args_a
     assert list(tmp_path.iterdir()) == [path]
 
 
+def test_a_checkpoints_stored_base_spec_past_the_bound_is_refused_before_it_is_built(tmp_path):
+    from ecacli.checkpoints import save_checkpoint
+
+    path = tmp_path / "downloaded.safetensors"
+    save_checkpoint(torchvision.models.resnet18().state_dict(), spec_from_data(HUGE_HEAD), path, "safetensors", None, False, None)
+    for argv in (("inspect", str(path)), ("export", str(path), "-o", str(tmp_path / "m.pt2"))):
+        code, out, err = run_main(*argv)
+        assert code == 2 and "spec 'huge_head': base: torchvision:resnet18 with base_args {'num_classes': 1000000000} would hold 5.13e+11 weights" in err
+    assert list(tmp_path.iterdir()) == [path]
+
+
 def test_a_base_past_the_module_bound_is_refused_while_it_is_built(monkeypatch):
     import ecacli.models.base as base
 
