@@ -55,11 +55,8 @@ def export(
     """Write a model as weights or as a graph checked in its runtime.
 
     The weights are initialised (--seed) or a checkpoint's (--from, or a checkpoint as SPEC),
-    converted to the spec.
-
-    TorchScript is scripted; a base spec whose attention gates a module outside
-    an nn.Sequential is traced on the example batch instead, and written only if
-    the trace computes what the model computes on a second batch.
+    converted to the spec. TorchScript is traced (checked on a second batch) where
+    attention gates a module outside an nn.Sequential.
     """
     check_seed(seed)
     target = output_path(output, "-o", "model.safetensors")
