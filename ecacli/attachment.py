@@ -320,6 +320,11 @@ def _refuse_scripting(self: nn.Module) -> nn.Module:
     )
 
 
+def scriptable(model: nn.Module) -> bool:
+    """Whether torch.jit.script takes the model: not where attention gates a module outside an nn.Sequential (its class was swapped)."""
+    return not any(type(module) in _GATED_CLASSES.values() for module in model.modules())
+
+
 def _renamed(function: types.FunctionType, name: str) -> types.FunctionType:
     """A copy of a function under another name (tools that compile methods key them by the function's name)."""
     copy = types.FunctionType(function.__code__.replace(co_name=name), function.__globals__, name, function.__defaults__, function.__closure__)

@@ -32,6 +32,8 @@ MAX_BATCH = 65536
 MAX_BLOCKS = 1_000
 MAX_WEIGHTS = 4e9
 """Bounds on a spec, checked before it is built: blocks, and weights estimated from the widths (9 inner^2 + 2 inner x output per block, plus the classifier); the largest presets are far below both."""
+MAX_BASE_MODULES = 10_000
+"""A base spec's model (base plus attention) may hold at most this many modules and MAX_WEIGHTS parameters and buffers, counted on the meta device before it is built."""
 MAX_SAMPLE_ELEMENTS = 2**28
 NORMS = ("batch", "frozen_batch", "group")
 
@@ -446,7 +448,7 @@ class BaseSpec(NetworkSpec):
             if given:
                 raise PydanticCustomError("layout", "sample_shape gives the whole input shape; drop {keys}.", {"at": "sample_shape", "keys": " and ".join(given)})
             if math.prod(self.sample_shape) > MAX_SAMPLE_ELEMENTS:
-                raise PydanticCustomError("layout", "{got} holds more than {max:,} values per sample.", {"at": "sample_shape", "got": self.sample_shape, "max": MAX_SAMPLE_ELEMENTS})
+                raise PydanticCustomError("layout", "{got} holds more than {max} values per sample.", {"at": "sample_shape", "got": self.sample_shape, "max": f"{MAX_SAMPLE_ELEMENTS:,}"})
         for key, default in (("norm", "batch"), ("frozen_stages", -1), ("norm_eval", False)):
             if getattr(self, key) != default:
                 raise PydanticCustomError("layout", "{key} applies to ecacli's own families; a base model keeps its own layers.", {"at": key, "key": key})

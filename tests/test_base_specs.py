@@ -210,13 +210,47 @@ def test_a_timm_eca_file_keeps_its_own_names_for_a_timm_base(tmp_path):
 
 
 @pytest.mark.slow
-def test_export_a_base_spec_as_onnx_and_pt2_but_torchscript_is_refused(tmp_path):
+@pytest.mark.filterwarnings("ignore::FutureWarning")
+def test_export_a_base_spec_as_onnx_pt2_and_torchscript_traced_where_it_cannot_be_scripted(tmp_path):
+    from ecacli.deploy import export_model
+
     path = write_spec(tmp_path, R18_ECA)
     for suffix in ("onnx", "pt2"):
         code, out, err = run_main("export", str(path), "-o", str(tmp_path / f"m.{suffix}"))
         assert code == 0, err
-    code, out, err = run_main("export", str(path), "-o", str(tmp_path / "m.ts"))
-    assert code == 2 and "TorchScript cannot script a GatedBatchNorm2d" in err and not (tmp_path / "m.ts").exists()
+    model = build_model(load_spec(path)).eval()
+    with pytest.raises(UserError, match="TorchScript cannot script a GatedBatchNorm2d"):
+        torch.jit.script(model)
+    exported = export_model(model, tmp_path / "m.ts")
+    assert (exported.torchscript, exported.input_shape) == ("traced", ["batch", 3, 32, 32])
+    traced = torch.jit.load(str(tmp_path / "m.ts"))
+    x = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        torch.testing.assert_close(traced(x), model(x))
+    code, out, err = run_main("inspect", str(tmp_path / "m.ts"), "--json")
+    assert code == 0, err
+    report = json.loads(out)
+    assert report["spec"]["name"] == "tv_r18_eca" and report["parameters"] == exported.parameters
+    code, out, err = run_main("export", str(path), "-o", str(tmp_path / "cli.ts"), "--json")
+    assert code == 0 and json.loads(out)["torchscript"] == "traced"
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning")
+def test_a_trace_that_does_not_compute_what_the_model_computes_is_refused(tmp_path):
+    from ecacli.deploy.export import ExportRequest, check_trace
+
+    class BatchDependent(torch.nn.Module):
+        spec = spec_from_data(R18_ECA)
+
+        def forward(self, x):
+            return x * 2 if x.shape[0] == 1 else x
+
+    model, example = BatchDependent(), torch.randn(1, 3, 8, 8)
+    with pytest.warns(torch.jit.TracerWarning):
+        traced = torch.jit.trace(model, example, check_trace=False)
+    request = ExportRequest.resolve(tmp_path / "m.ts")
+    with pytest.raises(UserError, match=r"m.ts: 'tv_r18_eca' cannot be scripted, and its torch.jit.trace does not compute what the model computes on a second batch \(.*\); export as onnx or pt2"):
+        check_trace(model, traced, example, request)
 
 
 @pytest.mark.slow
@@ -245,6 +279,81 @@ def test_a_video_base_takes_its_sample_shape_and_gets_eca_in_3d(tmp_path):
     assert spec_from_data(data).input_shape(2, 8) == [2, 3, 4, 8, 8]
     with pytest.raises(SpecError, match="sample_shape gives the whole input shape; drop input_size"):
         spec_from_data({**data, "input_size": 64})
+
+
+# --- bounds: a stored spec is refused before anything is allocated -----------------------------------
+
+HUGE_HEAD = {"name": "huge_head", "base": "torchvision:resnet18", "base_args": {"num_classes": 1_000_000_000}}
+
+
+def test_a_base_past_the_weight_bound_is_refused_naming_the_spec_its_base_args_and_the_limit(tmp_path):
+    message = "spec 'huge_head': base: torchvision:resnet18 with base_args {'num_classes': 1000000000} would hold 5.13e+11 weights (parameters and buffers), more than the 4e+09 a spec may build"
+    with pytest.raises(SpecError) as caught:
+        build_model(spec_from_data(HUGE_HEAD))
+    assert message in str(caught.value)
+    path = write_spec(tmp_path, HUGE_HEAD)
+    for argv in (("summary", str(path)), ("export", str(path), "-o", str(tmp_path / "m.onnx"))):
+        code, out, err = run_main(*argv)
+        assert code == 2 and message in err and "Traceback" not in err
+    assert list(tmp_path.iterdir()) == [path]
+
+
+def test_a_checkpoints_stored_base_spec_past_the_bound_is_refused_before_it_is_built(tmp_path):
+    from ecacli.checkpoints import save_checkpoint
+
+    path = tmp_path / "downloaded.safetensors"
+    save_checkpoint(torchvision.models.resnet18().state_dict(), spec_from_data(HUGE_HEAD), path, "safetensors", None, False, None)
+    for argv in (("inspect", str(path)), ("export", str(path), "-o", str(tmp_path / "m.pt2"))):
+        code, out, err = run_main(*argv)
+        assert code == 2 and "spec 'huge_head': base: torchvision:resnet18 with base_args {'num_classes': 1000000000} would hold 5.13e+11 weights" in err
+    assert list(tmp_path.iterdir()) == [path]
+
+
+def test_a_base_past_the_module_bound_is_refused_while_it_is_built(monkeypatch):
+    import ecacli.models.base as base
+
+    monkeypatch.setattr(base, "MAX_BASE_MODULES", 40)
+    with pytest.raises(SpecError, match=r"spec 'deep': base: timm:resnet18 with base_args \{'layers': \[2, 2, 2, 2\]\} would hold more than the 40 modules a spec may build"):
+        build_model(spec_from_data({"name": "deep", "base": "timm:resnet18", "base_args": {"layers": [2, 2, 2, 2]}}))
+
+
+def test_a_builder_that_cannot_run_on_meta_is_bounded_as_it_allocates():
+    with torch.device("meta"), pytest.raises(SpecError, match="Cannot copy out of meta tensor"):
+        build_model(spec_from_data({"name": "regnet", "base": "torchvision:regnet_x_400mf"}))
+    model = build_model(spec_from_data({"name": "regnet", "base": "torchvision:regnet_x_400mf", "base_args": {"num_classes": 10}}))
+    assert sum(p.numel() for p in model.parameters()) == 5_495_976 - 401 * 1000 + 401 * 10  # torchvision: 5,495,976 with a 400 -> 1000 head
+    with pytest.raises(SpecError, match=r"spec 'regnet': base: torchvision:regnet_x_400mf with base_args \{'num_classes': 10000000000\} would hold more than the 4e\+09 weights a spec may build"):
+        build_model(spec_from_data({"name": "regnet", "base": "torchvision:regnet_x_400mf", "base_args": {"num_classes": 10_000_000_000}}))
+
+
+@pytest.mark.parametrize("base", ["torchvision:resnet152", "torchvision:efficientnet_b7", "torchvision:vit_h_14", "timm:resnet50", "timm:vit_giant_patch14_224"])
+def test_the_largest_real_bases_are_within_the_bounds(base):
+    with torch.device("meta"):
+        assert build_model(spec_from_data({"name": "big", "base": base})) is not None
+
+
+def test_a_torchvision_detector_is_built_without_fetching_its_backbones_weights(monkeypatch):
+    def fetch(*args, **kwargs):
+        raise AssertionError("a backbone's weights were fetched")
+
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", fetch)
+    with torch.device("meta"):
+        model = build_model(spec_from_data({"name": "det", "base": "torchvision:fasterrcnn_mobilenet_v3_large_320_fpn", "base_args": {"num_classes": 3}}))
+    assert model.roi_heads.box_predictor.cls_score.out_features == 3
+
+
+def test_a_sample_shape_past_its_bound_is_refused_when_the_spec_is_read():
+    with pytest.raises(SpecError, match=r"\[65, 2048, 2048\] holds more than 268,435,456 values per sample"):
+        spec_from_data({"name": "big_input", "base": "torchvision:resnet18", "sample_shape": [65, 2048, 2048], "attention": {"type": "eca", "after": "layer*.*.bn2"}})
+
+
+@pytest.mark.slow
+def test_the_installed_cli_refuses_a_base_past_the_bounds_before_building_it(cli, tmp_path):
+    path = write_spec(tmp_path, HUGE_HEAD)
+    result = cli("export", str(path), "-o", str(tmp_path / "m.pt2"))
+    assert result.returncode == 2, result.stderr
+    assert "would hold 5.13e+11 weights (parameters and buffers), more than the 4e+09 a spec may build" in result.stderr
+    assert list(tmp_path.iterdir()) == [path]
 
 
 # --- one family registry ---------------------------------------------------------------------------

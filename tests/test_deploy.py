@@ -129,7 +129,7 @@ def test_every_graph_format_names_input_and_output_alike_and_stores_the_size_it_
 def test_torchscript_export_runs_in_torch_jit_load_at_any_shape(tmp_path):
     path = tmp_path / "tiny.ts"
     result = export_model(ResNetSpec.model_validate(TINY), path, seed=0)
-    assert result.input_shape is None and result.verification.runtime.startswith("torch.jit.load")
+    assert result.input_shape is None and result.verification.runtime.startswith("torch.jit.load") and result.torchscript == "scripted"
     extra = {deploy_export.METADATA_FILE: ""}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

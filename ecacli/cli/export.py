@@ -55,7 +55,8 @@ def export(
     """Write a model as weights or as a graph checked in its runtime.
 
     The weights are initialised (--seed) or a checkpoint's (--from, or a checkpoint as SPEC),
-    converted to the spec.
+    converted to the spec. TorchScript is traced (checked on a second batch) where
+    attention gates a module outside an nn.Sequential.
     """
     check_seed(seed)
     target = output_path(output, "-o", "model.safetensors")
@@ -95,6 +96,8 @@ def graph_lines(exported: ExportedModel) -> list[str]:
     lines = []
     if exported.opset is not None:
         lines.append(f"  opset:       {exported.opset}")
+    if exported.torchscript is not None:
+        lines.append(f"  torchscript: {exported.torchscript}" + (" (torch.jit.trace: attention outside an nn.Sequential)" if exported.torchscript == "traced" else ""))
     if exported.input_shape is not None:
         dynamic = " (dynamic batch)" if "batch" in exported.input_shape else ""
         lines.append(f"  input:       [{', '.join(map(str, exported.input_shape))}]{dynamic}")

@@ -15,7 +15,10 @@ So an export that fails or is refused at any step leaves nothing at the destinat
 - onnx: torch.export's exporter (`torch.onnx.export(dynamo=True)`) for opset 18 and up (by
   default its own opset); older opsets come from the TorchScript-based exporter
   (`dynamo=False`), which writes them natively.
-- torchscript: `torch.jit.script`, which keeps every axis open.
+- torchscript: `torch.jit.script`, which keeps every axis open; a model that cannot be scripted
+  (attention gating a module outside an nn.Sequential, `ecacli.attachment.scriptable`) is traced
+  with `torch.jit.trace` on the example batch (its control flow is static) and the trace must
+  equal eager PyTorch on a second batch of another batch size, or nothing is written.
 - pt2: `torch.export.export`.
 
 Every format names the input `input` and the output `logits` (`features` for a headless model):
@@ -46,6 +49,7 @@ import torch
 from torch import nn
 
 from ecacli.atomic import atomic_write
+from ecacli.attachment import scriptable
 from ecacli.checkpoints import DTYPES, SavedCheckpoint, check_writable_outputs, file_metadata, floating_dtype, new_model, parameter_count, save_checkpoint
 from ecacli.deploy.formats import INPUT_NAME, ONNX, PT2, TORCHSCRIPT, WEIGHT_FORMATS, format_for, output_name
 from ecacli.extras import EXTRA_MODULES, require
@@ -88,11 +92,12 @@ class Verification:
 
 @dataclass
 class ExportedModel(SavedCheckpoint):
-    """What `export_model` wrote; for graph formats also the input the graph takes, its ONNX opset and the check."""
+    """What `export_model` wrote; for graph formats also the input the graph takes, its ONNX opset, the check, and for TorchScript how it was made ("scripted" or "traced")."""
 
     input_shape: list[int | str] | None = None
     opset: int | None = None
     verification: Verification | None = None
+    torchscript: str | None = None
 
     def to_dict(self) -> dict:
         return {
@@ -100,6 +105,7 @@ class ExportedModel(SavedCheckpoint):
             "input_shape": self.input_shape,
             "opset": self.opset,
             "verification": self.verification.to_dict() if self.verification else None,
+            "torchscript": self.torchscript,
         }
 
 
@@ -207,10 +213,11 @@ class ExportRequest:
         data, opset = EXPORTERS[self.format](model, example, self, metadata)
         verification = self._verify(model, data, spec, dtype, opset) if self.verify else None
         atomic_write({self.path: lambda handle: handle.write(data)}, self.force)
+        made = torchscript_method(model) if self.format == TORCHSCRIPT else None
         input_shape: list[int | str] | None = None
-        if self.format != TORCHSCRIPT:
-            input_shape = [BATCH_AXIS if dynamic else self.batch, *example.shape[1:]]
-        return ExportedModel(self.path, self.format, self.path.stat().st_size, hashlib.sha256(data).hexdigest(), parameters, dtype_name, None, input_shape, opset, verification)
+        if made != "scripted":  # a trace is checked at its example's sample shape, a script on none
+            input_shape = [BATCH_AXIS if dynamic or made == "traced" else self.batch, *example.shape[1:]]
+        return ExportedModel(self.path, self.format, self.path.stat().st_size, hashlib.sha256(data).hexdigest(), parameters, dtype_name, None, input_shape, opset, verification, made)
 
     def _verify(self, model: nn.Module, data: bytes, spec: NetworkSpec, dtype: torch.dtype, opset: int | None) -> Verification:
         with exporting(f"loading the {self.format} file back"):
@@ -348,12 +355,40 @@ def onnx_opset(proto) -> int | None:
     return next((entry.version for entry in proto.opset_import if entry.domain in ("", "ai.onnx")), None)
 
 
+def torchscript_method(model: nn.Module) -> str:
+    """How the model becomes TorchScript: "scripted" (torch.jit.script), or "traced" (torch.jit.trace) where it cannot be scripted."""
+    return "scripted" if scriptable(model) else "traced"
+
+
 def torchscript_bytes(model: nn.Module, example: torch.Tensor, request: ExportRequest, metadata: dict[str, str]) -> tuple[bytes, None]:
     buffer = io.BytesIO()
-    with exporting("torch.jit.script"):
-        scripted = torch.jit.script(model)
-        torch.jit.save(scripted, buffer, _extra_files={METADATA_FILE: json.dumps(metadata)})
+    if torchscript_method(model) == "scripted":
+        with exporting("torch.jit.script"):
+            module = torch.jit.script(model)
+    else:
+        with exporting("torch.jit.trace"):
+            module = torch.jit.trace(model, example, check_trace=False)
+        check_trace(model, module, example, request)
+    with exporting("torch.jit.save"):
+        torch.jit.save(module, buffer, _extra_files={METADATA_FILE: json.dumps(metadata)})
     return buffer.getvalue(), None
+
+
+def check_trace(model: nn.Module, traced: torch.jit.ScriptModule, example: torch.Tensor, request: ExportRequest) -> None:
+    """The trace must compute what the eager model computes on a second random batch, one sample larger (so its batch axis is open too)."""
+    generator = torch.Generator().manual_seed(2)
+    inputs = torch.randn([example.shape[0] + 1, *example.shape[1:]], generator=generator).to(example.dtype)
+    with torch.no_grad():
+        expected = model(inputs)
+        with exporting("running the torch.jit.trace graph"):
+            got = traced(inputs)
+    try:
+        torch.testing.assert_close(got, expected)
+    except AssertionError as exc:
+        raise UserError(
+            f"{request.path}: '{model.spec.name}' cannot be scripted, and its torch.jit.trace does not compute what the model computes on a second batch "
+            f"({first_line(exc)}); export as onnx or pt2. Nothing was written."
+        ) from None
 
 
 def pt2_bytes(model: nn.Module, example: torch.Tensor, request: ExportRequest, metadata: dict[str, str]) -> tuple[bytes, None]:
