@@ -15,7 +15,6 @@ from typing import Any
 import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
-from torch.utils._device import _device_constructors
 
 from ecacli.attachment import InsertionPoint, attach, insertion_points
 from ecacli.errors import OptionError, SpecError, first_line
@@ -51,16 +50,23 @@ def _check_weights(spec: BaseSpec, model: nn.Module) -> None:
         raise _too_large(spec, f"{weights:.2e} weights (parameters and buffers), more than the {MAX_WEIGHTS:.0e}")
 
 
+TENSOR_FACTORIES = frozenset({
+    torch.empty, torch.empty_strided, torch.zeros, torch.ones, torch.full, torch.rand, torch.randn, torch.randint,
+    torch.randperm, torch.arange, torch.linspace, torch.logspace, torch.eye, torch.tensor,
+})
+"""The public functions that create a tensor of a size they are given: what a model's constructor allocates with."""
+
+
 class _AllocationBudget(TorchFunctionMode):
     """Creates each tensor on the meta device first and refuses, before allocating it, the one that takes the total past MAX_WEIGHTS values."""
 
     def __init__(self, spec: BaseSpec) -> None:
         super().__init__()
-        self.spec, self.values, self.constructors = spec, 0, _device_constructors()
+        self.spec, self.values = spec, 0
 
     def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
         kwargs = kwargs or {}
-        if func not in self.constructors:
+        if func not in TENSOR_FACTORIES:
             return func(*args, **kwargs)
         try:
             values = func(*args, **{**kwargs, "device": "meta"}).numel()
