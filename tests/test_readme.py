@@ -69,3 +69,15 @@ def test_install_advice_works_from_a_clone():
     """Extras are installed from the clone (`pip install -e ".[onnx]"`), never as `ecacli[...]` from the package index."""
     for page in PAGES:
         assert not re.search(r"pip install ['\"]?ecacli\[", page.read_text()), page.name
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: p.name)
+def test_yaml_examples_are_valid_specs(page: Path, tmp_path: Path):
+    """Every ```yaml block of the pages is a spec that validates as shown."""
+    from ecacli.spec_loader import load_spec
+
+    for index, (language, text) in enumerate(FENCED.findall(page.read_text())):
+        if language == "yaml":
+            path = tmp_path / f"example{index}.yaml"
+            path.write_text(text)
+            assert load_spec(str(path)).name
