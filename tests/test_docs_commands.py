@@ -1,10 +1,11 @@
-"""Every ```bash block of the README and docs/ runs as written, in order, in a fresh folder.
+"""Every ```bash and ```python block of the README and docs/ runs as written, in order, in a fresh folder.
 
-The blocks run with the installed `ecacli` (and this interpreter's `python`) in one temporary
+The blocks run with the installed `ecacli` (and this interpreter as `python`) in one temporary
 folder that holds a copy of the clone's `specs/`, so a later block finds the files an earlier one
 wrote, as a reader following the pages would. Not run: set-up and install commands (virtual
-environments and pip; `.ci/run` runs the README's two) and a block right after a `<!-- slow -->`
-line (minutes of benchmarking, or hardware such as GPUs). Everything else must exit 0.
+environments and pip; `.ci/run` runs the README's two), and a block right after a `<!-- slow -->`
+line (minutes of benchmarking, or hardware such as GPUs) or a `<!-- not run: why -->` line (the
+network, say). Everything else must exit 0.
 """
 
 from __future__ import annotations
@@ -21,20 +22,21 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 PAGES = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
-SLOW_MARK = "<!-- slow -->"
+SKIP_MARKS = ("<!-- slow -->", "<!-- not run")
+LANGUAGES = ("bash", "python")
 INSTALLS = ("python3 -m venv ", "pip install ")
 FENCE = re.compile(r"^```(\w*)\s*$")
 
 
 @dataclass(frozen=True)
 class Block:
-    """A fenced code block: its page, first line number, language, text and whether the line before it marks it slow."""
+    """A fenced code block: its page, first line number, language, text and whether the line before it marks it not to run."""
 
     page: Path
     line: int
     language: str
     text: str
-    marked_slow: bool
+    marked: bool
 
     @property
     def label(self) -> str:
@@ -57,14 +59,18 @@ def code_blocks(page: Path) -> list[Block]:
             continue
         end = next(i for i in range(index + 1, len(lines)) if lines[i].rstrip() == "```")
         before = next((lines[i].strip() for i in range(index - 1, -1, -1) if lines[i].strip()), "")
-        blocks.append(Block(page, index + 1, opening.group(1), "\n".join(lines[index + 1 : end]), before == SLOW_MARK))
+        blocks.append(Block(page, index + 1, opening.group(1), "\n".join(lines[index + 1 : end]), before.startswith(SKIP_MARKS)))
         index = end + 1
     return blocks
 
 
 def runnable_blocks() -> list[Block]:
-    """The bash blocks the test runs, in reading order: README first, then docs/ by name."""
-    return [b for page in PAGES for b in code_blocks(page) if b.language == "bash" and not b.installs and not b.marked_slow]
+    """The blocks the test runs, in reading order: README first, then docs/ by name."""
+    return [b for page in PAGES for b in code_blocks(page) if b.language in LANGUAGES and not b.installs and not b.marked]
+
+
+def command(block: Block) -> list[str]:
+    return ["bash", "-euo", "pipefail", "-c", block.text] if block.language == "bash" else [sys.executable, "-c", block.text]
 
 
 def test_the_blocks_left_out_are_installs_or_marked():
@@ -90,9 +96,7 @@ def reader_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_block_runs(block: Block, reader_folder: Path) -> None:
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}", "COLUMNS": "80", "NO_COLOR": "1"}
     env.pop("ECACLI_DEBUG", None)
-    result = subprocess.run(
-        ["bash", "-euo", "pipefail", "-c", block.text], cwd=reader_folder, env=env, capture_output=True, text=True, timeout=600
-    )
+    result = subprocess.run(command(block), cwd=reader_folder, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, f"{block.label} exited {result.returncode}:\n{block.text}\n--- stdout\n{result.stdout[-3000:]}\n--- stderr\n{result.stderr[-3000:]}"
 
 
@@ -107,5 +111,5 @@ if __name__ == "__main__":  # print each block's output, to paste real output in
                 continue
             print(f"===== {block.label}\n{block.text}\n-----", flush=True)
             env = {**os.environ, "COLUMNS": "80", "NO_COLOR": "1"}
-            done = subprocess.run(["bash", "-euo", "pipefail", "-c", block.text], cwd=folder, env=env, text=True, capture_output=True)
+            done = subprocess.run(command(block), cwd=folder, env=env, text=True, capture_output=True)
             print(done.stdout, f"--- stderr\n{done.stderr}[exit {done.returncode}]", flush=True)
