@@ -64,6 +64,24 @@ def code_blocks(page: Path) -> list[Block]:
     return blocks
 
 
+def shown_output(block: Block) -> str:
+    """The ```text block right after `block` on its page (the output the page shows for it), or ''."""
+    blocks = code_blocks(block.page)
+    following = next((b for b in blocks if b.line > block.line), None)
+    return following.text if following is not None and following.language == "text" else ""
+
+
+def graph_digests(output: str) -> list[str]:
+    """The `size:` and `sha256:` lines of every ONNX file an output says it wrote (ONNX files are byte for byte reproducible)."""
+    lines, found, in_onnx = output.splitlines(), [], False
+    for line in lines:
+        if line.startswith("wrote "):
+            in_onnx = "(onnx," in line
+        elif in_onnx and line.strip().startswith(("size:", "sha256:")):
+            found.append(line.strip())
+    return found
+
+
 def runnable_blocks() -> list[Block]:
     """The blocks the test runs, in reading order: README first, then docs/ by name."""
     return [b for page in PAGES for b in code_blocks(page) if b.language in LANGUAGES and not b.installs and not b.marked]
@@ -79,6 +97,7 @@ def test_the_blocks_left_out_are_installs_or_marked():
     readme = code_blocks(REPO / "README.md")
     assert readme[0].installs and readme[1].installs and readme[0].text.startswith("python3 -m venv")
     assert any("ecacli export r50 -o r50.onnx" in b.text for b in runnable_blocks())
+    assert any(graph_digests(shown_output(b)) for b in runnable_blocks()), "the README's sample export digest is checked"
     for block in every:
         assert block.text.strip(), f"{block.label}: an empty bash block"
 
@@ -98,6 +117,13 @@ def test_block_runs(block: Block, reader_folder: Path) -> None:
     env.pop("ECACLI_DEBUG", None)
     result = subprocess.run(command(block), cwd=reader_folder, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, f"{block.label} exited {result.returncode}:\n{block.text}\n--- stdout\n{result.stdout[-3000:]}\n--- stderr\n{result.stderr[-3000:]}"
+    import torch
+
+    shown = shown_output(block)
+    if f"pytorch {torch.__version__}," in shown:  # the digests hold for the versions the page names
+        printed = [line.strip() for line in result.stdout.splitlines()]
+        missing = [line for line in graph_digests(shown) if line not in printed]
+        assert not missing, f"{block.label}: the page shows {missing}, which this run did not print; paste its output:\n{result.stdout}"
 
 
 if __name__ == "__main__":  # print each block's output, to paste real output into the pages
