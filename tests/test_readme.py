@@ -82,3 +82,11 @@ def test_yaml_examples_are_valid_specs(page: Path, tmp_path: Path):
             path = tmp_path / f"example{index}.yaml"
             path.write_text(text)
             assert load_spec(str(path)).name
+
+
+def test_every_preset_is_documented():
+    """docs/specs.md's preset table names every preset that ships (`ecacli.list_models()`)."""
+    from ecacli import list_models
+
+    text = (REPO / "docs" / "specs.md").read_text()
+    assert [name for name in list_models() if f"`{name}`" not in text] == []
