@@ -25,7 +25,7 @@ from ecacli.models import Bottleneck, build_model
 from ecacli.spec import ResNetSpec
 from conftest import randomise_batch_norms
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+DESIGN = Path(__file__).resolve().parents[1] / "docs" / "design.md"
 Path_ = tail.TailPath
 
 
@@ -166,9 +166,9 @@ def test_recorded_paths_name_each_block_call() -> None:
     assert paths == [tail.TailPath.FUSED, tail.TailPath.MODULE]  # a 6,400-value inference block is under FOLD_MIN_ELEMENTS
 
 
-def test_readme_shows_the_decision_table() -> None:
-    """The README's table of tail paths is TAIL_RULES, row for row."""
-    text = README.read_text()
+def test_design_doc_shows_the_decision_table() -> None:
+    """docs/design.md's table of tail paths is TAIL_RULES, row for row."""
+    text = DESIGN.read_text()
     rows = [line for line in text.splitlines() if line.startswith("| ") and any(f"| `{p.value}` |" in line for p in tail.TailPath)]
     expected = [f"| {rule.when} | `{rule.path.value}` | {rule.why} |" for rule in tail.TAIL_RULES]
     assert rows == expected
