@@ -4,7 +4,7 @@
 names its path, and `run_tail` runs every path but the module one, which the block runs itself
 (it is the only one TorchScript compiles). Every path computes what the module path computes;
 the fused ones only do it in fewer passes over memory (see `ecacli.layers.fused_eca`). The
-README's table of paths is this table.
+table of paths in docs/design.md is this table.
 """
 
 from __future__ import annotations
