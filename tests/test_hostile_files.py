@@ -195,6 +195,48 @@ def test_convert_export_and_load_model_refuse_a_torchscript_archive_named_like_a
     assert not marker.exists() and sorted(p.name for p in tmp_path.iterdir()) == [name]
 
 
+def torchscript_zip(code: str) -> bytes:
+    """A TorchScript-like archive whose root module `__torch__.M` has `code` as its code file, compressed."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("archive/data.pkl", b"\x80\x02c__torch__\nM\nq\x00)\x81}(X\x08\x00\x00\x00trainingq\x01\x88ubq\x02.")
+        archive.writestr("archive/constants.pkl", b"\x80\x02).")
+        archive.writestr("archive/code/__torch__.py", code)
+        archive.writestr("archive/version", "3")
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("line", "problem"),
+    [
+        ("  def forward(self: __torch__.M, x: Tensor)\n", "has no signature ecacli can read: `def forward(...) -> TYPE:` within 256 lines."),
+        ("  def forward(self: __torch__.M, x: Tuple[Tensor,\n", "has no signature ecacli can read: `def forward(...) -> TYPE:` within 256 lines."),
+        ("  forward(self: __torch__.M, x: Tensor)\n", None),
+    ],
+    ids=["no-arrow", "never-closed", "no-def"],
+)
+def test_a_torchscript_forward_signature_repeated_without_end_is_read_in_one_pass(tmp_path, line, problem):
+    # 30,000 such lines took a regular expression with lazy quantifiers over the whole body hours.
+    data = torchscript_zip("class M(Module):\n" + line * 30_000)
+    assert len(data) < 20_000
+    path = tmp_path / "many.ts"
+    path.write_bytes(data)
+    code, out, err = run("inspect", str(path))
+    assert_one_paragraph(code, out, err)
+    assert err == f"error: {path}: the TorchScript module" + (f"'s forward method {problem}" if problem else " has no forward method, so it has no inputs or outputs to describe.") + "\n"
+
+
+def test_a_torchscript_signature_over_several_lines_is_read(tmp_path):
+    code = "class M(Module):\n  training : bool\n  def forward(self: __torch__.M,\n    x: Tensor,\n    y: Tuple[Tensor, int]) -> Tuple[Tensor, Tensor]:\n    return (x, x)\nclass N(Module):\n  def forward(self: N) -> int:\n"
+    path = tmp_path / "wrapped.ts"
+    path.write_bytes(torchscript_zip(code))
+    code, out, err = run("inspect", str(path), "--json")
+    assert code == 0, err
+    described = json.loads(out)
+    assert described["inputs"] == [{"name": "x", "dtype": "Tensor", "shape": None}, {"name": "y", "dtype": "Tuple[Tensor, int]", "shape": None}]
+    assert described["outputs"] == [{"name": "output", "dtype": "Tuple[Tensor, Tensor]", "shape": None}]
+
+
 # --- odd kinds of number, odd fields, odd text -------------------------------------------------------
 
 
