@@ -266,6 +266,22 @@ def test_meta_tensors_in_a_training_checkpoints_fields_are_left_out(tmp_path, ti
     assert "took the weights from the training checkpoint's 'state_dict'" in out and "epoch" not in out.split("note:")[0]
 
 
+def test_non_finite_training_fields_are_strict_json_text(tmp_path, tiny_state):
+    path = tmp_path / "diverged.pth.tar"
+    torch.save({"state_dict": tiny_state, "best_prec1": float("nan"), "best_acc1": torch.tensor(float("-inf")), "metric": float("inf")}, path)
+    code, out, err = run("inspect", str(path), "--json")
+    assert code == 0, err
+    details = json.loads(out, parse_constant=lambda constant: pytest.fail(f"{constant} is not JSON"))["details"]
+    assert details == {"wrapper": "state_dict", "best_prec1": "nan", "best_acc1": "-inf", "metric": "inf"}
+
+
+def test_json_output_maps_non_finite_numbers_in_values_and_keys_to_text():
+    from ecacli.cli.common import json_value
+
+    data = {"a": [1.5, float("nan"), (float("inf"), {"b": float("-inf")})], float("inf"): 0, "c": None, "d": 2**70}
+    assert json_value(data) == {"a": [1.5, "nan", ["inf", {"b": "-inf"}]], "inf": 0, "c": None, "d": 2**70}
+
+
 def test_control_characters_in_metadata_never_reach_the_terminal(tmp_path, tiny_state):
     path = tmp_path / "loud.safetensors"
     path.write_bytes(safetensors_bytes(tiny_state, {"note\x1b]0;owned\x07": "a\x1b[2Jb\rforged line\u202e"}))
