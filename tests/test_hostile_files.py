@@ -100,6 +100,23 @@ def test_a_storage_declaring_more_bytes_than_its_member_is_refused(tmp_path):
     assert "declares 4,294,967,296 bytes, but the archive holds 16 bytes" in err
 
 
+def test_an_epoch_too_large_for_any_field_is_refused_as_such(tmp_path, tiny_state):
+    path = tmp_path / "epoch.pth.tar"
+    torch.save({"state_dict": tiny_state, "epoch": 2**3000}, path)  # pickled with LONG4
+    code, out, err = run("inspect", str(path))
+    assert_one_paragraph(code, out, err)
+    assert "refused: the pickle holds an integer of 3,008 bits, too large for a checkpoint field (a count, an epoch, a seed)." in err
+    assert "could run code" not in err
+
+
+def test_a_pickle_opcode_torchs_loader_does_not_read_is_refused_naming_it(tmp_path):
+    path = tmp_path / "text-long.pt"
+    path.write_bytes(torch_zip(b"\x80\x02L5L\n.", {"version": b"3\n"}))  # LONG: a protocol 0 integer
+    code, out, err = run("inspect", str(path))
+    assert_one_paragraph(code, out, err)
+    assert "refused: its pickle uses the opcode LONG (76), which torch's weights-only loader does not read; nothing from the file ran." in err
+
+
 # --- zip bombs: declared sizes are checked before anything is read ----------------------------------
 
 

@@ -16,6 +16,7 @@ import hashlib
 import io
 import json
 import os
+import pickletools
 import re
 import stat
 import warnings
@@ -107,7 +108,7 @@ def check_readable(path: Path, max_bytes: int) -> int:
 
 def _refused_global(message: str) -> str:
     """The object a refused pickle asked for, as the weights-only unpickler names it."""
-    found = re.search(r"GLOBAL ([\w.]+)", message) or re.search(r"(Unsupported operand \d+)", message)
+    found = re.search(r"GLOBAL ([\w.]+)", message)
     return found.group(1) if found else "an object that is not a tensor or plain data"
 
 
@@ -227,6 +228,14 @@ def _torch_load(path: Path, container: str, size: int) -> Any:
             with native_name(path) as name:
                 return torch.load(name, map_location="cpu", weights_only=True, mmap=container == "torch-zip")
     except Exception as exc:
+        unsupported = re.search(r"Unsupported operand (\d+)", str(exc))
+        if unsupported:
+            code = int(unsupported.group(1))
+            opcode = pickletools.code2op.get(chr(code)) if code < 256 else None
+            raise CheckpointError(
+                f"{label}: refused: its pickle uses the opcode {opcode.name + ' ' if opcode else ''}({code}), which torch's weights-only loader does not read; nothing from the file ran. "
+                "Re-save the weights from trusted code as a state_dict or .safetensors file."
+            ) from None
         if "Weights only load failed" in str(exc):
             raise CheckpointError(
                 f"{label}: refused: loading it would unpickle {_refused_global(str(exc))}, which could run code. "

@@ -179,6 +179,7 @@ class BoundedUnpickler(pickle._Unpickler):  # the Python implementation: interru
             pickle.SETITEMS[0]: BoundedUnpickler._setitems,
             pickle.ADDITEMS[0]: BoundedUnpickler._additems,
             pickle.FROZENSET[0]: BoundedUnpickler._frozenset,
+            pickle.LONG4[0]: BoundedUnpickler._long4,
         }
 
     @staticmethod
@@ -239,6 +240,14 @@ class BoundedUnpickler(pickle._Unpickler):  # the Python implementation: interru
         if known is not None and (known.type_name, known.elements) != (storage_type.name, elements):
             raise PickleRefused(f"the storage {key!r} is declared twice with different sizes or types")
         return self.storages.setdefault(key, StorageRef(key, storage_type.name, elements, location))
+
+    def _long4(self) -> None:
+        """LONG4 holds an integer of 256 bytes or more (pickle writes smaller ones as LONG1): refused unread, as torch's weights-only loader refuses it."""
+        declared = self.read(4)
+        length = int.from_bytes(declared, "little", signed=True)
+        if len(declared) < 4 or length < 0:
+            raise PickleMalformed("the pickle is malformed (an integer of a negative or truncated length)")
+        raise PickleRefused(f"the pickle holds an integer of {length * 8:,} bits, too large for a checkpoint field (a count, an epoch, a seed)")
 
     def _reduce(self) -> None:
         args = self.stack.pop()
