@@ -324,6 +324,24 @@ def test_a_safetensors_header_naming_a_tensor_twice_is_refused(tmp_path):
     assert "names 'a' twice" in err
 
 
+@pytest.mark.parametrize(("first", "second"), [("archive/data.pkl", "archive/data.pkl"), ("archive/data/0", "other/data/0")], ids=["same", "other-folder"])
+def test_a_zip_naming_a_member_twice_is_refused(tmp_path, first, second):
+    source = tmp_path / "real.pt"
+    torch.save({"w": torch.zeros(4)}, source)
+    with zipfile.ZipFile(source) as archive:
+        data_pkl, storage = archive.read("real/data.pkl"), archive.read("real/data/0")
+    path = tmp_path / "twice.pt"
+    with warnings.catch_warnings(), zipfile.ZipFile(path, "w") as archive:
+        warnings.simplefilter("ignore")  # zipfile warns of the duplicate name it writes
+        archive.writestr("archive/data.pkl", data_pkl)
+        archive.writestr("archive/data/0", storage)
+        archive.writestr(second, data_pkl if second.endswith("data.pkl") else storage)
+    code, out, err = run("inspect", str(path))
+    assert_one_paragraph(code, out, err)
+    name = first.split("/", 1)[1]
+    assert err == f"error: {path}: the archive names the member '{name}' twice (under its top folder); a member name may appear once.\n"
+
+
 def test_a_huge_stored_spec_is_refused_before_anything_is_built(tmp_path, tiny_state):
     huge = {"name": "huge", "arch": "mobilenetv2", "inverted_residual_setting": [[1, 16, 4096, 1]] * 64}
     path = tmp_path / "huge.safetensors"

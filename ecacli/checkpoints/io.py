@@ -117,7 +117,7 @@ def archive_members(archive: zipfile.ZipFile, label: str, size: int, error: type
 
     Each member's stored bytes must lie inside the file, all of them together must fit in it, and no
     member read whole may declare more than `MAX_MEMBER_BYTES` (see `read_member`), so a zip bomb is
-    refused before a byte of it is inflated.
+    refused before a byte of it is inflated; a name that appears twice (under the top folder) is refused.
     """
     infos = archive.infolist()
     if len(infos) > MAX_MEMBERS:
@@ -128,7 +128,13 @@ def archive_members(archive: zipfile.ZipFile, label: str, size: int, error: type
     for info in infos:
         if info.header_offset + info.compress_size > size or (info.compress_type == zipfile.ZIP_STORED and info.file_size != info.compress_size):
             raise error(f"{label}: the archive member {printable(info.filename)!r} declares sizes that do not fit in the file (truncated or corrupt?).")
-    return {info.filename.split("/", 1)[-1]: info for info in infos}
+    members: dict[str, zipfile.ZipInfo] = {}
+    for info in infos:
+        name = info.filename.split("/", 1)[-1]
+        if name in members:
+            raise error(f"{label}: the archive names the member {printable(name[:80])!r} twice (under its top folder); a member name may appear once.")
+        members[name] = info
+    return members
 
 
 def read_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo, label: str, error: type[UserError], limit: int = MAX_MEMBER_BYTES) -> bytes:
