@@ -42,15 +42,6 @@ class PlainHelpCommand(typer.core.TyperCommand):
                     formatter.write_dl(records)
 
 
-MAX_SEED = 2**64 - 1
-
-
-def check_seed(seed: int | None) -> None:
-    """Refuse a --seed outside 0 to 2**64 - 1 (the range torch's generators take)."""
-    if seed is not None and not 0 <= seed <= MAX_SEED:
-        raise UserError(f"--seed must be an integer from 0 to 2**64 - 1, got {seed}.")
-
-
 SpecArgument = Annotated[str, typer.Argument(metavar="SPEC", help="Spec YAML file or preset name (see `ecacli specs`).", show_default=False)]
 SetOption = Annotated[
     list[str] | None,
