@@ -302,7 +302,7 @@ def test_the_kernel_rule_raises_value_error_naming_gamma_and_b():
         (["convert", "x.pt", "-o", "y.pt", "--seed", "-1"], "error: --seed must be an integer from 0 to 2**64 - 1, got -1."),
         (["profile", "r18", "--device", "cpu", "--batch", str(2**64)], "error: --batch must be a positive integer, got 18446744073709551616 (at most 65,536)."),
         (["profile", "r18", "--device", "cpu", "--seed", str(2**64)], "error: --seed must be an integer from 0 to 2**64 - 1, got 18446744073709551616."),
-        (["profile", "r18", "--device", "cpu", "--threads", str(2**40)], f"error: --threads must be from 1 to {4 * (os.cpu_count() or 1):,} (4 per CPU core of this machine's {os.cpu_count() or 1}), got 1099511627776."),
+        (["profile", "r18", "--device", "cpu", "--threads", str(2**40)], f"error: --threads must be from 1 to {4 * len(os.sched_getaffinity(0)):,} (4 per CPU core this process may use, of which there are {len(os.sched_getaffinity(0))}), got 1099511627776."),
         (["profile", "r18", "--device", "cpu", "--seconds", "inf"], "error: --seconds must be a positive number of seconds up to 604,800 (a week), got inf."),
         (["profile", "r18", "--device", "cpu", "--timeout", "nan"], "error: --timeout applies only to data-parallel runs"),
         (["compare", "r18", "--device", "cpu"], "error: --device applies only to measured timings; add --time."),

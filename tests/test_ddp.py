@@ -24,6 +24,7 @@ from ecacli.errors import UserError
 from ecacli.profiling import ProfileConfig
 from ecacli.profiling import distributed
 from ecacli.profiling.distributed import DDPOptions, RankFailed, World, launch, run_rank, start_ranks
+from ecacli.profiling.runner import usable_cores
 from ecacli.spec import ResNetSpec
 
 from conftest import ECACLI
@@ -67,7 +68,7 @@ def test_two_ranks_through_the_launcher_report_consistent_figures(cli):
     assert result.returncode == 0, result.stderr
     data = json.loads(result.stdout)
     assert (data["world_size"], data["nodes"], data["ranks_per_node"], data["backend"]) == (2, 1, 2, "gloo")
-    assert data["threads"] == max(1, (os.cpu_count() or 1) // 2)
+    assert data["threads"] == max(1, usable_cores() // 2)
     for figures in (data, data["baseline"]):
         assert [r["rank"] for r in figures["ranks"]] == [0, 1]
         step = figures["step_ms"]
@@ -295,6 +296,6 @@ def test_numbers_at_the_edges_are_refused_before_any_rank_starts(args, message, 
 
 
 def test_more_cpu_ranks_than_cores_are_refused():
-    cores = os.cpu_count() or 1
-    with pytest.raises(UserError, match=f"this machine has {cores} CPU core"):
+    cores = usable_cores()
+    with pytest.raises(UserError, match=f"this process may use {cores} CPU core"):
         launch([("tiny", TINY)], FAST, DDPOptions(), nproc=cores + 1)
