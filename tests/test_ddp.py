@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import signal
 import socket
 import subprocess
@@ -207,6 +208,28 @@ def _rank_processes(session: int) -> list[int]:
     return ranks
 
 
+def _wait_until_the_session_ends(session: int, limit_s: float = 30) -> None:
+    """Wait for every process of `session` to exit, woken by each one's exit (a pidfd, not polling); fails naming one still running after `limit_s` seconds in all.
+
+    A process listed after its exit is a zombie its parent has yet to reap: it runs nothing, so it counts as ended.
+    """
+    deadline = time.monotonic() + limit_s
+    exited: set[int] = set()
+    while running := [pid for pid in _session_processes(session) if pid not in exited]:
+        for pid in running:
+            try:
+                handle = os.pidfd_open(pid)
+            except ProcessLookupError:  # gone since it was listed
+                exited.add(pid)
+                continue
+            try:
+                readable, _, _ = select.select([handle], [], [], max(0.0, deadline - time.monotonic()))
+            finally:
+                os.close(handle)
+            assert readable, f"process {pid} of the session still runs {limit_s:g} s after the job ended"
+            exited.add(pid)
+
+
 def _interrupt_and_check(launcher: subprocess.Popen, err_so_far: str = "") -> None:
     """Ctrl-C the whole session (as a terminal does); the job ends with one 'interrupted' line, exit 130, no process left."""
     os.killpg(launcher.pid, signal.SIGINT)
@@ -215,10 +238,7 @@ def _interrupt_and_check(launcher: subprocess.Popen, err_so_far: str = "") -> No
     assert launcher.returncode == 130, err
     assert "Traceback" not in err and "Error" not in err, err
     assert err.splitlines()[-1] == "interrupted", err
-    deadline = time.monotonic() + 30
-    while _session_processes(launcher.pid) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert _session_processes(launcher.pid) == []
+    _wait_until_the_session_ends(launcher.pid)
 
 
 def _first_round(launcher) -> list[str]:
@@ -235,7 +255,7 @@ def _first_round(launcher) -> list[str]:
 @pytest.mark.ddp
 @pytest.mark.slow
 @pytest.mark.subprocess
-@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc")
+@pytest.mark.skipif(not (Path("/proc/self/stat").exists() and hasattr(os, "pidfd_open")), reason="reads /proc, waits on pidfds")
 def test_ctrl_c_tears_every_rank_down(tmp_path):
     launcher = _start_profile(tmp_path)
     seen = _first_round(launcher)
@@ -245,7 +265,7 @@ def test_ctrl_c_tears_every_rank_down(tmp_path):
 @pytest.mark.ddp
 @pytest.mark.slow
 @pytest.mark.subprocess
-@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc")
+@pytest.mark.skipif(not (Path("/proc/self/stat").exists() and hasattr(os, "pidfd_open")), reason="reads /proc, waits on pidfds")
 def test_sigterm_to_the_launcher_alone_stops_every_rank_with_143(tmp_path):
     launcher = _start_profile(tmp_path)
     seen = _first_round(launcher)
@@ -254,16 +274,13 @@ def test_sigterm_to_the_launcher_alone_stops_every_rank_with_143(tmp_path):
     err = "".join(seen) + err
     assert launcher.returncode == 143, err
     assert "Traceback" not in err and err.splitlines()[-1] == "terminated", err
-    deadline = time.monotonic() + 30
-    while _session_processes(launcher.pid) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert _session_processes(launcher.pid) == []
+    _wait_until_the_session_ends(launcher.pid)
 
 
 @pytest.mark.ddp
 @pytest.mark.slow
 @pytest.mark.subprocess
-@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc")
+@pytest.mark.skipif(not (Path("/proc/self/stat").exists() and hasattr(os, "pidfd_open")), reason="reads /proc, waits on pidfds")
 def test_ctrl_c_while_the_ranks_start_prints_no_traceback(tmp_path):
     launcher = _start_profile(tmp_path)
     deadline = time.monotonic() + 120
