@@ -241,16 +241,17 @@ def class_body(code: str, name: str) -> list[str]:
 
 
 MAX_SIGNATURE_LINES = 256
-"""The most lines a TorchScript `def forward(` signature may span; ecacli reads no further."""
+MAX_SIGNATURE_CHARS = 65_536
+"""The most lines and characters a TorchScript `def forward(` signature may span; ecacli reads no further."""
 
 
 def forward_signature(body: list[str], label: str) -> tuple[str, str]:
-    """The argument text and return type of the first `  def forward(...) -> TYPE:` in a class body, read in one pass over at most MAX_SIGNATURE_LINES lines from the `def` line; none, or one that does not close and end in `-> TYPE:` within them, is refused naming `label`."""
+    """The argument text and return type of the first `  def forward(...) -> TYPE:` in a class body, read in one pass over at most MAX_SIGNATURE_LINES lines and MAX_SIGNATURE_CHARS characters from the `def` line; none, or one that does not close and end in `-> TYPE:` within them, is refused naming `label`."""
     prefix = "  def forward("
     start = next((at for at, line in enumerate(body) if line.startswith(prefix)), None)
     if start is None:
         raise GraphFileError(f"{label}: the TorchScript module has no forward method, so it has no inputs or outputs to describe.")
-    text = "\n".join(body[start : start + MAX_SIGNATURE_LINES])[len(prefix) :]
+    text = "\n".join(body[start : start + MAX_SIGNATURE_LINES])[len(prefix) : MAX_SIGNATURE_CHARS]
     depth = 0
     for at, char in enumerate(text):
         if char in "[(":
@@ -262,7 +263,7 @@ def forward_signature(body: list[str], label: str) -> tuple[str, str]:
             if rest.startswith("->") and rest.endswith(":") and rest[2:-1].strip():
                 return text[:at], rest[2:-1].strip()
             break
-    raise GraphFileError(f"{label}: the TorchScript module's forward method has no signature ecacli can read: `def forward(...) -> TYPE:` within {MAX_SIGNATURE_LINES} lines.")
+    raise GraphFileError(f"{label}: the TorchScript module's forward method has no signature ecacli can read: `def forward(...) -> TYPE:` within {MAX_SIGNATURE_LINES} lines and {MAX_SIGNATURE_CHARS:,} characters.")
 
 
 def split_top_level(text: str) -> list[str]:
