@@ -125,6 +125,16 @@ ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*m")
 FIRST_LINE_CHARS = 200
 
 
+MAX_SEED = 2**64 - 1
+"""The largest seed torch's generators take."""
+
+
+def check_seed(seed: Any, name: str = "seed") -> None:
+    """Refuse a seed (None is none) that is not an integer from 0 to MAX_SEED with an OptionError naming it as `name` (`--seed` for the command line)."""
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED):
+        raise OptionError(f"{name} must be an integer from 0 to 2**64 - 1, got {shown(seed)}.")
+
+
 def first_line(exc: BaseException, limit: int = FIRST_LINE_CHARS) -> str:
     """The first line of an exception's message for a one-paragraph report: terminal colour codes removed, cut to `limit` characters."""
     lines = ANSI_ESCAPE.sub("", str(exc)).strip().splitlines()

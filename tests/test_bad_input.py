@@ -35,7 +35,7 @@ from ecacli.atomic import check_writable
 from ecacli.checkpoints import CheckpointError, load_model, new_model, open_checkpoint, save_checkpoint
 from ecacli.checkpoints.io import sniff_container
 from ecacli.extras import installed
-from ecacli.errors import SpecError, UserError
+from ecacli.errors import OptionError, SpecError, UserError
 from ecacli.kernel import kernel_size
 from ecacli.spec import ATTENTION_TYPES, Reported, ResNetSpec
 from ecacli.spec_loader import MAX_DEPTH, MAX_SPEC_BYTES, load_spec, parse_yaml_text, read_yaml
@@ -299,14 +299,15 @@ def test_the_kernel_rule_raises_value_error_naming_gamma_and_b():
         (["ksize", "64", "--b", "1e308", "--gamma", "0.1"], "error: --b must be a finite number from -64 to 64 (as in a spec), got 1e+308."),
         (["ksize", "64", "--gamma", "1e308"], "error: --gamma must be a finite number of at least 0.05 and at most 64, got 1e+308."),
         (["export", "r18", "-o", "x.pt", "--seed", str(2**64)], "error: --seed must be an integer from 0 to 2**64 - 1, got 18446744073709551616."),
+        (["convert", "x.pt", "-o", "y.pt", "--seed", "-1"], "error: --seed must be an integer from 0 to 2**64 - 1, got -1."),
         (["profile", "r18", "--device", "cpu", "--batch", str(2**64)], "error: --batch must be a positive integer, got 18446744073709551616 (at most 65,536)."),
         (["profile", "r18", "--device", "cpu", "--seed", str(2**64)], "error: --seed must be an integer from 0 to 2**64 - 1, got 18446744073709551616."),
-        (["profile", "r18", "--device", "cpu", "--threads", str(2**40)], f"error: --threads must be from 1 to {4 * (os.cpu_count() or 1):,} (4 per CPU core of this machine's {os.cpu_count() or 1}), got 1099511627776."),
+        (["profile", "r18", "--device", "cpu", "--threads", str(2**40)], f"error: --threads must be from 1 to {4 * len(os.sched_getaffinity(0)):,} (4 per CPU core this process may use, of which there are {len(os.sched_getaffinity(0))}), got 1099511627776."),
         (["profile", "r18", "--device", "cpu", "--seconds", "inf"], "error: --seconds must be a positive number of seconds up to 604,800 (a week), got inf."),
         (["profile", "r18", "--device", "cpu", "--timeout", "nan"], "error: --timeout applies only to data-parallel runs"),
         (["compare", "r18", "--device", "cpu"], "error: --device applies only to measured timings; add --time."),
     ],
-    ids=["ksize-b", "ksize-gamma", "seed", "batch", "profile-seed", "threads", "seconds", "timeout-alone", "device-alone"],
+    ids=["ksize-b", "ksize-gamma", "seed", "convert-seed", "batch", "profile-seed", "threads", "seconds", "timeout-alone", "device-alone"],
 )
 def test_numbers_at_the_edges_are_refused(tmp_path, monkeypatch, argv, message):
     monkeypatch.chdir(tmp_path)
@@ -314,6 +315,13 @@ def test_numbers_at_the_edges_are_refused(tmp_path, monkeypatch, argv, message):
     assert code == 2 and out == "", err
     assert message in err and "Traceback" not in err, err
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("seed", [-1, 2**64, True, 1.5, "3"])
+def test_a_library_seed_torch_does_not_take_is_refused_naming_it(seed):
+    with pytest.raises(OptionError) as caught:
+        new_model(tiny_spec(), seed=seed)
+    assert str(caught.value) == f"seed must be an integer from 0 to 2**64 - 1, got {seed!r}."
 
 
 # --- the file system -----------------------------------------------------------------------------

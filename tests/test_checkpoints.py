@@ -281,16 +281,24 @@ class RunsCode:
         return (os.mkdir, (str(self.marker),))
 
 
-@pytest.mark.parametrize("writer", ["torch", "pickle"])
-def test_a_pickle_that_would_run_code_is_refused_and_nothing_runs(tmp_path, writer):
+@pytest.mark.parametrize(
+    ("writer", "refusal"),
+    [
+        ("torch", "refused: loading it would unpickle posix.mkdir, which could run code. .*nothing from the file ran"),
+        (2, r"refused: loading it would unpickle torch.storage._load_from_bytes, which could run code. .*nothing from the file ran"),
+        (4, r"refused: its pickle uses the opcode FRAME \(149\), which torch's weights-only loader does not read; nothing from the file ran"),
+    ],
+    ids=["torch", "pickle-2", "pickle-4"],
+)
+def test_a_pickle_that_would_run_code_is_refused_and_nothing_runs(tmp_path, writer, refusal):
     marker = tmp_path / "ran"
     path = tmp_path / "evil.pth"
     payload = {"state_dict": {"fc.weight": torch.zeros(1)}, "hook": RunsCode(marker)}
     if writer == "torch":
         torch.save(payload, path)
     else:
-        path.write_bytes(pickle.dumps(payload, protocol=4))
-    with pytest.raises(CheckpointError, match="refused: loading it would unpickle .*nothing from the file ran"):
+        path.write_bytes(pickle.dumps(payload, protocol=writer))
+    with pytest.raises(CheckpointError, match=refusal):
         open_checkpoint(path)
     assert not marker.exists()
 

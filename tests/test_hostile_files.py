@@ -100,6 +100,23 @@ def test_a_storage_declaring_more_bytes_than_its_member_is_refused(tmp_path):
     assert "declares 4,294,967,296 bytes, but the archive holds 16 bytes" in err
 
 
+def test_an_epoch_too_large_for_any_field_is_refused_as_such(tmp_path, tiny_state):
+    path = tmp_path / "epoch.pth.tar"
+    torch.save({"state_dict": tiny_state, "epoch": 2**3000}, path)  # pickled with LONG4
+    code, out, err = run("inspect", str(path))
+    assert_one_paragraph(code, out, err)
+    assert "refused: the pickle holds an integer of 3,008 bits, too large for a checkpoint field (a count, an epoch, a seed)." in err
+    assert "could run code" not in err
+
+
+def test_a_pickle_opcode_torchs_loader_does_not_read_is_refused_naming_it(tmp_path):
+    path = tmp_path / "text-long.pt"
+    path.write_bytes(torch_zip(b"\x80\x02L5L\n.", {"version": b"3\n"}))  # LONG: a protocol 0 integer
+    code, out, err = run("inspect", str(path))
+    assert_one_paragraph(code, out, err)
+    assert "refused: its pickle uses the opcode LONG (76), which torch's weights-only loader does not read; nothing from the file ran." in err
+
+
 # --- zip bombs: declared sizes are checked before anything is read ----------------------------------
 
 
@@ -195,6 +212,52 @@ def test_convert_export_and_load_model_refuse_a_torchscript_archive_named_like_a
     assert not marker.exists() and sorted(p.name for p in tmp_path.iterdir()) == [name]
 
 
+def torchscript_zip(code: str) -> bytes:
+    """A TorchScript-like archive whose root module `__torch__.M` has `code` as its code file, compressed."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("archive/data.pkl", b"\x80\x02c__torch__\nM\nq\x00)\x81}(X\x08\x00\x00\x00trainingq\x01\x88ubq\x02.")
+        archive.writestr("archive/constants.pkl", b"\x80\x02).")
+        archive.writestr("archive/code/__torch__.py", code)
+        archive.writestr("archive/version", "3")
+    return buffer.getvalue()
+
+
+UNREADABLE = "has no signature ecacli can read: `def forward(...) -> TYPE:` within 256 lines and 65,536 characters."
+
+
+@pytest.mark.parametrize(
+    ("body", "problem"),
+    [
+        ("  def forward(self: __torch__.M, x: Tensor)\n" * 30_000, UNREADABLE),
+        ("  def forward(self: __torch__.M, x: Tuple[Tensor,\n" * 30_000, UNREADABLE),
+        ("  forward(self: __torch__.M, x: Tensor)\n" * 30_000, None),
+        ("  def forward(self: __torch__.M" + ", x: Tensor" * 300_000, UNREADABLE),
+    ],
+    ids=["no-arrow", "never-closed", "no-def", "one-long-line"],
+)
+def test_a_torchscript_forward_signature_without_end_is_read_in_one_bounded_pass(tmp_path, body, problem):
+    # 30,000 lines repeating 'def forward(' without '->' took a regular expression with lazy quantifiers over the whole body hours.
+    data = torchscript_zip("class M(Module):\n" + body)
+    assert len(data) < 30_000
+    path = tmp_path / "many.ts"
+    path.write_bytes(data)
+    code, out, err = run("inspect", str(path))
+    assert_one_paragraph(code, out, err)
+    assert err == f"error: {path}: the TorchScript module" + (f"'s forward method {problem}" if problem else " has no forward method, so it has no inputs or outputs to describe.") + "\n"
+
+
+def test_a_torchscript_signature_over_several_lines_is_read(tmp_path):
+    code = "class M(Module):\n  training : bool\n  def forward(self: __torch__.M,\n    x: Tensor,\n    y: Tuple[Tensor, int]) -> Tuple[Tensor, Tensor]:\n    return (x, x)\nclass N(Module):\n  def forward(self: N) -> int:\n"
+    path = tmp_path / "wrapped.ts"
+    path.write_bytes(torchscript_zip(code))
+    code, out, err = run("inspect", str(path), "--json")
+    assert code == 0, err
+    described = json.loads(out)
+    assert described["inputs"] == [{"name": "x", "dtype": "Tensor", "shape": None}, {"name": "y", "dtype": "Tuple[Tensor, int]", "shape": None}]
+    assert described["outputs"] == [{"name": "output", "dtype": "Tuple[Tensor, Tensor]", "shape": None}]
+
+
 # --- odd kinds of number, odd fields, odd text -------------------------------------------------------
 
 
@@ -224,6 +287,22 @@ def test_meta_tensors_in_a_training_checkpoints_fields_are_left_out(tmp_path, ti
     assert "took the weights from the training checkpoint's 'state_dict'" in out and "epoch" not in out.split("note:")[0]
 
 
+def test_non_finite_training_fields_are_strict_json_text(tmp_path, tiny_state):
+    path = tmp_path / "diverged.pth.tar"
+    torch.save({"state_dict": tiny_state, "best_prec1": float("nan"), "best_acc1": torch.tensor(float("-inf")), "metric": float("inf")}, path)
+    code, out, err = run("inspect", str(path), "--json")
+    assert code == 0, err
+    details = json.loads(out, parse_constant=lambda constant: pytest.fail(f"{constant} is not JSON"))["details"]
+    assert details == {"wrapper": "state_dict", "best_prec1": "nan", "best_acc1": "-inf", "metric": "inf"}
+
+
+def test_json_output_maps_non_finite_numbers_in_values_and_keys_to_text():
+    from ecacli.cli.common import json_value
+
+    data = {"a": [1.5, float("nan"), (float("inf"), {"b": float("-inf")})], float("inf"): 0, "c": None, "d": 2**70}
+    assert json_value(data) == {"a": [1.5, "nan", ["inf", {"b": "-inf"}]], "inf": 0, "c": None, "d": 2**70}
+
+
 def test_control_characters_in_metadata_never_reach_the_terminal(tmp_path, tiny_state):
     path = tmp_path / "loud.safetensors"
     path.write_bytes(safetensors_bytes(tiny_state, {"note\x1b]0;owned\x07": "a\x1b[2Jb\rforged line\u202e"}))
@@ -247,6 +326,24 @@ def test_a_safetensors_header_naming_a_tensor_twice_is_refused(tmp_path):
     code, out, err = run("inspect", str(path))
     assert_one_paragraph(code, out, err)
     assert "names 'a' twice" in err
+
+
+@pytest.mark.parametrize(("first", "second"), [("archive/data.pkl", "archive/data.pkl"), ("archive/data/0", "other/data/0")], ids=["same", "other-folder"])
+def test_a_zip_naming_a_member_twice_is_refused(tmp_path, first, second):
+    source = tmp_path / "real.pt"
+    torch.save({"w": torch.zeros(4)}, source)
+    with zipfile.ZipFile(source) as archive:
+        data_pkl, storage = archive.read("real/data.pkl"), archive.read("real/data/0")
+    path = tmp_path / "twice.pt"
+    with warnings.catch_warnings(), zipfile.ZipFile(path, "w") as archive:
+        warnings.simplefilter("ignore")  # zipfile warns of the duplicate name it writes
+        archive.writestr("archive/data.pkl", data_pkl)
+        archive.writestr("archive/data/0", storage)
+        archive.writestr(second, data_pkl if second.endswith("data.pkl") else storage)
+    code, out, err = run("inspect", str(path))
+    assert_one_paragraph(code, out, err)
+    name = first.split("/", 1)[1]
+    assert err == f"error: {path}: the archive names the member '{name}' twice (under its top folder); a member name may appear once.\n"
 
 
 def test_a_huge_stored_spec_is_refused_before_anything_is_built(tmp_path, tiny_state):

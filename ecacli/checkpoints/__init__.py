@@ -31,7 +31,7 @@ from ecacli.checkpoints.io import (
     sha256_of,
 )
 from ecacli.atomic import atomic_write, check_writable
-from ecacli.errors import OptionError, UserError, describe_path
+from ecacli.errors import OptionError, UserError, check_seed, describe_path
 from ecacli.spec import BaseSpec, NetworkSpec
 from ecacli.spec_loader import apply_overrides, load_spec, parse_yaml_text, spec_from_data, with_overrides
 
@@ -59,7 +59,6 @@ __all__ = [
 ]
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-MAX_SEED = 2**64 - 1
 SPEC_KEY = "spec"
 NAME_SUFFIXES = (".safetensors", *TORCH_SUFFIXES)
 
@@ -188,8 +187,7 @@ def new_model(spec: NetworkSpec, seed: int | None = None, **build: Any) -> nn.Mo
     """A freshly initialised model (`build`: `build_model`'s options); with a seed (0 to 2**64 - 1), the same weights every time (the global RNG is left as it was)."""
     from ecacli.models import build_model
 
-    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED):
-        raise ValueError(f"seed must be an integer from 0 to 2**64 - 1, got {seed!r}")
+    check_seed(seed)
     if seed is None:
         return build_model(spec, **build)
     with torch.random.fork_rng(devices=[]):

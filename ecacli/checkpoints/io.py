@@ -16,6 +16,7 @@ import hashlib
 import io
 import json
 import os
+import pickletools
 import re
 import stat
 import warnings
@@ -107,7 +108,7 @@ def check_readable(path: Path, max_bytes: int) -> int:
 
 def _refused_global(message: str) -> str:
     """The object a refused pickle asked for, as the weights-only unpickler names it."""
-    found = re.search(r"GLOBAL ([\w.]+)", message) or re.search(r"(Unsupported operand \d+)", message)
+    found = re.search(r"GLOBAL ([\w.]+)", message)
     return found.group(1) if found else "an object that is not a tensor or plain data"
 
 
@@ -116,7 +117,7 @@ def archive_members(archive: zipfile.ZipFile, label: str, size: int, error: type
 
     Each member's stored bytes must lie inside the file, all of them together must fit in it, and no
     member read whole may declare more than `MAX_MEMBER_BYTES` (see `read_member`), so a zip bomb is
-    refused before a byte of it is inflated.
+    refused before a byte of it is inflated; a name that appears twice (under the top folder) is refused.
     """
     infos = archive.infolist()
     if len(infos) > MAX_MEMBERS:
@@ -127,7 +128,13 @@ def archive_members(archive: zipfile.ZipFile, label: str, size: int, error: type
     for info in infos:
         if info.header_offset + info.compress_size > size or (info.compress_type == zipfile.ZIP_STORED and info.file_size != info.compress_size):
             raise error(f"{label}: the archive member {printable(info.filename)!r} declares sizes that do not fit in the file (truncated or corrupt?).")
-    return {info.filename.split("/", 1)[-1]: info for info in infos}
+    members: dict[str, zipfile.ZipInfo] = {}
+    for info in infos:
+        name = info.filename.split("/", 1)[-1]
+        if name in members:
+            raise error(f"{label}: the archive names the member {printable(name[:80])!r} twice (under its top folder); a member name may appear once.")
+        members[name] = info
+    return members
 
 
 def read_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo, label: str, error: type[UserError], limit: int = MAX_MEMBER_BYTES) -> bytes:
@@ -227,6 +234,14 @@ def _torch_load(path: Path, container: str, size: int) -> Any:
             with native_name(path) as name:
                 return torch.load(name, map_location="cpu", weights_only=True, mmap=container == "torch-zip")
     except Exception as exc:
+        unsupported = re.search(r"Unsupported operand (\d+)", str(exc))
+        if unsupported:
+            code = int(unsupported.group(1))
+            opcode = pickletools.code2op.get(chr(code)) if code < 256 else None
+            raise CheckpointError(
+                f"{label}: refused: its pickle uses the opcode {opcode.name + ' ' if opcode else ''}({code}), which torch's weights-only loader does not read; nothing from the file ran. "
+                "Re-save the weights from trusted code as a state_dict or .safetensors file."
+            ) from None
         if "Weights only load failed" in str(exc):
             raise CheckpointError(
                 f"{label}: refused: loading it would unpickle {_refused_global(str(exc))}, which could run code. "

@@ -16,6 +16,7 @@ from __future__ import annotations
 import io
 import math
 import pickle
+import struct
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
@@ -34,6 +35,13 @@ STORAGE_ITEM_BYTES = {
     "QInt8Storage": 1, "QUInt8Storage": 1, "QInt32Storage": 4, "QUInt4x2Storage": 1, "QUInt2x4Storage": 1, "UntypedStorage": 1,
 }  # fmt: skip
 """torch's storage classes as torch.save names them, and the bytes of one element (UntypedStorage counts bytes)."""
+
+DTYPE_BYTES = {
+    "float32": 4, "float": 4, "float64": 8, "double": 8, "float16": 2, "half": 2, "bfloat16": 2, "int64": 8, "long": 8,
+    "int32": 4, "int": 4, "int16": 2, "short": 2, "int8": 1, "uint8": 1, "bool": 1, "uint16": 2, "uint32": 4, "uint64": 8,
+    "complex64": 8, "complex128": 16, "complex32": 4,
+}  # fmt: skip
+"""Bytes of one element of the dtypes a v3 tensor names; others (float8, float4, ...) count as one byte or less."""
 
 TENSOR_REBUILDERS = {"_rebuild_tensor", "_rebuild_tensor_v2", "_rebuild_tensor_v3"}
 PARAMETER_REBUILDERS = {"_rebuild_parameter", "_rebuild_parameter_with_state"}
@@ -179,6 +187,7 @@ class BoundedUnpickler(pickle._Unpickler):  # the Python implementation: interru
             pickle.SETITEMS[0]: BoundedUnpickler._setitems,
             pickle.ADDITEMS[0]: BoundedUnpickler._additems,
             pickle.FROZENSET[0]: BoundedUnpickler._frozenset,
+            pickle.LONG4[0]: BoundedUnpickler._long4,
         }
 
     @staticmethod
@@ -213,7 +222,7 @@ class BoundedUnpickler(pickle._Unpickler):  # the Python implementation: interru
             raise
         except RecursionError:
             raise PickleRefused(f"the pickle is nested more than {MAX_DEPTH} levels deep") from None
-        except (pickle.UnpicklingError, EOFError, IndexError, KeyError, TypeError, ValueError, AttributeError, OverflowError, UnicodeDecodeError, struct_error()) as exc:
+        except (pickle.UnpicklingError, EOFError, IndexError, KeyError, TypeError, ValueError, AttributeError, OverflowError, UnicodeDecodeError, struct.error) as exc:
             raise PickleMalformed(f"the pickle is malformed ({type(exc).__name__}: {str(exc)[:100]})") from None
         except MemoryError:
             raise PickleRefused("the pickle asks for more memory than there is") from None
@@ -239,6 +248,14 @@ class BoundedUnpickler(pickle._Unpickler):  # the Python implementation: interru
         if known is not None and (known.type_name, known.elements) != (storage_type.name, elements):
             raise PickleRefused(f"the storage {key!r} is declared twice with different sizes or types")
         return self.storages.setdefault(key, StorageRef(key, storage_type.name, elements, location))
+
+    def _long4(self) -> None:
+        """LONG4 holds an integer of 256 bytes or more (pickle writes smaller ones as LONG1): refused unread, as torch's weights-only loader refuses it."""
+        declared = self.read(4)
+        length = int.from_bytes(declared, "little", signed=True)
+        if len(declared) < 4 or length < 0:
+            raise PickleMalformed("the pickle is malformed (an integer of a negative or truncated length)")
+        raise PickleRefused(f"the pickle holds an integer of {length * 8:,} bits, too large for a checkpoint field (a count, an epoch, a seed)")
 
     def _reduce(self) -> None:
         args = self.stack.pop()
@@ -283,7 +300,7 @@ class BoundedUnpickler(pickle._Unpickler):  # the Python implementation: interru
         if not isinstance(offset, int) or isinstance(offset, bool) or not 0 <= offset <= MAX_ELEMENTS or len(stride) != len(shape):
             raise PickleRefused("a tensor's offset or strides do not fit its shape")
         item_bytes = STORAGE_ITEM_BYTES[storage.type_name]
-        element_bytes = _DTYPE_BYTES.get(dtype.name, 1) if dtype is not None else item_bytes
+        element_bytes = DTYPE_BYTES.get(dtype.name, 1) if dtype is not None else item_bytes
         capacity = storage.nbytes // element_bytes
         numel = math.prod(shape)
         if numel > MAX_ELEMENTS:
@@ -338,20 +355,6 @@ class BoundedUnpickler(pickle._Unpickler):  # the Python implementation: interru
         for item in items:
             _check_key(item)
         self.append(frozenset(items))
-
-
-def struct_error() -> type[Exception]:
-    import struct
-
-    return struct.error
-
-
-_DTYPE_BYTES = {
-    "float32": 4, "float": 4, "float64": 8, "double": 8, "float16": 2, "half": 2, "bfloat16": 2, "int64": 8, "long": 8,
-    "int32": 4, "int": 4, "int16": 2, "short": 2, "int8": 1, "uint8": 1, "bool": 1, "uint16": 2, "uint32": 4, "uint64": 8,
-    "complex64": 8, "complex128": 16, "complex32": 4,
-}  # fmt: skip
-"""Bytes of one element of the dtypes a v3 tensor names; others (float8, float4, ...) count as one byte or less."""
 
 
 def read_pickle(data: bytes, max_opcodes: int = MAX_OPCODES) -> BoundedUnpickler:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 from collections.abc import Callable, Iterator
@@ -39,15 +40,6 @@ class PlainHelpCommand(typer.core.TyperCommand):
             if records:
                 with formatter.section(title):
                     formatter.write_dl(records)
-
-
-MAX_SEED = 2**64 - 1
-
-
-def check_seed(seed: int | None) -> None:
-    """Refuse a --seed outside 0 to 2**64 - 1 (the range torch's generators take)."""
-    if seed is not None and not 0 <= seed <= MAX_SEED:
-        raise UserError(f"--seed must be an integer from 0 to 2**64 - 1, got {seed}.")
 
 
 SpecArgument = Annotated[str, typer.Argument(metavar="SPEC", help="Spec YAML file or preset name (see `ecacli specs`).", show_default=False)]
@@ -114,8 +106,19 @@ def load_optional_spec_arg(spec: str | None, overrides: list[str] | None) -> Net
 
 
 def print_json(data: Any) -> None:
-    """JSON to stdout, unwrapped and unstyled, for pipes and scripts."""
-    sys.stdout.write(json.dumps(data, indent=2) + "\n")
+    """Strict JSON to stdout, unwrapped and unstyled, for pipes and scripts: a non-finite number is the text "nan", "inf" or "-inf" (see `json_value`)."""
+    sys.stdout.write(json.dumps(json_value(data), indent=2, allow_nan=False) + "\n")
+
+
+def json_value(data: Any) -> Any:
+    """`data` with each non-finite float, as a value or a key, replaced by the text "nan", "inf" or "-inf", for which JSON has no number."""
+    if isinstance(data, float) and not math.isfinite(data):
+        return "nan" if math.isnan(data) else ("inf" if data > 0 else "-inf")
+    if isinstance(data, dict):
+        return {json_value(key): json_value(value) for key, value in data.items()}
+    if isinstance(data, list | tuple):
+        return [json_value(value) for value in data]
+    return data
 
 
 def console() -> Console:

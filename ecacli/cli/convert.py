@@ -6,8 +6,9 @@ from typing import Annotated
 
 import typer
 
-from ecacli.cli.common import JsonOption, SetOption, check_seed, checkpoint_path, output_path
+from ecacli.cli.common import JsonOption, SetOption, checkpoint_path, output_path
 from ecacli.cli.export import AllowNonfiniteOption, DtypeOption, ForceOption, FormatOption, OutputOption, SeedOption, report_saved
+from ecacli.errors import check_seed
 
 
 def convert(
@@ -28,7 +29,7 @@ def convert(
     (no ECA kernels) get initialised ECA kernels, a warm start for fine-tuning, and a name
     ending in _eca_warm; --set attention.type=none keeps them plain.
     """
-    check_seed(seed)
+    check_seed(seed, "--seed")
     origin = checkpoint_path(source)
     target = output_path(output, "-o", "model.safetensors")
     from ecacli.checkpoints import check_writable_outputs, converted_spec, model_with_weights, open_checkpoint, save_checkpoint

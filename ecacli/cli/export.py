@@ -7,8 +7,8 @@ from typing import TYPE_CHECKING, Annotated, Literal
 
 import typer
 
-from ecacli.cli.common import JsonOption, SetOption, check_seed, checkpoint_path, fmt_bytes, fmt_int, load_spec_arg, output_path, print_json, refuse_graph_file
-from ecacli.errors import UserError, describe_path
+from ecacli.cli.common import JsonOption, SetOption, checkpoint_path, fmt_bytes, fmt_int, load_spec_arg, output_path, print_json, refuse_graph_file
+from ecacli.errors import UserError, check_seed, describe_path
 from ecacli.spec import MAX_BATCH
 
 if TYPE_CHECKING:
@@ -58,7 +58,7 @@ def export(
     converted to the spec. TorchScript is traced (checked on a second batch) where
     attention gates a module outside an nn.Sequential.
     """
-    check_seed(seed)
+    check_seed(seed, "--seed")
     target = output_path(output, "-o", "model.safetensors")
     origin = checkpoint_path(source) if source is not None else None
     refuse_graph_file(spec, "a spec (YAML file or preset) or a checkpoint")

@@ -9,6 +9,7 @@ or unpickled as an object, and every member is read under a declared-size bound.
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import re
@@ -203,11 +204,8 @@ def describe_torchscript(path: Path, size: int) -> GraphDescription:
     if not (isinstance(root, Built) and root.kind.module.startswith("__torch__")):
         raise GraphFileError(f"{label}: cannot read it as a TorchScript archive (truncated or corrupt?): its data.pkl holds no TorchScript module.")
     module_file = "code/" + root.kind.module.replace(".", "/") + ".py"
-    body = class_body(code.get(module_file, ""), root.kind.name)
-    forward = re.search(r"^  def forward\((.*?)\)\s*->\s*(.+?):\s*$", body, re.MULTILINE | re.DOTALL)
-    if forward is None:
-        raise GraphFileError(f"{label}: the TorchScript module has no forward method, so it has no inputs or outputs to describe.")
-    arguments = [argument.split(":", 1) for argument in split_top_level(forward.group(1))[1:]]
+    argument_text, return_type = forward_signature(class_body(code.get(module_file, ""), root.kind.name), label)
+    arguments = [argument.split(":", 1) for argument in split_top_level(argument_text)[1:]]
     ops = Counter(f"{namespace}::{name}" for text in code.values() for namespace, name in CODE_CALL.findall(text.replace("torch.", "aten.")))
     tensors = data.tensors + constants.tensors
     description = GraphDescription(
@@ -217,7 +215,7 @@ def describe_torchscript(path: Path, size: int) -> GraphDescription:
         f"torch.jit archive (format version {version}), read without loading it",
         None,
         [TensorSignature(name.strip(), kind.strip(), None) for name, kind in arguments if kind],
-        [TensorSignature("output", forward.group(2).strip(), None)],
+        [TensorSignature("output", return_type, None)],
         by_count(ops),
         len(tensors),
         sum(t.numel for t in tensors),
@@ -233,10 +231,39 @@ CODE_CALL = re.compile(r"\b(aten|ops\.\w+)\.(\w+)\(")
 """A call in TorchScript's code: `torch.conv2d(` (read as `aten.conv2d(`) or `ops.prim.NumToTensor(`."""
 
 
-def class_body(code: str, name: str) -> str:
-    """The lines of `class NAME(...)` in a TorchScript code file, up to the next top-level line."""
-    found = re.search(rf"^class {re.escape(name)}\(.*?$(.*?)(?=^\S|\Z)", code, re.MULTILINE | re.DOTALL)
-    return found.group(1) if found else ""
+def class_body(code: str, name: str) -> list[str]:
+    """The lines of `class NAME(...)` in a TorchScript code file, up to the next top-level line (read line by line, in one pass)."""
+    lines = iter(code.split("\n"))
+    header = f"class {name}("
+    if not any(line.startswith(header) for line in lines):
+        return []
+    return list(itertools.takewhile(lambda line: not line[:1].strip(), lines))
+
+
+MAX_SIGNATURE_LINES = 256
+MAX_SIGNATURE_CHARS = 65_536
+"""The most lines and characters a TorchScript `def forward(` signature may span; ecacli reads no further."""
+
+
+def forward_signature(body: list[str], label: str) -> tuple[str, str]:
+    """The argument text and return type of the first `  def forward(...) -> TYPE:` in a class body, read in one pass over at most MAX_SIGNATURE_LINES lines and MAX_SIGNATURE_CHARS characters from the `def` line; none, or one that does not close and end in `-> TYPE:` within them, is refused naming `label`."""
+    prefix = "  def forward("
+    start = next((at for at, line in enumerate(body) if line.startswith(prefix)), None)
+    if start is None:
+        raise GraphFileError(f"{label}: the TorchScript module has no forward method, so it has no inputs or outputs to describe.")
+    text = "\n".join(body[start : start + MAX_SIGNATURE_LINES])[len(prefix) : MAX_SIGNATURE_CHARS]
+    depth = 0
+    for at, char in enumerate(text):
+        if char in "[(":
+            depth += 1
+        elif char in "])":
+            depth -= 1
+        if depth < 0:  # the bracket closing the argument list
+            rest = text[at + 1 :].split("\n", 1)[0].strip()
+            if rest.startswith("->") and rest.endswith(":") and rest[2:-1].strip():
+                return text[:at], rest[2:-1].strip()
+            break
+    raise GraphFileError(f"{label}: the TorchScript module's forward method has no signature ecacli can read: `def forward(...) -> TYPE:` within {MAX_SIGNATURE_LINES} lines and {MAX_SIGNATURE_CHARS:,} characters.")
 
 
 def split_top_level(text: str) -> list[str]:

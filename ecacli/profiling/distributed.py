@@ -65,6 +65,7 @@ from ecacli.profiling.runner import (
     rotated,
     run_step,
     summarize,
+    usable_cores,
 )
 from ecacli.profiling.stats import Stats
 from ecacli.spec import NetworkSpec
@@ -510,10 +511,10 @@ def profile_data_parallel(
 
 
 def _cpu_threads(config: ProfileConfig, nproc: int) -> ProfileConfig:
-    """On CPU without --threads, split this machine's cores evenly between the ranks."""
+    """On CPU without --threads, split the cores this process may use evenly between the ranks."""
     if config.threads is not None or device_type(config.device) != "cpu":
         return config
-    return dataclasses.replace(config, threads=max(1, (os.cpu_count() or 1) // nproc))
+    return dataclasses.replace(config, threads=max(1, usable_cores() // nproc))
 
 
 @contextmanager
@@ -566,9 +567,9 @@ def launch(
     """
     if under_torchrun():
         raise UserError("--nproc starts its own ranks; under torchrun use --ddp instead.")
-    cores = os.cpu_count() or 1
+    cores = usable_cores()
     if nproc > cores and device_type(config.device) == "cpu":
-        raise UserError(f"--nproc {nproc}: this machine has {cores} CPU core{'s' if cores > 1 else ''}; CPU ranks need one each, so use --nproc {cores} or fewer.")
+        raise UserError(f"--nproc {nproc}: this process may use {cores} CPU core{'s' if cores > 1 else ''}; CPU ranks need one each, so use --nproc {cores} or fewer.")
     check_request(entries, config, options, nproc)
     return start_ranks(run_rank, (list(entries), _cpu_threads(config, nproc), options, progress), nproc, options.timeout_s)
 

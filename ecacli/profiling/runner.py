@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from ecacli.errors import UserError, first_line
+from ecacli.errors import UserError, check_seed, first_line
 from ecacli.layers.tail import recording_paths
 from ecacli.models import build_model
 from ecacli.profiling.device import make_timer, step_peak_bytes, synchronize
@@ -49,11 +49,17 @@ MAX_STEPS = 1_000_000
 THREADS_PER_CORE = 4
 
 
-def max_threads() -> int:
-    """The most CPU threads a profile may ask for: 4 per core, so an oversubscribed run still ends."""
-    return THREADS_PER_CORE * (os.cpu_count() or 1)
+def usable_cores() -> int:
+    """The CPU cores this process may run on (its affinity mask where the system has one, else the machine's count)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0)) or 1
+    return os.cpu_count() or 1
 
-MAX_SEED = 2**64 - 1
+
+def max_threads() -> int:
+    """The most CPU threads a profile may ask for: THREADS_PER_CORE per usable core, so an oversubscribed run still ends."""
+    return THREADS_PER_CORE * usable_cores()
+
 MAX_SECONDS = 7 * 24 * 3600.0
 MIN_TIMED_ROUNDS = 3
 WARMUP_SHARE = 0.25
@@ -90,9 +96,8 @@ class ProfileConfig:
                 raise UserError(f"{option} must be a positive integer, got {_short_number(value)} (at most {largest:,}).")
         most_threads = max_threads()
         if self.threads is not None and not 1 <= self.threads <= most_threads:
-            raise UserError(f"--threads must be from 1 to {most_threads:,} (4 per CPU core of this machine's {os.cpu_count() or 1}), got {_short_number(self.threads)}.")
-        if not 0 <= self.seed <= MAX_SEED:
-            raise UserError(f"--seed must be an integer from 0 to 2**64 - 1, got {_short_number(self.seed)}.")
+            raise UserError(f"--threads must be from 1 to {most_threads:,} ({THREADS_PER_CORE} per CPU core this process may use, of which there are {usable_cores()}), got {_short_number(self.threads)}.")
+        check_seed(self.seed, "--seed")
         if self.seconds is not None and not (math.isfinite(self.seconds) and 0 < self.seconds <= MAX_SECONDS):
             raise UserError(f"--seconds must be a positive number of seconds up to {MAX_SECONDS:,.0f} (a week), got {self.seconds}.")
         if self.input_size is not None:
