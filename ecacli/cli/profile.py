@@ -174,21 +174,31 @@ def tail_text(paths: dict[str, int]) -> str:
     return f"{counts} ({total} block{'s' if total != 1 else ''})"
 
 
-def _header_text(report: ProfileReport | DataParallelReport, warmup_steps: int, timed_steps: int, tail_paths: dict[str, int] | None = None) -> str:
+def _header_rows(report: ProfileReport | DataParallelReport, warmup_steps: int, timed_steps: int, tail_paths: dict[str, int] | None = None) -> list[tuple[str, str]]:
     h = report.header
     versions = f"torch {h['torch_version']}" + (f", CUDA {h['cuda_version']}" if h["cuda_version"] else "") + (f", cuDNN {h['cudnn_version']}" if h["cudnn_version"] else "")
     cuda = f"; cudnn.benchmark {h['cudnn_benchmark']}, TF32 matmul {h['tf32_matmul']}, TF32 cuDNN {h['tf32_cudnn']}" if h["cudnn_version"] else ""
     budget = f" (time budget {h['seconds']:g} s)" if h.get("seconds") else ""
-    return "\n".join(
-        [
-            f"device        {h['device']} ({h['device_name']}), {h['threads']} CPU threads",
-            f"versions      {versions}, Python {h['python_version']}, {h['platform']}",
-            f"spec          {h['spec']}, input {h['input_shape']}, {h['dtype']}{' (autocast)' if h['autocast'] else ''}, {h['memory_format']}{', torch.compile' if h['compile'] else ''}{cuda}",
-            f"step          {h['mode']}: {h['step']}",
-            f"timing        {h['timer']}; {warmup_steps} warm-up + {timed_steps} timed steps per model{budget}, seed {h['seed']}",
-        ]
-        + ([f"tail          {tail_text(tail_paths)}, in the first warm-up step"] if tail_paths is not None else [])
-    )
+    return [
+        ("device", f"{h['device']} ({h['device_name']}), {h['threads']} CPU threads"),
+        ("versions", f"{versions}, Python {h['python_version']}, {h['platform']}"),
+        ("spec", f"{h['spec']}, input {h['input_shape']}, {h['dtype']}{' (autocast)' if h['autocast'] else ''}, {h['memory_format']}{', torch.compile' if h['compile'] else ''}{cuda}"),
+        ("step", f"{h['mode']}: {h['step']}"),
+        ("timing", f"{h['timer']}; {warmup_steps} warm-up + {timed_steps} timed steps per model{budget}, seed {h['seed']}"),
+    ] + ([("tail", f"{tail_text(tail_paths)}, in the first warm-up step")] if tail_paths is not None else [])
+
+
+def _header_panel(rows: list[tuple[str, str]], title: str) -> Any:
+    """The header as a two-column grid in a panel: a long value wraps under itself, not under the keys."""
+    from rich.panel import Panel
+    from rich.table import Table
+
+    grid = Table.grid(padding=(0, 2))
+    grid.add_column(no_wrap=True, min_width=12)
+    grid.add_column(overflow="fold")
+    for key, value in rows:
+        grid.add_row(key, value)
+    return Panel(grid, title=title, expand=False)
 
 
 def _model_rows(m: ModelProfile, stacked: bool) -> list[tuple[str, str]]:
@@ -225,12 +235,11 @@ def _steps_table(report: ProfileReport, baseline: bool, stacked: bool) -> TableS
 
 
 def _render(report: ProfileReport, baseline: bool) -> None:
-    from rich.panel import Panel
     from rich.text import Text
 
     out = console()
     first = report.models[0]
-    out.print(Panel(_header_text(report, first.warmup_steps, first.step_ms.n if first.step_ms else 0, first.tail_paths or None), title="ecacli profile", expand=False))
+    out.print(_header_panel(_header_rows(report, first.warmup_steps, first.step_ms.n if first.step_ms else 0, first.tail_paths or None), "ecacli profile"))
     print_table(out, _steps_table(report, baseline, stacked=False), _steps_table(report, baseline, stacked=True))
     out.print("FLOPs: torch.utils.flop_counter (2 per multiply-add, convolutions and matmuls only); achieved = FLOPs per step / median step time.")
     out.print(f"Peak memory: resident tensors (weights, buffers, optimizer state, batch) + the step's peak: {report.header['memory_measure']}.")
@@ -311,18 +320,16 @@ def _ranks_table(profiles: list, stacked: bool) -> TableSpec:
 
 
 def _render_ddp(report: DataParallelReport, baseline: bool) -> None:
-    from rich.panel import Panel
-
     out = console()
     h, ddp = report.header, report.header["ddp"]
     switches = [name for name, on in (("static graph", ddp["static_graph"]), ("gradient as bucket view", ddp["gradient_as_bucket_view"]), ("SyncBatchNorm", ddp["sync_bn"])) if on]
     world = (
-        f"world         {h['world_size']} ranks ({h['nodes']} node{'s' if h['nodes'] > 1 else ''} x {h['ranks_per_node']}), {h['backend']}, "
+        f"{h['world_size']} ranks ({h['nodes']} node{'s' if h['nodes'] > 1 else ''} x {h['ranks_per_node']}), {h['backend']}, "
         + ", ".join([f"DDP buckets {ddp['bucket_cap_mb']:g} MB", *switches, f"timeout {ddp['timeout_s']:g} s"])
     )
     profiles = [report.profile(label) for label in [MODEL_LABEL] + ([BASELINE_LABEL] if baseline else [])]
     first = profiles[0].model
-    out.print(Panel(_header_text(report, first.warmup_steps, profiles[0].step_ms.n) + "\n" + world, title="ecacli profile --ddp", expand=False))
+    out.print(_header_panel(_header_rows(report, first.warmup_steps, profiles[0].step_ms.n) + [("world", world)], "ecacli profile --ddp"))
     print_table(out, _ddp_table(report, profiles, baseline, stacked=False), _ddp_table(report, profiles, baseline, stacked=True))
     print_table(out, _ranks_table(profiles, stacked=False), _ranks_table(profiles, stacked=True))
     for key in ("data_parallel_step", "single_process", "communication_share", "sync_share", "peak_memory"):
