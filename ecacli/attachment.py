@@ -239,7 +239,7 @@ def _plan(model: nn.Module, settings: AttentionSettings, after: str | None, repl
         names = [name for name in modules if name and fnmatchcase(name, after)]
         if not names:
             sample = ", ".join(name for name in list(modules)[1:9])
-            raise OptionError(f"after={after!r} matches no module of {type(model).__name__}; its modules are named like {sample}, ...")
+            raise OptionError(f"after={shown(after)} matches no module of {type(model).__name__}; its modules are named like {sample}, ...")
         gated = [name for name in names if type(modules[name]) in _GATED_CLASSES.values()]
         if gated:
             raise OptionError(f"'{gated[0]}' already has attention attached after it; attach once per module.")

@@ -166,6 +166,7 @@ def test_new_attention_joins_the_models_dtype():
     "kwargs, message",
     [
         ({"after": "layer*.bn9"}, "matches no module of ResNet"),
+        ({"after": "layer" * 100}, "... (500 characters) matches no module of ResNet"),
         ({"after": "fc"}, "linear layer's output is [N, features]"),
         ({"after": "fc", "input_shape": [1, 3, 32, 32]}, "returns a tensor of shape [1, 1000], not a channel-first feature map"),
         ({"after": "avgpool"}, "give input_shape"),
