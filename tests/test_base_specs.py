@@ -366,3 +366,13 @@ def test_each_family_claims_its_own_checkpoints_and_no_other():
     assert family_of(efficientnet) is None
     with pytest.raises(ValueError, match=r"carry the names of none of ecacli's families \(resnet, mobilenetv2\); for another network write a base spec"):
         infer(efficientnet, "effnet")
+
+
+def test_validate_says_what_only_a_build_checks():
+    code, out, _ = run_main("validate", "tv_efficientnet_b0_eca", "--set", "base=torchvision:no_such_model")
+    assert code == 0 and "note: base, base_args, attention.after are checked when the model is built" in " ".join(out.split())
+    assert all(len(line) <= 80 for line in out.splitlines()[1:])
+    code, out, _ = run_main("validate", "tv_efficientnet_b0_eca", "--json")
+    assert code == 0 and json.loads(out)["checked_when_built"] == ["base", "base_args", "attention.after"]
+    code, out, _ = run_main("validate", "r50", "--json")
+    assert code == 0 and "checked_when_built" not in json.loads(out)
