@@ -235,7 +235,7 @@ INTERFACES: dict[str, Callable[[nn.Module], None]] = {
 }
 STRUCTURAL = ("script", "trace-eval", "fx", "onnx-legacy")
 """The interfaces that follow the module structure, whose outcome can change with the model's layout."""
-HEAVY = {"export", "onnx-dynamo"}
+HEAVY = ("export", "onnx-dynamo")
 """A second or more per cell: marked slow (the fast loop, `-m "not slow"`, keeps the others)."""
 
 
