@@ -227,7 +227,10 @@ def native_name(path: Path) -> Iterator[str]:
 
 def _torch_load(path: Path, container: str, size: int) -> Any:
     label = describe_path(path)
-    _prescan_zip(path, size) if container == "torch-zip" else _prescan_legacy(path, size)
+    if container == "torch-zip":
+        _prescan_zip(path, size)
+    else:
+        _prescan_legacy(path, size)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")

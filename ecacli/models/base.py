@@ -7,7 +7,7 @@ Only the two registries are consulted: `torchvision.models.get_model(NAME, weigh
 from __future__ import annotations
 
 import inspect
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from importlib import import_module
 from typing import Any
@@ -133,8 +133,13 @@ def base_insertion_points(spec: BaseSpec) -> list[InsertionPoint]:
     """Where the spec's attention goes in its base (module, attention name, channels, k), found on the base built on the meta device."""
     with torch.device("meta"):
         model = base_model(spec)
+    return _with_spec_attention(insertion_points, model, spec)
+
+
+def _with_spec_attention(place: Callable[..., Any], model: nn.Module, spec: BaseSpec) -> Any:
+    """`place` (`attach` or `insertion_points`) called on `model` with the spec's attention and placement; a mistake is the spec's `SpecError`."""
     try:
-        return insertion_points(model, spec.attention, after=spec.attention.after, replace=spec.attention.replace, input_shape=spec.input_shape(1) if spec.attention.after else None)
+        return place(model, spec.attention, after=spec.attention.after, replace=spec.attention.replace, input_shape=spec.input_shape(1) if spec.attention.after else None)
     except OptionError as exc:
         raise SpecError(f"spec '{spec.name}': attention on {spec.base}: {exc}") from None
 
@@ -155,9 +160,6 @@ def build_base(spec: BaseSpec) -> nn.Module:
     model.spec = spec
     if spec.attention.type == "none" and spec.attention.replace is None:
         return model
-    try:
-        model = attach(model, spec.attention, after=spec.attention.after, replace=spec.attention.replace, input_shape=spec.input_shape(1) if spec.attention.after else None)
-    except OptionError as exc:
-        raise SpecError(f"spec '{spec.name}': attention on {spec.base}: {exc}") from None
+    model = _with_spec_attention(attach, model, spec)
     _check_weights(spec, model)
     return model

@@ -304,10 +304,12 @@ def measure(workloads: list[Workload], config: ProfileConfig, device: torch.devi
             for j, w in enumerate(rotated(workloads, i)):
                 synchronize(device)
                 start = time.perf_counter()
-                with recording_paths() as paths:
-                    run_step(w, config, timer)
-                if i == 0:
+                if i == 0:  # the first warm-up step tells which tail path each block took
+                    with recording_paths() as paths:
+                        run_step(w, config, timer)
                     w.tail_paths = dict(Counter(path.value for path in paths))
+                else:
+                    run_step(w, config, timer)
                 w.warmup_steps += 1
                 if i == 0 and config.compile:
                     w.compile_s = time.perf_counter() - start
