@@ -20,7 +20,7 @@ import torch
 import yaml
 
 import ecacli
-from conftest import run_main
+from conftest import REPO, run_main
 from ecacli.checkpoints import load_model, new_model
 from ecacli.models import build_model
 from ecacli.deploy import ExportError, ExportRequest, MissingExtraError, export_model
@@ -83,6 +83,8 @@ def test_onnx_export_holds_the_spec_and_runs_any_batch_in_onnxruntime(tmp_path):
     metadata = {entry.key: entry.value for entry in proto.metadata_props}
     assert ResNetSpec.model_validate(yaml.safe_load(metadata["spec"])) == spec
     assert metadata["parameters"] == str(result.parameters) and metadata["dtype"] == "float32"
+    nodes = [*proto.graph.node, *(node for function in proto.functions for node in function.node)]
+    assert not [prop.value for node in nodes for prop in node.metadata_props if str(REPO) in prop.value or "stack_trace" in prop.key]  # the same bytes wherever ecacli is installed
     x = torch.randn(3, 3, 64, 64)
     assert_matches(run_onnx(path, x), eager(TINY, x))
 

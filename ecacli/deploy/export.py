@@ -44,6 +44,7 @@ import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -345,9 +346,23 @@ def onnx_bytes(model: nn.Module, example: torch.Tensor, request: ExportRequest, 
     opset = onnx_opset(proto)
     if request.opset is not None and opset != request.opset:
         raise UserError(f"--opset {request.opset}: the exporter wrote opset {opset} instead; choose opset {opset}, or another version the exporter converts to.")
+    _drop_source_locations(proto)
     for key, value in metadata.items():
         proto.metadata_props.add(key=key, value=value)
     return proto.SerializeToString(), opset
+
+
+SOURCE_LOCATION_KEYS = ("pkg.torch.onnx.stack_trace",)
+"""Node metadata the exporter writes that names files of the exporting machine (the Python stack of each node)."""
+
+
+def _drop_source_locations(proto: Any) -> None:
+    """Remove the exporter's per-node stack traces: they name where ecacli and torch are installed, so the same model exported elsewhere gave other bytes."""
+    for node in [*proto.graph.node, *(node for function in proto.functions for node in function.node)]:
+        kept = [prop for prop in node.metadata_props if prop.key not in SOURCE_LOCATION_KEYS]
+        if len(kept) != len(node.metadata_props):
+            del node.metadata_props[:]
+            node.metadata_props.extend(kept)
 
 
 def onnx_opset(proto) -> int | None:
